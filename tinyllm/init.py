@@ -1,0 +1,153 @@
+"""Parameter initialisation, all drawn from a seeded generator.
+
+Shapes follow the math convention ``W: (IN, OUT)`` (fan_in = shape[0],
+fan_out = shape[1]); for higher-rank shapes fan_in is the product of all but the
+last axis.
+
+Watch the parameterisation of the normal distribution: N(mu, sigma^2) takes
+the *variance* sigma^2, while :func:`normal` (like ``numpy.random.normal``) takes
+the *standard deviation* sigma. N(0, 0.1) means std = sqrt(0.1) ~ 0.316, not 0.1.
+Pass ``var=`` when you have a variance in hand.
+
+References: Glorot & Bengio (2010) "Understanding the difficulty of training deep
+feedforward neural networks"; He et al. (2015) "Delving Deep into Rectifiers";
+Radford et al. (2019) "Language Models are Unsupervised Multitask Learners" (GPT-2
+scales residual projections by 1/sqrt(2 * n_layers)).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tinyllm.backend import get_xp
+
+Shape = Sequence[int]
+
+GAINS = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3.0, "relu": math.sqrt(2.0), "gelu": math.sqrt(2.0)}
+
+
+def _shape(shape: Shape | int) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must not contain negative sizes, got {shape}")
+    return shape
+
+
+def fans(shape: Shape) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight of math shape (IN, OUT) or (..., OUT)."""
+    shape = _shape(shape)
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    return int(np.prod(shape[:-1])), shape[-1]
+
+
+def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy Generator or an int seed, got {type(rng).__name__}")
+
+
+def _finish(w: np.ndarray, dtype: Any, device: str | None):
+    xp = get_xp(device) if device is not None else np
+    return xp.asarray(w.astype(dtype, copy=False))
+
+
+def _gain(nonlinearity: str) -> float:
+    if nonlinearity not in GAINS:
+        raise ValueError(f"nonlinearity={nonlinearity!r} is unknown: expected one of {sorted(GAINS)}")
+    return GAINS[nonlinearity]
+
+
+def normal(shape: Shape, mean: float = 0.0, std: float = 1.0, *, var: float | None = None,
+           rng=None, dtype=np.float32, device: str | None = None):
+    """Draw from N(mean, std^2). Give ``var`` instead of ``std`` to pass the variance sigma^2."""
+    if var is not None:
+        if var < 0:
+            raise ValueError(f"var must be >= 0, got {var}")
+        std = math.sqrt(var)
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    return _finish(_rng(rng).normal(mean, std, size=_shape(shape)), dtype, device)
+
+
+def uniform(shape: Shape, low: float = -1.0, high: float = 1.0, *, rng=None, dtype=np.float32, device: str | None = None):
+    """Draw from U(low, high); its variance is (high - low)^2 / 12."""
+    if high < low:
+        raise ValueError(f"uniform needs low <= high, got low={low}, high={high}")
+    return _finish(_rng(rng).uniform(low, high, size=_shape(shape)), dtype, device)
+
+
+def zeros(shape: Shape, *, dtype=np.float32, device: str | None = None, rng=None):
+    return _finish(np.zeros(_shape(shape)), dtype, device)
+
+
+def ones(shape: Shape, *, dtype=np.float32, device: str | None = None, rng=None):
+    return _finish(np.ones(_shape(shape)), dtype, device)
+
+
+def xavier_normal(shape: Shape, gain: float = 1.0, *, rng=None, dtype=np.float32, device: str | None = None):
+    """Glorot normal: Var[w] = 2 / (fan_in + fan_out), times gain^2."""
+    fan_in, fan_out = fans(shape)
+    return normal(shape, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), rng=rng, dtype=dtype, device=device)
+
+
+def xavier_uniform(shape: Shape, gain: float = 1.0, *, rng=None, dtype=np.float32, device: str | None = None):
+    """Glorot uniform: U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
+    fan_in, fan_out = fans(shape)
+    a = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return uniform(shape, -a, a, rng=rng, dtype=dtype, device=device)
+
+
+def kaiming_normal(shape: Shape, nonlinearity: str = "relu", *, rng=None, dtype=np.float32, device: str | None = None):
+    """He normal (fan_in mode): Var[w] = gain^2 / fan_in, gain = sqrt(2) for ReLU."""
+    fan_in, _ = fans(shape)
+    return normal(shape, 0.0, _gain(nonlinearity) / math.sqrt(fan_in), rng=rng, dtype=dtype, device=device)
+
+
+def kaiming_uniform(shape: Shape, nonlinearity: str = "relu", *, rng=None, dtype=np.float32, device: str | None = None):
+    """He uniform (fan_in mode): U(-a, a) with a = gain * sqrt(3 / fan_in)."""
+    fan_in, _ = fans(shape)
+    a = _gain(nonlinearity) * math.sqrt(3.0 / fan_in)
+    return uniform(shape, -a, a, rng=rng, dtype=dtype, device=device)
+
+
+def gpt2_residual(shape: Shape, n_layers: int, std: float = 0.02, *, rng=None, dtype=np.float32, device: str | None = None):
+    """GPT-2's residual projections: N(0, (std / sqrt(2 * n_layers))^2).
+
+    Each block adds two residual branches (attention and MLP); scaling their
+    output projections keeps the residual stream's variance from growing with depth.
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    return normal(shape, 0.0, std / math.sqrt(2 * n_layers), rng=rng, dtype=dtype, device=device)
+
+
+INITIALIZERS: dict[str, Callable[..., Any]] = {
+    "normal": normal,
+    "uniform": uniform,
+    "zeros": zeros,
+    "ones": ones,
+    "xavier_normal": xavier_normal,
+    "xavier_uniform": xavier_uniform,
+    "kaiming_normal": kaiming_normal,
+    "kaiming_uniform": kaiming_uniform,
+    "gpt2_residual": gpt2_residual,
+}
+
+
+def initialize(name: str, shape: Shape, **kwargs: Any):
+    """Initialise by name, e.g. ``initialize("kaiming_normal", (784, 256), rng=0)``."""
+    if name not in INITIALIZERS:
+        raise ValueError(f"initializer {name!r} is unknown: expected one of {sorted(INITIALIZERS)}")
+    return INITIALIZERS[name](shape, **kwargs)

@@ -1,0 +1,24 @@
+"""The legend of shape letters used in comments and docstrings across tinyllm.
+
+Every array in the library carries its shape in a comment, e.g. ``# (B, T, C)``.
+The letters always mean:
+
+====  =====================================================================
+B     batch size (number of sequences processed together)
+T     sequence length (time steps / token positions) of the current input
+S     length of the keys/values attended to (cached positions + T)
+C     model width (embedding / residual-stream channels), ``d_model``
+H     number of attention (query) heads
+KV    number of key/value heads (grouped-query attention: H % KV == 0)
+D     head dimension, ``C // H`` in GPT, ``head_dim`` in Llama
+F     hidden width of the MLP (feed-forward) block
+V     vocabulary size
+N     number of rows of a flattened batch (``B * T``), or of a data set
+IN    input features of a Linear layer
+OUT   output features of a Linear layer
+G     number of quantisation groups / blocks along a row
+====  =====================================================================
+
+Weights follow the math, ``y = x @ W + b`` with ``W`` of shape ``(IN, OUT)``,
+unless a docstring says otherwise (GGUF and PyTorch store ``(OUT, IN)``).
+"""
