@@ -61,6 +61,24 @@ def test_matches_torch_optim(name):
             np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("cls", ["SGD", "Adam", "AdamW"])
+def test_parameter_groups_match_torch(cls):
+    torch = pytest.importorskip("torch")
+    init, grads = _setup()
+    kwargs = dict(lr=0.05, weight_decay=0.2, **({"momentum": 0.9} if cls == "SGD" else {}))
+    ours = _params(np, init)
+    opt = getattr(optim, cls)([{"params": ours[:1]}, {"params": ours[1:], "weight_decay": 0.0}], **kwargs)
+    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in init]
+    topt = getattr(torch.optim, cls)([{"params": theirs[:1]}, {"params": theirs[1:], "weight_decay": 0.0}], **kwargs)
+    for gs in grads:
+        _step(opt, ours, gs)
+        for p, g in zip(theirs, gs):
+            p.grad = torch.tensor(g)
+        topt.step()
+    for p, q in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
 def test_clip_grad_norm_matches_torch():
     torch = pytest.importorskip("torch")
     _, grads = _setup()
@@ -230,6 +248,12 @@ def test_other_bad_hyperparameters():
         optim.SGD([], lr=0.1)
     with pytest.raises(TypeError, match=r"params\[0\] must be a tinyllm Parameter"):
         optim.SGD([np.zeros(2)], lr=0.1)
+    with pytest.raises(ValueError, match="same Parameter more than once"):
+        optim.SGD(ps + ps, lr=0.1)
+    with pytest.raises(ValueError, match="parameter group 0 must have the key 'params'"):
+        optim.AdamW([{"params": ps, "lr": 0.1}])
+    with pytest.raises(ValueError, match="weight_decay of parameter group 0 must be >= 0"):
+        optim.AdamW([{"params": ps, "weight_decay": -1.0}])
     opt = optim.SGD(ps, lr=0.1)
     with pytest.raises(ValueError, match="lr"):
         opt.lr = -1.0
