@@ -173,5 +173,5 @@ def describe(device: str | None = None) -> str:
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return f"Using the GPU ({name}) through CuPy {_cupy.__version__}."  # type: ignore[union-attr]
     asked = device or requested_device()
-    why = "" if asked == "cpu" else f" ({gpu_problem()})"
+    why = "" if asked == "cpu" else f": {gpu_problem()}"
     return f"Using the CPU through NumPy {np.__version__}{why}."
