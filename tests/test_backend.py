@@ -174,6 +174,22 @@ def test_fallback_message_is_printed_once(monkeypatch, capsys):
     _assert_one_line_fallback(capsys, "CuPy is not installed")
 
 
+def test_moving_a_model_to_a_missing_gpu_says_so_once_and_keeps_it_usable(monkeypatch, capsys):
+    from tinyllm.nn.linear import Linear
+    from tinyllm.nn.sequential import Sequential
+
+    _no_cupy(monkeypatch)
+    model = Sequential(Linear(3, 4, rng=0), Linear(4, 2, rng=1))
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    assert model.to("gpu") is model
+    _assert_one_line_fallback(capsys, "CuPy is not installed")
+    for name, value in model.state_dict().items():
+        assert isinstance(value, np.ndarray) and value.dtype == np.float32
+        np.testing.assert_array_equal(value, before[name])
+    y = model.forward(np.ones((2, 3), dtype=np.float32))
+    assert y.shape == (2, 2) and y.dtype == np.float32
+
+
 def test_cupy_is_probed_once(monkeypatch):
     calls = []
     cupy = _fake_cupy(monkeypatch, available=False)
