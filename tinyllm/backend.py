@@ -28,6 +28,13 @@ DEVICES = ("cpu", "gpu", "auto")
 _cupy: ModuleType | None = None
 _cupy_checked = False
 _gpu_problem: str | None = None  # why the GPU is not usable, in one line
+_fallback_announced = False  # the fallback message is printed once per process
+
+
+def _one_line(exc: BaseException) -> str:
+    """``ExcName: message`` on one line (CUDA errors often span several)."""
+    message = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__
 
 
 def _load_cupy() -> ModuleType | None:
@@ -42,7 +49,7 @@ def _load_cupy() -> ModuleType | None:
         _gpu_problem = "CuPy is not installed (pip install 'tinyllm[gpu]' or cupy-cuda12x)"
         return None
     except Exception as exc:  # a broken CUDA install can raise anything on import
-        _gpu_problem = f"CuPy failed to import: {exc.__class__.__name__}: {exc}"
+        _gpu_problem = f"CuPy failed to import ({_one_line(exc)})"
         return None
     try:
         if not cupy.cuda.is_available():
@@ -50,7 +57,7 @@ def _load_cupy() -> ModuleType | None:
             return None
         cupy.zeros(1)  # a driver too old for the toolkit only shows up on allocation
     except Exception as exc:
-        _gpu_problem = f"CuPy is installed but the GPU is not usable: {exc.__class__.__name__}: {exc}"
+        _gpu_problem = f"CuPy is installed but the GPU is not usable ({_one_line(exc)})"
         return None
     _cupy = cupy
     return _cupy
@@ -81,8 +88,9 @@ def resolve_device(device: str | None = None, *, warn: bool = True) -> str:
     """Turn ``cpu``/``gpu``/``auto`` (or None: read ``TINYLLM_DEVICE``) into ``cpu`` or ``gpu``.
 
     Asking for ``gpu`` when none is usable falls back to ``cpu`` with a one-line
-    explanation instead of an error deep inside CUDA.
+    explanation (printed once per process) instead of an error deep inside CUDA.
     """
+    global _fallback_announced
     if device is None:
         device = requested_device()
     if not isinstance(device, str) or device.lower() not in DEVICES:
@@ -92,8 +100,9 @@ def resolve_device(device: str | None = None, *, warn: bool = True) -> str:
         return "cpu"
     if gpu_available():
         return "gpu"
-    if device == "gpu" and warn:
-        print(f"tinyllm: GPU requested but unavailable, using the CPU instead. {_gpu_problem}.")
+    if device == "gpu" and warn and not _fallback_announced:
+        _fallback_announced = True
+        print(f"tinyllm: GPU requested but unavailable, using the CPU instead: {_gpu_problem}.")
     return "cpu"
 
 
@@ -114,22 +123,37 @@ def is_gpu_array(x: Any) -> bool:
     return type(x).__module__.startswith("cupy")
 
 
-def to_device(x: Any, device: str | None = None):
-    """Copy an array (or nested dict/list/tuple of arrays) to ``device``; no copy when already there."""
+def _is_container(x: Any) -> bool:
+    """A dict, or a list/tuple holding arrays or dicts (a list of numbers is array data)."""
     if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
+        return True
     if isinstance(x, (list, tuple)):
-        return type(x)(to_device(v, device) for v in x)
-    target = resolve_device(device)
-    if target == "gpu":
+        return any(isinstance(v, (np.ndarray, dict)) or is_gpu_array(v) or _is_container(v) for v in x)
+    return False
+
+
+def _map(fn, x: Any):
+    if isinstance(x, dict):
+        return {k: fn(v) for k, v in x.items()}
+    return type(x)(fn(v) for v in x)
+
+
+def to_device(x: Any, device: str | None = None):
+    """Copy an array (or a dict/list/tuple of arrays) to ``device``; no copy when already there.
+
+    ``device`` is ``cpu``, ``gpu`` or ``auto``; None reads ``TINYLLM_DEVICE``.
+    """
+    if _is_container(x):
+        return _map(lambda v: to_device(v, device), x)
+    if resolve_device(device) == "gpu":
         return _cupy.asarray(x)  # type: ignore[union-attr]
     return to_numpy(x)
 
 
 def to_numpy(x: Any):
-    """Bring an array back to the host as a NumPy array (a no-op for NumPy input)."""
-    if isinstance(x, dict):
-        return {k: to_numpy(v) for k, v in x.items()}
+    """Bring an array (or a dict/list/tuple of arrays) back to the host as NumPy (a no-op for NumPy input)."""
+    if _is_container(x):
+        return _map(to_numpy, x)
     if is_gpu_array(x):
         return x.get()
     return np.asarray(x)
@@ -149,5 +173,5 @@ def describe(device: str | None = None) -> str:
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return f"Using the GPU ({name}) through CuPy {_cupy.__version__}."  # type: ignore[union-attr]
     asked = device or requested_device()
-    why = "" if asked == "cpu" else f" ({gpu_problem()})"
+    why = "" if asked == "cpu" else f": {gpu_problem()}"
     return f"Using the CPU through NumPy {np.__version__}{why}."
