@@ -28,6 +28,7 @@ of the pairs those words lose and gain; a heap with lazy deletion finds the next
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -88,6 +89,17 @@ def _unspell(token: str) -> bytes | None:
         return None
 
 
+def _unspell_all(tokens: list[str]) -> list[bytes | None]:
+    """:func:`_unspell` for many tokens at once: one ``translate`` over the joined text, then slices
+    (in the byte spelling each character is one byte, so a token's length is its byte count)."""
+    try:
+        raw = "".join(tokens).translate(_UNSPELL).encode("latin-1")
+    except UnicodeEncodeError:
+        return [_unspell(t) for t in tokens]  # some token is not byte-level spelled
+    ends = list(itertools.accumulate(map(len, tokens)))
+    return [raw[e - n:e] for e, n in zip(ends, map(len, tokens))]
+
+
 def _compile(pattern) -> tuple[tuple[str, ...], list]:
     if isinstance(pattern, str):
         patterns = PRE_TOKENIZERS.get(pattern, (pattern,))
@@ -145,7 +157,7 @@ class BPETokenizer:
     ``chat_template`` (set when loaded from a model, else None/False).
     """
 
-    def __init__(self, vocab, merges, merge_ids=None, special_tokens=None, pattern="gpt2", **info):
+    def __init__(self, vocab, merges, merge_ids=None, special_tokens=None, pattern="gpt2", *, check=True, **info):
         self.vocab: list[bytes] = list(vocab)
         self.merges: list[tuple[int, int]] = [tuple(m) for m in merges]
         if merge_ids is None:  # trained tokenizers: merge r makes id 256 + r
@@ -161,7 +173,8 @@ class BPETokenizer:
         self.chat_template = info.pop("chat_template", None)
         if info:
             raise TypeError(f"unexpected keyword arguments {sorted(info)}")
-        self._check()
+        if check:  # from_gguf_metadata builds merges from the token strings, consistent by construction
+            self._check()
         self._ranks = dict(zip(self.merges, range(len(self.merges))))  # (a, b) -> rank
         self._merged = dict(zip(self.merges, self.merge_ids))  # (a, b) -> new id
         self._special_ids = set(self.special_tokens.values())
@@ -464,17 +477,21 @@ class BPETokenizer:
         if len(types) != len(tokens):
             raise TokenizerError(f"GGUF metadata 'tokenizer.ggml.token_type' has {len(types)} entries for {len(tokens)} tokens")
         specials = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 3}
-        vocab = [_unspell(t) for t in tokens]
+        vocab = _unspell_all(tokens)
         for i, t in enumerate(tokens):
-            if vocab[i] is None or i in specials.values():
+            if vocab[i] is None:
                 vocab[i] = t.encode("utf-8")  # written as text, not in the byte spelling
+        for t, i in specials.items():
+            vocab[i] = t.encode("utf-8")
         index = {t: i for i, t in enumerate(tokens)}
-        merges_text = get("tokenizer.ggml.merges")
+        merges_text = [str(m) for m in get("tokenizer.ggml.merges")]
         try:
-            parts = [m.split(" ") for m in merges_text]
-            left = [index[p[0]] for p in parts]
-            right = [index[p[1]] for p in parts]
-            new = [index[p[0] + p[1]] for p in parts]
+            flat = " ".join(merges_text).split(" ")  # one split for all: left0 right0 left1 right1 ...
+            if len(flat) != 2 * len(merges_text):
+                raise IndexError
+            left = [index[t] for t in flat[0::2]]
+            right = [index[t] for t in flat[1::2]]
+            new = [index[a + b] for a, b in zip(flat[0::2], flat[1::2])]
         except (KeyError, IndexError):
             bad = next(m for m in merges_text if len(m.split(" ")) != 2 or any(
                 q not in index for q in (*m.split(" "), m.replace(" ", ""))))
@@ -485,4 +502,9 @@ class BPETokenizer:
         info["pad_token_id"] = get("tokenizer.ggml.padding_token_id", None)
         info["add_bos_token"] = get("tokenizer.ggml.add_bos_token", False)
         info["chat_template"] = get("tokenizer.chat_template", None)
-        return cls(vocab, list(zip(left, right)), new, special_tokens=specials, pattern=pre_tokenizer, **info)
+        n = len(tokens)
+        bad = [i for i in (info["bos_token_id"], info["eos_token_id"], info["unk_token_id"], info["pad_token_id"])
+               if i is not None and not 0 <= i < n]
+        if bad:
+            raise TokenizerError(f"GGUF metadata names special token id {bad[0]} outside the vocabulary of {n}")
+        return cls(vocab, list(zip(left, right)), new, special_tokens=specials, pattern=pre_tokenizer, check=False, **info)
