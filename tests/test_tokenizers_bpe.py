@@ -218,3 +218,33 @@ def test_same_vocab_size_compresses_like_hf_tokenizers(corpus):
     ours = BPETokenizer.train(corpus, 600)
     n_ours, n_hf = len(ours.encode(corpus)), len(hf.encode(corpus).ids)
     assert abs(n_ours - n_hf) / n_hf < 0.02
+
+
+def test_train_with_smollm_pattern_and_progress(capsys):
+    t = BPETokenizer.train("x = 12345 + 67890\n" * 20, 300, pattern="smollm", progress=True)
+    assert t.pattern[0] == r"\p{N}"
+    assert all(not bytes(t.vocab[i]).strip().isdigit() or len(t.vocab[i].strip()) == 1 for i in range(256, len(t)))
+    assert t.decode(t.encode("y = 42")) == "y = 42"
+    assert "BPE merges" in capsys.readouterr().err
+
+
+def test_gguf_metadata_as_numpy_arrays():
+    """The GGUF reader may hand back arrays as NumPy arrays; a tiny hand-made vocabulary."""
+    np = pytest.importorskip("numpy")
+    spell = bytes_to_unicode()
+    tokens = ["<|endoftext|>"] + [spell[b] for b in range(256)] + ["Ġt", "Ġth"]
+    metadata = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt2",
+        "tokenizer.ggml.tokens": np.array(tokens),
+        "tokenizer.ggml.merges": np.array(["Ġ t", "Ġt h"]),
+        "tokenizer.ggml.token_type": np.array([3] + [1] * 258, dtype=np.int32),
+        "tokenizer.ggml.bos_token_id": np.uint32(0),
+    }
+    tok = BPETokenizer.from_gguf_metadata(metadata)
+    assert tok.encode(" the<|endoftext|>") == [258, 1 + ord("e"), 0]
+    assert tok.bos_token_id == 0 and tok.special_tokens == {"<|endoftext|>": 0}
+    with pytest.raises(TokenizerError, match="token_type"):
+        BPETokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.token_type": [1]})
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        BPETokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.bos_token_id": 999})
