@@ -238,3 +238,14 @@ def test_chat_template_matches_jinja_on_stored_template(metadata, index, add_gen
     template = jinja2.Environment().from_string(metadata["tokenizer.chat_template"])
     expected = template.render(messages=messages, add_generation_prompt=add_generation_prompt)
     assert apply_chat_template(messages, add_generation_prompt=add_generation_prompt) == expected
+
+
+def test_save_load_keeps_everything(ours, tmp_path):
+    path = tmp_path / "smollm2.json"
+    ours.save(path)
+    back = BPETokenizer.load(path)
+    assert back.vocab == ours.vocab and back.merges == ours.merges and back.merge_ids == ours.merge_ids
+    assert back.special_tokens == ours.special_tokens and back.pattern == ours.pattern
+    assert (back.bos_token_id, back.eos_token_id, back.chat_template) == (1, 2, ours.chat_template)
+    for text in STRINGS:
+        assert back.encode(text) == ours.encode(text)
