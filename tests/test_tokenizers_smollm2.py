@@ -10,9 +10,18 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tinyllm.tokenizers.bpe import BPETokenizer
-from test_tokenizers_chat import CONVERSATIONS
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+def _conversations():
+    """The conversations of test_tokenizers_chat.py, loaded by path (works in any pytest import mode)."""
+    spec = importlib.util.spec_from_file_location("_chat_cases", Path(__file__).with_name("test_tokenizers_chat.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CONVERSATIONS
+
+
+CONVERSATIONS = _conversations()
 
 STRINGS = [
     "The capital of France is",
