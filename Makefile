@@ -25,8 +25,11 @@ setup-test: $(BIN)/python
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
+# --nbval re-executes every notebook in notebooks/ and compares it with its saved outputs.
+NBVAL := --nbval --nbval-current-env --nbval-cell-timeout=600
+
 test: setup-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(NBVAL) $(PYTEST_ARGS)
 
 # Regenerate the student notebooks in exercises/ from solutions/.
 exercises: setup
