@@ -15,6 +15,8 @@ from their ``.grad``. With g = grad, p = parameter, lr = learning rate, t = step
 - **AdamW** (Loshchilov & Hutter 2019): the decay is decoupled from the gradient,
   p <- p (1 - lr wd), then the Adam step without the L2 term.
 
+``params`` is a list of Parameters, or of PyTorch-style groups
+``{"params": [...], "weight_decay": 0.0}`` (e.g. no decay for biases and norms).
 Hyperparameters are Python floats and the state has the parameters' dtype, so a
 float32 model stays float32. ``state_dict()`` / ``load_state_dict()`` round-trip
 exactly, so training resumes bit-identically.
@@ -41,13 +43,29 @@ class Optimizer:
     _buffers: tuple[str, ...] = ()  # names of per-parameter state arrays
     _hyper: tuple[str, ...] = ()  # names of float hyperparameters kept in the state dict
 
-    def __init__(self, params: Iterable[Parameter], lr: float):
-        self.params = list(params)
+    def __init__(self, params: Iterable[Parameter] | Iterable[dict], lr: float):
+        self.params: list[Parameter] = []
+        self._decay_override: list[float | None] = []  # per parameter: a group's weight_decay, or None
+        for i, item in enumerate(list(params)):
+            if isinstance(item, dict):  # a parameter group, as in PyTorch
+                unknown = sorted(set(item) - {"params", "weight_decay"})
+                if "params" not in item or unknown:
+                    raise ValueError(f"parameter group {i} must have the key 'params' and optionally 'weight_decay', "
+                                     f"got keys {sorted(item)}")
+                wd = item.get("weight_decay")
+                group = list(item["params"])
+                wd = None if wd is None else _check_nonneg(f"weight_decay of parameter group {i}", wd)
+            else:
+                group, wd = [item], None
+            for p in group:
+                if not isinstance(p, Parameter):
+                    raise TypeError(f"params[{i}] must be a tinyllm Parameter (or a group dict), got {type(p).__name__}")
+                self.params.append(p)
+                self._decay_override.append(wd)
         if not self.params:
             raise ValueError("params is an empty list: the optimiser has nothing to update")
-        for i, p in enumerate(self.params):
-            if not isinstance(p, Parameter):
-                raise TypeError(f"params[{i}] must be a tinyllm Parameter, got {type(p).__name__}")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("params holds the same Parameter more than once")
         self.lr = lr
         self.step_count = 0
         self.state: dict[str, list[Any]] = {
@@ -61,6 +79,10 @@ class Optimizer:
     @lr.setter
     def lr(self, value: float) -> None:
         self._lr = _check_nonneg("lr (learning rate)", value)
+
+    def _weight_decays(self) -> list[float]:
+        """The weight decay of each parameter: its group's value, else the optimiser's ``weight_decay``."""
+        return [self.weight_decay if wd is None else wd for wd in self._decay_override]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -117,9 +139,9 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         self.step_count += 1
-        lr, mu, wd = self.lr, self.momentum, self.weight_decay
+        lr, mu = self.lr, self.momentum
         buffers = self.state.get("momentum_buffer", [None] * len(self.params))
-        for p, buf in zip(self.params, buffers):
+        for p, buf, wd in zip(self.params, buffers, self._weight_decays()):
             g = p.grad + wd * p.data if wd else p.grad
             if mu:
                 buf *= mu  # the buffer starts at 0, so after step 1 it equals g, as in PyTorch
@@ -152,10 +174,10 @@ class Adam(Optimizer):
 
     def step(self) -> None:
         self.step_count += 1
-        t, lr, b1, b2, wd = self.step_count, self.lr, self.beta1, self.beta2, self.weight_decay
+        t, lr, b1, b2 = self.step_count, self.lr, self.beta1, self.beta2
         step_size = lr / (1.0 - b1 ** t)
         bc2_sqrt = math.sqrt(1.0 - b2 ** t)
-        for p, m, v in zip(self.params, self.state["exp_avg"], self.state["exp_avg_sq"]):
+        for p, m, v, wd in zip(self.params, self.state["exp_avg"], self.state["exp_avg_sq"], self._weight_decays()):
             xp = get_array_module(p.data)
             g = p.grad
             if wd and self.decoupled:

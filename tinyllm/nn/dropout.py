@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyllm import init
 from tinyllm.backend import get_array_module
 from tinyllm.nn.module import Module
 
@@ -23,7 +22,7 @@ class Dropout(Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
         self.p = float(p)
-        self.rng = init._rng(rng)
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)  # int seed or None
         self._mask = None
 
     def forward(self, x):

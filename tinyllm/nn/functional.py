@@ -64,13 +64,14 @@ def cross_entropy_parts(logits: Any, targets: Any, ignore_index: int = -100):
     """
     xp, flat, t, keep = _check_targets(logits, targets, ignore_index)
     N = flat.shape[0]
-    z = flat - flat.max(axis=-1, keepdims=True)  # (N, V)
-    e = xp.exp(z)  # (N, V)
-    s = e.sum(axis=-1, keepdims=True)  # (N, 1)
+    z = flat - flat.max(axis=-1, keepdims=True)  # (N, V), the only (N, V) temporary
     safe_t = xp.where(keep, t, 0)  # (N,) ignored rows point at class 0, then get masked out
-    nll = xp.log(s[:, 0]) - z[xp.arange(N), safe_t]  # (N,)
+    z_t = z[xp.arange(N), safe_t]  # (N,) shifted logit of each target
+    e = xp.exp(z, out=z)  # (N, V) in place
+    s = e.sum(axis=-1, keepdims=True)  # (N, 1)
+    nll = xp.where(keep, xp.log(s[:, 0]) - z_t, 0.0)  # (N,)
     count = int(keep.sum())
-    loss = (nll * keep).sum() / max(count, 1)
+    loss = nll.sum() / max(count, 1)
     e /= s  # probabilities, in place
     return loss, e, t, keep, count
 

@@ -63,7 +63,8 @@ def gradient_errors(module: Module, x: Any, *args: Any, eps: float = 1e-6, seed:
     Parameters are converted to float64 in place. Extra ``args`` go to ``forward``
     after x (e.g. the targets of a loss). A module whose forward returns a scalar
     (a loss) gets ``backward(1.0)``; otherwise L = sum(y * g) with g ~ N(0, 1) seeded.
-    Integer inputs (token ids) have no gradient and are not checked.
+    Integer inputs (token ids) have no gradient and are not checked. The forward
+    pass must be deterministic: put a module holding Dropout in ``eval()`` mode first.
     """
     xp = get_array_module(x)
     to_float64(module)

@@ -28,7 +28,7 @@ class Linear(Module):
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got ({in_features}, {out_features})")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        rng = init._rng(rng)
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)  # one stream for W and b
         a = 1.0 / math.sqrt(in_features)
         self.weight = Parameter(init.uniform((in_features, out_features), -a, a, rng=rng, dtype=dtype))  # (IN, OUT)
         self.bias = Parameter(init.uniform((out_features,), -a, a, rng=rng, dtype=dtype)) if bias else None  # (OUT,)

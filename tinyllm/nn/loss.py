@@ -34,7 +34,7 @@ class CrossEntropyLoss(Module):
         probs, t, keep, count, shape = self._cache
         dz = probs  # (N, V), reused in place: forward's probabilities are not needed again
         self._cache = None
-        rows = keep.nonzero()[0]  # (K,) kept positions
+        rows = keep.nonzero()[0]  # indices of the kept positions
         dz[rows, t[rows]] -= 1.0
         scale = float(dloss) / max(count, 1)
         dz *= (keep * scale).astype(dz.dtype)[:, None]  # (N, 1): 1/count for kept rows, 0 for ignored ones
