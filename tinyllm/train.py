@@ -39,7 +39,7 @@ class TrainConfig:
     lr: float = 1e-3                   # peak learning rate, reached after warm-up
     min_lr: float = 1e-4               # where the cosine decay ends
     warmup_steps: int = 100
-    weight_decay: float = 0.1          # AdamW's decoupled decay
+    weight_decay: float = 0.1          # AdamW's decoupled decay, on weight matrices only
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0             # max global gradient norm (0 turns clipping off)
     eval_interval: int = 100           # steps between validation losses
@@ -79,7 +79,11 @@ class Trainer:
         self.val_tokens = None if val_tokens is None else self._check_tokens(val_tokens, "val_tokens")
         self.block_size = model.config.block_size
         c = self.config
-        self.optimizer = AdamW(model.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        # weight decay on matrices only (Linear weights, embeddings); never on biases and LayerNorm gains
+        params = model.parameters()
+        groups = [{"params": [p for p in params if p.data.ndim >= 2], "weight_decay": c.weight_decay},
+                  {"params": [p for p in params if p.data.ndim < 2], "weight_decay": 0.0}]
+        self.optimizer = AdamW([g for g in groups if g["params"]], lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
         self.schedule = WarmupCosine(c.warmup_steps, c.steps, c.lr, c.min_lr)
         self.step = 0                                                        # steps done so far
         self.data_rng = np.random.default_rng([c.seed, 0])                  # picks the batches
@@ -183,9 +187,7 @@ class Trainer:
         end = self.config.steps if steps is None else min(self.config.steps, self.step + steps)
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.config.steps, initial=self.step, desc="training", unit="step")
+            bar = _progress_bar(total=self.config.steps, initial=self.step, desc="training", unit="step")
         try:
             if self.step == 0 and not self.history["val_step"]:
                 self._validate()
@@ -244,6 +246,17 @@ class Trainer:
         if int(info["step"]) != self.step:
             raise TrainingError(f"checkpoint {str(path)!r}: step {info['step']} disagrees with the trainer state "
                                 f"step {self.step}")
+
+
+def _progress_bar(**kwargs):
+    """A ``tqdm.auto`` bar (a widget in notebooks when ipywidgets is installed, text otherwise), redrawn
+    at most twice a second so a notebook's saved output stays small."""
+    import warnings
+
+    with warnings.catch_warnings():                    # "IProgress not found": the text bar is fine
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+    return tqdm(mininterval=0.5, **kwargs)
 
 
 def _jsonable(obj):
