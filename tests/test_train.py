@@ -156,3 +156,13 @@ def test_plots(data):
     assert len(ax.lines) == 3
     np.testing.assert_allclose(smooth([2.0, 2.0, 2.0]), 2.0)                # bias-corrected: no warm-up dip
     LivePlot()(None)                                                         # outside a notebook: a no-op
+
+
+def test_weight_decay_only_on_matrices(data):
+    V, train_ids, val_ids = data
+    model = GPT(_cfg(V), rng=0)
+    trainer = Trainer(model, train_ids, val_ids, TrainConfig(steps=3, weight_decay=0.1), progress=False)
+    decays = dict(zip((id(p) for p in trainer.optimizer.params), trainer.optimizer._weight_decays()))
+    assert len(decays) == len(model.parameters())
+    for name, p in model.named_parameters():
+        assert decays[id(p)] == (0.1 if p.data.ndim == 2 else 0.0), name
