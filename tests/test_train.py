@@ -161,7 +161,7 @@ def test_plots(data):
 def test_weight_decay_only_on_matrices(data):
     V, train_ids, val_ids = data
     model = GPT(_cfg(V), rng=0)
-    trainer = Trainer(model, train_ids, val_ids, TrainConfig(steps=3, weight_decay=0.1), progress=False)
+    trainer = Trainer(model, train_ids, val_ids, TrainConfig(steps=3, warmup_steps=1, weight_decay=0.1), progress=False)
     decays = dict(zip((id(p) for p in trainer.optimizer.params), trainer.optimizer._weight_decays()))
     assert len(decays) == len(model.parameters())
     for name, p in model.named_parameters():
