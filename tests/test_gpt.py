@@ -268,3 +268,23 @@ def test_dropout_is_seeded_and_off_in_eval():
     assert not np.array_equal(la, a.forward(idx))              # a fresh mask each call
     a.eval()
     np.testing.assert_array_equal(a.forward(idx), a.forward(idx))
+
+
+def test_gpt_gradients_with_dropout_match_finite_differences():
+    # replaying the dropout generator's state before each forward pass fixes the masks
+    cfg = GPTConfig.preset("nano", dropout=0.3)
+    model = _random_float64_gpt(cfg, seed=5)
+    idx, targets = _batch(cfg, 2, 6, seed=6)
+    start = model.dropout_rng.bit_generator.state
+
+    def f():
+        model.dropout_rng.bit_generator.state = start
+        return model.loss(idx, targets)
+
+    model.zero_grad()
+    f()
+    model.backward()
+    params = dict(model.named_parameters())
+    for name in ("wte.weight", "wpe.weight", "h.0.attn.c_attn.weight", "h.1.attn.c_proj.bias", "h.1.mlp.c_fc.weight"):
+        err = _rel_err(_numerical_grad(f, params[name].data), params[name].grad)
+        assert err < 1e-6, f"{name}: relative error {err:.2e}"
