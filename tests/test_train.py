@@ -99,7 +99,6 @@ def test_resume_from_state_is_bit_identical(data, dropout):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_resume_from_checkpoint_file_is_bit_identical(data, dropout, tmp_path):
-    pytest.importorskip("tinyllm.io.checkpoint")
     path = tmp_path / "ckpt.safetensors"
 
     def save(trainer):
