@@ -408,7 +408,9 @@ def judge_exercise(ex: Exercise, msg: dict | None, *, cells: list[Cell], load_er
             t.feedback = ""
     not_impl = [v for row in rows for v in row if isinstance(v, dict) and v.get("type") == "NotImplementedError"]
     if not_impl and not any(t.passed for t in res.tests):
-        res.message = "not implemented yet"
+        res.message = "not implemented yet: replace `raise NotImplementedError(...)` with your code"
+        for t in res.tests:
+            t.feedback = ""
     res.score = float(sum(t.points for t in res.tests))
     return res
 
