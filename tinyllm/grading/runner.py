@@ -506,7 +506,7 @@ def execute_notebook(nb: dict, timeout: float) -> list[str]:
 
     notes: list[str] = []
     try:
-        node = nbformat.from_dict(nb)
+        node = nbformat.reads(json.dumps(nb), as_version=4)      # normalises sources split in lines
         for cell in node.cells:
             if cell.get("cell_type") == "code":
                 cell["outputs"] = []

@@ -114,7 +114,7 @@ def _judge_softmax_basic(rs):
 def _judge_softmax_big(rs):
     p = array(rs[0], "softmax(x) for large inputs", shape=big.shape, floating=True)
     if not np.isfinite(p).all():
-        raise Fail("softmax overflows for inputs near 1000 (exp(1000) is inf): subtract the row maximum first")
+        raise Fail("softmax overflows for inputs near 1000: subtract the row maximum first (exp(1000) is inf in floating point)")
     close(p, ref_softmax(big), "softmax(x) for inputs near +-1000", atol=1e-6,
           hint="subtract the row maximum (keepdims=True) before exp")
 

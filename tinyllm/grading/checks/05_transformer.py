@@ -25,10 +25,10 @@ def _judge_mask(rs):
         want = np.tril(np.ones((T, T), dtype=bool))
         if np.array_equal(m, want):
             continue
-        if np.array_equal(m, ~want):
-            raise Fail("the mask is inverted: True must mean 'may attend', i.e. key position <= query position")
         if np.array_equal(m, np.tril(np.ones((T, T), dtype=bool), -1)):
             raise Fail("the mask is off by one: a position must be allowed to attend to itself (include the diagonal)")
+        if np.array_equal(m, ~want):
+            raise Fail("the mask is inverted: True must mean 'may attend', i.e. key position <= query position")
         if np.array_equal(m, np.tril(np.ones((T, T), dtype=bool), 1)):
             raise Fail("the mask is off by one: position i may see position i + 1, a future token; keep only j <= i")
         if np.array_equal(m, np.triu(np.ones((T, T), dtype=bool))):
@@ -77,8 +77,8 @@ def _judge_causal(rs):
     changed = np.abs(y1 - y2).max(axis=(0, 1, 3)) > 1e-6            # (T,) which query positions changed
     if changed[:-1].any():
         i = int(np.argmax(changed[:-1]))
-        raise Fail(f"attention lets position {i} see position {T - 1}: changing the last key/value changed the output "
-                   "at an earlier position; check the causal mask (keys j <= query i only)")
+        raise Fail(f"attention lets position {i} see position {T - 1}: check the causal mask (query i may only see "
+                   "keys j <= i; changing the last key and value changed an earlier output)")
     if not changed[-1]:
         raise Fail("changing the last key/value did not change the last output: a position must attend to itself")
 
