@@ -41,6 +41,7 @@ SANDBOX = str(Path(__file__).with_name("sandbox.py"))
 CHECKS_DIR = Path(__file__).with_name("checks")
 DEFAULT_TIMEOUT = 30.0
 PRINT_CAP = 1_000_000          # characters a graded function may print before it scores zero
+KILL_GRACE = 2.0             # seconds past the time limit before a function that ignores the alarm is killed
 STARTUP_GRACE = 30.0           # seconds for the sandbox to start (NumPy import on a busy machine)
 
 
@@ -246,14 +247,14 @@ def run_sandbox(cells: list[Cell], jobs: list[dict], time_limit: float) -> tuple
                     loaded = True
                     if not load_errors:
                         load_errors = [e for e in msg.get("errors", []) if isinstance(e, dict)]
-                    deadline = time.monotonic() + time_limit + 5.0
+                    deadline = time.monotonic() + time_limit + KILL_GRACE
                 elif kind == "start":
                     current = msg.get("key")
-                    deadline = time.monotonic() + time_limit + 5.0
+                    deadline = time.monotonic() + time_limit + KILL_GRACE
                 elif kind == "done":
                     results[msg.get("key")] = msg
                     current = None
-                    deadline = time.monotonic() + time_limit + 5.0
+                    deadline = time.monotonic() + time_limit + KILL_GRACE
             _kill(proc)
             remaining = [j for j in remaining if j["key"] not in results]
             if not remaining:
@@ -542,6 +543,9 @@ def grade_notebook(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, execut
     if lesson is None:
         report.error = (f"{path.name}: cannot tell which lesson this is; name it like exercises/NN_topic.ipynb "
                         f"(lessons: {', '.join(lessons())})")
+        return report
+    if nb is None and not path.is_file():
+        report.error = problem
         return report
     if nb is None:
         report = grade_cells(lesson, [], time_limit=timeout, only=only, notebook=str(path))

@@ -101,7 +101,7 @@ def _encode(value, depth=0):
 def _encode_array(a):
     import numpy as np
 
-    a = np.ascontiguousarray(a)
+    a = np.array(a, order="C", copy=True)         # keeps 0-d arrays 0-d (ascontiguousarray would not)
     return {"dtype": a.dtype.str, "shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
