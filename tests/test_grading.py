@@ -120,3 +120,25 @@ def test_make_exercises_command(tmp_path):
     assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{lesson}.ipynb" for lesson in lessons())
     assert main(["make-exercises", "--solutions", str(tmp_path / "nope")]) == 2
+
+
+def test_github_classroom_config_covers_every_exercise_with_its_points():
+    config = json.loads((ROOT / ".github" / "classroom" / "autograding.json").read_text())
+    wanted = {(lesson, e.function): e.max_points for lesson in lessons() for e in load_exercises(lesson)}
+    seen = {}
+    for test in config["tests"]:
+        parts = test["run"].split()
+        assert parts[:2] == ["tinyllm", "grade"] and "--only" in parts and "--no-execute" in parts
+        lesson = Path(parts[2]).stem
+        assert parts[2] == f"exercises/{lesson}.ipynb"
+        seen[(lesson, parts[parts.index("--only") + 1])] = test["points"]
+        assert isinstance(test["points"], int) and test["timeout"] >= 1
+    assert seen == wanted
+    assert config["tests"][0]["setup"].startswith("python -m pip install")
+
+
+def test_a_classroom_command_passes_on_the_solution(capsys):
+    from tinyllm.cli import main
+
+    assert main(["grade", str(ROOT / "solutions" / "08_inference.ipynb"), "--only", "top_p_filter", "--no-execute"]) == 0
+    assert "total: 4/4 points (100%)  full marks" in capsys.readouterr().out
