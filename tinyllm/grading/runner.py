@@ -37,7 +37,8 @@ import numpy as np
 from tinyllm.grading.core import CallError, Exercise, Fail
 from tinyllm.grading.sandbox import clean_source
 
-SANDBOX = str(Path(__file__).with_name("sandbox.py"))
+# Read once, when the grader starts: code run later (a notebook in its kernel) cannot change what runs.
+SANDBOX_SOURCE = Path(__file__).with_name("sandbox.py").read_text(encoding="utf-8")
 CHECKS_DIR = Path(__file__).with_name("checks")
 DEFAULT_TIMEOUT = 30.0
 PRINT_CAP = 1_000_000          # characters a graded function may print before it scores zero
@@ -201,7 +202,7 @@ def run_sandbox(cells: list[Cell], jobs: list[dict], time_limit: float) -> tuple
             payload = pickle.dumps({"chunks": chunks, "jobs": remaining, "time_limit": time_limit,
                                     "print_cap": PRINT_CAP}, protocol=4)
             try:
-                proc = subprocess.Popen([sys.executable, "-I", SANDBOX], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                proc = subprocess.Popen([sys.executable, "-I", "-c", SANDBOX_SOURCE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=workdir, env=_child_env(), preexec_fn=_limits)
             except OSError as exc:
                 return load_errors, results, f"could not start the grading process: {exc}"
@@ -421,8 +422,8 @@ def grade_cells(lesson: str, cells: list[Cell], *, time_limit: float = DEFAULT_T
                 notebook: str = "<source>") -> Report:
     """Grade the definitions in ``cells`` for ``lesson``.
 
-    ``implementations`` maps extra job keys to ``(exercise function, name in the source)`` style
-    aliases for tests of the grader: ``{"softmax@softmax_no_max": ...}``; see :func:`grade_source`.
+    ``implementations`` (see :func:`grade_source`) maps names defined in the cells to the exercise
+    each implements, to grade several versions of one function in one process.
     """
     report = Report(notebook=notebook, lesson=lesson)
     try:
@@ -559,6 +560,10 @@ def grade_notebook(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, execut
         return report
     notes = []
     if execute:
+        try:
+            load_exercises(lesson)       # import the checks before the learner's code runs in a kernel
+        except Exception:  # noqa: BLE001 - reported by grade_cells below
+            pass
         notes = execute_notebook(nb, timeout)
     report = grade_cells(lesson, code_cells(nb), time_limit=timeout, only=only, notebook=str(path))
     report.notes = notes + [n for n in report.notes if n not in notes]
