@@ -1,14 +1,16 @@
 """Graded checks for exercises/02_gradient_descent.ipynb.
 
-The optimiser references follow PyTorch's update rules (``torch.optim.SGD`` with
-momentum, ``torch.optim.Adam``), as ``tinyllm.optim`` does; they are written out
-here in float64 so this module does not depend on the optimiser classes.
+The optimiser references are ``tinyllm.optim.SGD`` (momentum) and ``tinyllm.optim.Adam``
+run in float64 from the given state; they follow PyTorch's update rules. The
+variants used to recognise typical mistakes (no bias correction, ...) are written out here.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from tinyllm.grading.core import Exercise, Fail, array, call, close, number, value
+from tinyllm.nn.module import Parameter
+from tinyllm.optim import SGD, Adam
 
 rng = np.random.default_rng(202)
 EXERCISES: list[Exercise] = []
@@ -106,12 +108,15 @@ p0 = rng.standard_normal(6).astype(np.float32)
 g_seq = [rng.standard_normal(6).astype(np.float32) for _ in range(3)]
 
 
-def ref_momentum(p, grads, lr, mu):
-    p, v = p.astype(np.float64), np.zeros_like(p, dtype=np.float64)
-    for g in grads:
-        v = mu * v + g
-        p = p - lr * v
-    return p, v
+def lib_momentum_step(param, grad, velocity, lr, momentum):
+    """One step of tinyllm.optim.SGD(momentum) from a given velocity, in float64."""
+    p = Parameter(param.astype(np.float64))
+    opt = SGD([p], lr=lr, momentum=momentum)
+    opt.state["momentum_buffer"][0][...] = velocity
+    opt.step_count = 1
+    p.grad[...] = grad
+    opt.step()
+    return p.data, opt.state["momentum_buffer"][0]
 
 
 def _judge_momentum(rs):
@@ -119,14 +124,14 @@ def _judge_momentum(rs):
     p = array(p, "the new param", shape=p0.shape, floating=True)
     v = array(v, "the new velocity", shape=p0.shape, floating=True)
     vel = rng_v
-    want_v = 0.9 * vel + g_seq[0]
+    want_p, want_v = lib_momentum_step(p0, g_seq[0], vel, 0.1, 0.9)
     if np.allclose(v, 0.9 * vel + (1 - 0.9) * g_seq[0], atol=1e-6):
         raise Fail("the velocity is an exponential average (1 - momentum) * grad: PyTorch's SGD adds the full gradient, "
                    "v = momentum * v + grad")
     close(v, want_v, "the new velocity", atol=1e-6, hint="v = momentum * v + grad")
     if np.allclose(p, p0 - 0.1 * g_seq[0], atol=1e-6):
         raise Fail("the parameter moved by the gradient alone: step along the velocity, param - lr * v")
-    close(p, p0 - 0.1 * want_v, "the new param", atol=1e-6, hint="param = param - lr * v (with the new v)")
+    close(p, want_p, "the new param", atol=1e-6, hint="param = param - lr * v (with the new v)")
 
 
 rng_v = rng.standard_normal(6).astype(np.float32)
@@ -142,6 +147,15 @@ va = (0.01 * rng.random(8)).astype(np.float32)
 
 
 def ref_adam(p, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8, bias_correction=True):
+    if bias_correction:                       # the library's Adam, one step from the given state, in float64
+        param = Parameter(p.astype(np.float64))
+        opt = Adam([param], lr=lr, betas=(b1, b2), eps=eps)
+        opt.state["exp_avg"][0][...] = m
+        opt.state["exp_avg_sq"][0][...] = v
+        opt.step_count = t - 1
+        param.grad[...] = g
+        opt.step()
+        return param.data, opt.state["exp_avg"][0], opt.state["exp_avg_sq"][0]
     p, g, m, v = (a.astype(np.float64) for a in (p, g, m, v))
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g

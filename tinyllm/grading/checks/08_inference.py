@@ -1,8 +1,9 @@
 """Graded checks for exercises/08_inference.ipynb.
 
 References: top-p from ``tinyllm.generate.top_p_filter`` (the library's nucleus
-filter); the KV-cache write, RoPE (half-split "rotate_half" layout, Su et al. 2021,
-as in HF Llama) and RMSNorm (Zhang & Sennrich, 2019) are written out here in float64.
+filter) and RMSNorm (Zhang & Sennrich, 2019) from ``tinyllm.nn.functional.rms_norm``
+in float64; the KV-cache write and RoPE (half-split "rotate_half" layout, Su et al.
+2021, as in HF Llama) are written out here in float64.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from tinyllm.generate import top_p_filter as lib_top_p
 from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, value
+from tinyllm.nn import functional as F
 
 rng = np.random.default_rng(808)
 EXERCISES: list[Exercise] = []
@@ -174,8 +176,7 @@ xtiny = (1e-3 * rng.standard_normal((2, 16))).astype(np.float32)
 
 
 def ref_rms(x, w, eps=1e-5):
-    x = x.astype(np.float64)
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+    return F.rms_norm(x.astype(np.float64), np.asarray(w, dtype=np.float64), eps)
 
 
 def _judge_rms(rs):
