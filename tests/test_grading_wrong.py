@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm.grading.runner import grade_source, lessons
+from tinyllm.grading.runner import grade_source, lessons, load_exercises
 
 HERE = Path(__file__).parent / "wrong_impls"
 
@@ -68,6 +68,9 @@ def test_every_wrong_impl_has_an_expectation_and_every_lesson_has_one():
     names = [n for p in HERE.glob("*.py") for n in _wrong_functions(p)]
     assert sorted(names) == sorted(EXPECTED)
     assert sorted(p.stem for p in HERE.glob("[0-9][0-9]_*.py")) == lessons()
+    covered = {n.split("__")[0] for n in names}
+    graded = {e.function for lesson in lessons() for e in load_exercises(lesson)}
+    assert covered == graded, f"exercises without a wrong implementation: {sorted(graded - covered)}"
 
 
 @pytest.mark.parametrize("lesson", lessons())

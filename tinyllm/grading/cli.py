@@ -23,6 +23,8 @@ EXIT_FULL, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str = "grade") -> None:
+    parser.epilog = ("exit status: 0 full marks, 1 graded but not full marks, 2 nothing could be graded "
+                     "(no such file, unknown lesson, bad arguments)")
     parser.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="exercise notebooks to grade (exercises/NN_topic.ipynb)")
     parser.add_argument("--all", action="store_true", help="grade every exercise notebook in --dir and print a progress table")
     parser.add_argument("--dir", default="exercises", help="folder searched by --all (default: exercises)")
