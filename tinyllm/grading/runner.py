@@ -530,7 +530,9 @@ def execute_notebook(nb: dict, timeout: float) -> list[str]:
                 ename, evalue = out.get("ename", "Error"), out.get("evalue", "")
                 if ename == "NotImplementedError":
                     evalue = "not implemented yet"
-                notes.append(f"cell {i + 1} raised {ename}: {evalue}"[:300])
+                first = next((ln.strip() for ln in str(cell.get("source", "")).splitlines() if ln.strip()), "")
+                first = first if len(first) <= 40 else first[:37] + "..."
+                notes.append(f"cell {i + 1} ({first}) raised {ename}: {evalue}"[:300])
     return notes
 
 
