@@ -115,10 +115,15 @@ def test_strip_solution_keeps_indentation_and_takes_the_hint():
 def test_make_exercises_command(tmp_path):
     from tinyllm.cli import main
 
-    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(ROOT / "exercises"), "--check"]) == 0
-    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(tmp_path), "--check"]) == 1
-    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{lesson}.ipynb" for lesson in lessons())
+    classroom = str(ROOT / ".github" / "classroom" / "autograding.json")
+    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(ROOT / "exercises"),
+                 "--classroom", classroom, "--check"]) == 0
+    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(tmp_path), "--classroom",
+                 classroom, "--check"]) == 1
+    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(tmp_path / "ex"),
+                 "--classroom", str(tmp_path / "autograding.json")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == sorted(f"{lesson}.ipynb" for lesson in lessons())
+    assert (tmp_path / "autograding.json").read_text() == Path(classroom).read_text()
     assert main(["make-exercises", "--solutions", str(tmp_path / "nope")]) == 2
 
 

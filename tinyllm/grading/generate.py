@@ -148,9 +148,32 @@ def make_exercises(solutions: str | Path = "solutions", exercises: str | Path = 
     return done
 
 
+def classroom_config() -> str:
+    """GitHub Classroom's ``autograding.json``: one test per graded function, worth its points.
+
+    Each test runs ``tinyllm grade exercises/NN_topic.ipynb --only FUNCTION --no-execute``,
+    which exits 0 only when that function gets full marks, so Classroom gives partial credit.
+    """
+    from tinyllm.grading.runner import lessons, load_exercises
+
+    tests = []
+    for lesson in lessons():
+        for ex in load_exercises(lesson):
+            tests.append({
+                "name": f"{lesson[:2]} {ex.function}: {ex.title}",
+                "setup": "python -m pip install --quiet -e ." if not tests else "",
+                "run": f"tinyllm grade exercises/{lesson}.ipynb --only {ex.function} --no-execute --timeout 60",
+                "input": "", "output": "", "comparison": "included", "timeout": 5,
+                "points": int(round(ex.max_points)),
+            })
+    return json.dumps({"tests": tests}, indent=2) + "\n"
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str = "make-exercises") -> None:
     parser.add_argument("--solutions", default="solutions", help="folder of solution notebooks (default: solutions)")
     parser.add_argument("--exercises", default="exercises", help="folder to write the student notebooks to (default: exercises)")
+    parser.add_argument("--classroom", default=".github/classroom/autograding.json",
+                        help="where to write GitHub Classroom's autograding config ('' to skip)")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if any exercise notebook is missing or out of date")
 
@@ -164,6 +187,14 @@ def run(args: argparse.Namespace) -> int:
     except (SolutionMarkerError, ValueError) as exc:
         print(f"tinyllm make-exercises: {exc}", file=sys.stderr)
         return 2
+    if args.classroom:
+        target, text = Path(args.classroom), classroom_config()
+        if args.check:
+            if not target.exists() or target.read_text(encoding="utf-8") != text:
+                paths.append(target)
+        else:
+            atomic_write(target, text)
+            paths.append(target)
     if args.check:
         for p in paths:
             print(f"out of date: {p}")
