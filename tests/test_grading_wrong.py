@@ -25,6 +25,8 @@ EXPECTED = {
     "to_bfloat16_bits__truncate": "truncated (x >> 16)",
     "to_bfloat16_bits__ties_up": "ties go to the even result",
     "parse_safetensors_header__offset_without_length": "after the 8 length bytes AND the header",
+    "dequantize_q4_0__interleaved": "nibbles are interleaved",
+    "read_gguf_string__big_endian": "little-endian uint64",
     "gd_step__uphill": "goes uphill",
     "mse_loss__sum": "the sum of squared errors",
     "mse_grad__no_factor_two": "keep the factor 2",
