@@ -1,0 +1,149 @@
+"""Solutions score full points, generated exercises score zero, and exercises/ is up to date."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinyllm.grading.generate import SolutionMarkerError, exercise_text, make_exercises, strip_solution
+from tinyllm.grading.runner import grade_notebook, lessons, load_exercises
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_at_least_20_graded_functions_and_every_lesson_has_a_solution_and_exercise():
+    assert sum(len(load_exercises(lesson)) for lesson in lessons()) >= 20
+    for lesson in lessons():
+        assert (ROOT / "solutions" / f"{lesson}.ipynb").exists()
+        assert (ROOT / "exercises" / f"{lesson}.ipynb").exists()
+    assert {"01_parameters_and_initialization", "02_gradient_descent", "03_backpropagation", "04_tokenization",
+            "05_transformer", "08_inference", "10_compression"} <= set(lessons())
+
+
+@pytest.mark.parametrize("lesson", lessons())
+def test_solution_scores_full_points_and_exercise_scores_zero(lesson):
+    sol = grade_notebook(ROOT / "solutions" / f"{lesson}.ipynb", execute=False)
+    assert sol.error is None and sol.full_marks, [(e.function, e.message, [t.feedback for t in e.tests]) for e in sol.exercises]
+    ex = grade_notebook(ROOT / "exercises" / f"{lesson}.ipynb", execute=False)
+    assert ex.error is None and ex.score == 0 and ex.max_score == sol.max_score > 0
+    assert all(e.message.startswith("not implemented yet") for e in ex.exercises)
+
+
+def test_visible_example_tests_pass_on_the_solutions():
+    """Run every code cell of every solution notebook in order, in one plain Python process each."""
+    script = (
+        "import json, sys\n"
+        "for p in sys.argv[1:]:\n"
+        "    ns = {}\n"
+        "    for c in json.load(open(p))['cells']:\n"
+        "        if c['cell_type'] == 'code':\n"
+        "            exec(compile(''.join(c['source']), p, 'exec'), ns)\n"
+    )
+    paths = [str(ROOT / "solutions" / f"{lesson}.ipynb") for lesson in lessons()]
+    r = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=120,
+                       env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_nbgrader_metadata_on_solution_and_test_cells():
+    for lesson in lessons():
+        nb = json.loads((ROOT / "solutions" / f"{lesson}.ipynb").read_text())
+        assert nb["metadata"]["kernelspec"]["name"] == "python3"
+        assert nb["metadata"]["tinyllm"]["lesson"] == lesson
+        graded = {e.function: e.max_points for e in load_exercises(lesson)}
+        ids, points = set(), {}
+        for cell in nb["cells"]:
+            meta = cell.get("metadata", {}).get("nbgrader")
+            if cell["cell_type"] != "code":
+                continue
+            assert meta is not None and meta["schema_version"] == 3
+            assert meta["grade_id"] not in ids
+            ids.add(meta["grade_id"])
+            src = "".join(cell["source"])
+            if meta["solution"]:
+                assert not meta["grade"] and not meta["locked"] and "### BEGIN SOLUTION" in src
+            else:
+                assert meta["locked"] and "### BEGIN SOLUTION" not in src
+            if meta["grade"]:
+                points[meta["grade_id"].removeprefix("test_")] = meta["points"]
+        assert points == graded
+
+
+def test_committed_exercises_equal_what_the_generator_produces():
+    stale = make_exercises(ROOT / "solutions", ROOT / "exercises", check=True)
+    assert stale == [], f"run `tinyllm make-exercises`: {stale}"
+
+
+def test_generation_is_deterministic_and_strips_outputs(tmp_path):
+    sol = ROOT / "solutions" / "03_backpropagation.ipynb"
+    nb = json.loads(sol.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["42\n"]}]
+            cell["execution_count"] = 7
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / sol.name).write_text(json.dumps(nb))
+    written = make_exercises(tmp_path / "solutions", tmp_path / "exercises")
+    text = written[0].read_text()
+    assert text == exercise_text(tmp_path / "solutions" / sol.name) == (ROOT / "exercises" / sol.name).read_text()
+    out = json.loads(text)
+    assert all(c.get("outputs", []) == [] and c.get("execution_count") is None for c in out["cells"] if c["cell_type"] == "code")
+    assert "### BEGIN SOLUTION" not in text and "### HINT" not in text
+    assert "subtract x.max(axis=-1, keepdims=True) before np.exp" in text
+    assert list((tmp_path / "exercises").iterdir()) == [tmp_path / "exercises" / sol.name]   # no temp files left
+
+
+def test_strip_solution_keeps_indentation_and_takes_the_hint():
+    src = "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION\n    ### HINT: use \"x + 1\"\n    return x + 1\n    ### END SOLUTION\n"
+    out = strip_solution(src)
+    assert out == "def f(x):\n    '''doc'''\n    # YOUR CODE HERE\n    raise NotImplementedError(\"use \\\"x + 1\\\"\")\n"
+    ns = {}
+    exec(out, ns)
+    with pytest.raises(NotImplementedError, match='use "x \\+ 1"'):
+        ns["f"](1)
+    default = strip_solution("### BEGIN SOLUTION\nx = 1\n### END SOLUTION")
+    assert default.startswith("# YOUR CODE HERE\nraise NotImplementedError(\"write your solution here")
+    with pytest.raises(SolutionMarkerError, match="never closed"):
+        strip_solution("### BEGIN SOLUTION\nx = 1\n")
+    with pytest.raises(SolutionMarkerError, match="without a BEGIN"):
+        strip_solution("x = 1\n### END SOLUTION\n")
+
+
+def test_make_exercises_command(tmp_path):
+    from tinyllm.cli import main
+
+    classroom = str(ROOT / ".github" / "classroom" / "autograding.json")
+    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(ROOT / "exercises"),
+                 "--classroom", classroom, "--check"]) == 0
+    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(tmp_path), "--classroom",
+                 classroom, "--check"]) == 1
+    assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(tmp_path / "ex"),
+                 "--classroom", str(tmp_path / "autograding.json")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == sorted(f"{lesson}.ipynb" for lesson in lessons())
+    assert (tmp_path / "autograding.json").read_text() == Path(classroom).read_text()
+    assert main(["make-exercises", "--solutions", str(tmp_path / "nope")]) == 2
+
+
+def test_github_classroom_config_covers_every_exercise_with_its_points():
+    config = json.loads((ROOT / ".github" / "classroom" / "autograding.json").read_text())
+    wanted = {(lesson, e.function): e.max_points for lesson in lessons() for e in load_exercises(lesson)}
+    seen = {}
+    for test in config["tests"]:
+        parts = test["run"].split()
+        assert parts[:2] == ["tinyllm", "grade"] and "--only" in parts and "--no-execute" in parts
+        lesson = Path(parts[2]).stem
+        assert parts[2] == f"exercises/{lesson}.ipynb"
+        seen[(lesson, parts[parts.index("--only") + 1])] = test["points"]
+        assert isinstance(test["points"], int) and test["timeout"] >= 1
+    assert seen == wanted
+    assert config["tests"][0]["setup"].startswith("python -m pip install")
+
+
+def test_a_classroom_command_passes_on_the_solution(capsys):
+    from tinyllm.cli import main
+
+    assert main(["grade", str(ROOT / "solutions" / "08_inference.ipynb"), "--only", "top_p_filter", "--no-execute"]) == 0
+    assert "total: 4/4 points (100%)  full marks" in capsys.readouterr().out

@@ -1,0 +1,142 @@
+"""The vocabulary of graded checks: exercises, tests, failures with feedback.
+
+A checks module (``tinyllm/grading/checks/NN_topic.py``) builds a list
+``EXERCISES`` of :class:`Exercise`. Each exercise names the function the learner
+writes and holds :class:`Test` s. A test is a list of calls (the inputs, made
+here in the grader's process from fixed seeds) and a ``judge`` that receives the
+learner's return values, one per call, and raises :class:`Fail` with feedback
+when something is wrong. The learner's code never sees the references, the
+judges or the points: only the inputs of each call travel to the sandbox.
+
+Return values arrive as plain Python/NumPy values; a call that raised arrives as
+a :class:`CallError`, which the helpers below turn into a readable message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+class Fail(Exception):
+    """A test did not pass; the message is the feedback the learner reads."""
+
+
+@dataclass(frozen=True)
+class CallError:
+    """The learner's function raised (or ran out of time, or is not defined)."""
+
+    type: str
+    message: str = ""
+    where: str = ""
+    limit: float | None = None
+
+    def describe(self, what: str) -> str:
+        if self.type == "NotImplementedError":
+            return "not implemented yet: replace `raise NotImplementedError(...)` with your code"
+        if self.type == "Missing":
+            return "function not defined"
+        if self.type == "TimeLimit":
+            lim = f" ({self.limit:g} s)" if self.limit else ""
+            return (f"{what} did not finish within the time limit{lim}: look for an infinite loop, "
+                    f"or a Python loop over elements where an array operation would do")
+        where = f" ({self.where})" if self.where else ""
+        msg = f": {self.message}" if self.message else ""
+        return f"{what} raised {self.type}{msg}{where}"
+
+
+def call(*args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+    """One call of the learner's function: ``call(x, axis=-1)``."""
+    return args, kwargs
+
+
+@dataclass
+class Test:
+    name: str
+    points: float
+    calls: list[tuple[tuple, dict]]
+    judge: Callable[[list[Any]], None]
+
+
+@dataclass
+class Exercise:
+    """A function the learner writes, with the tests that grade it."""
+
+    function: str
+    title: str
+    tests: list[Test] = field(default_factory=list)
+
+    def test(self, name: str, points: float, calls: list[tuple[tuple, dict]], judge: Callable[[list[Any]], None]) -> None:
+        self.tests.append(Test(name, points, calls, judge))
+
+    @property
+    def max_points(self) -> float:
+        return float(sum(t.points for t in self.tests))
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers for judges
+# ---------------------------------------------------------------------------------------------
+
+def value(r: Any, what: str) -> Any:
+    """The return value, or Fail with a readable message when the call raised."""
+    if isinstance(r, CallError):
+        raise Fail(r.describe(what))
+    return r
+
+
+def array(r: Any, what: str, shape: tuple | None = None, dtype: Any = None, *, floating: bool = False) -> np.ndarray:
+    """Unwrap a returned array and check its type, shape and dtype."""
+    r = value(r, what)
+    if isinstance(r, (list, tuple)) and not isinstance(r, np.ndarray):
+        raise Fail(f"{what} returned a {type(r).__name__}, expected a NumPy array"
+                   + (f" of shape {shape}" if shape is not None else ""))
+    if not isinstance(r, np.ndarray):
+        if isinstance(r, (float, int, np.generic)) and shape == ():
+            r = np.asarray(r)
+        else:
+            raise Fail(f"{what} returned {_kind(r)}, expected a NumPy array" + (f" of shape {shape}" if shape is not None else ""))
+    if shape is not None and tuple(r.shape) != tuple(shape):
+        raise Fail(f"{what} has shape {tuple(r.shape)}, expected {tuple(shape)}")
+    if dtype is not None and r.dtype != np.dtype(dtype):
+        raise Fail(f"{what} has dtype {r.dtype}, expected {np.dtype(dtype)}"
+                   + (": float64 crept in, keep float32 (use np.float32 constants or .astype(np.float32))"
+                      if r.dtype == np.float64 and np.dtype(dtype) == np.float32 else ""))
+    if floating and not np.issubdtype(r.dtype, np.floating):
+        raise Fail(f"{what} has dtype {r.dtype}, expected a floating-point array")
+    return r
+
+
+def number(r: Any, what: str) -> float:
+    """Unwrap a returned scalar (Python or NumPy number, or a 0-d array)."""
+    r = value(r, what)
+    if isinstance(r, np.ndarray) and r.size == 1:
+        return float(r.reshape(()))
+    if isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, float, np.integer, np.floating)):
+        raise Fail(f"{what} returned {_kind(r)}, expected a number")
+    return float(r)
+
+
+def close(got: np.ndarray, want: np.ndarray, what: str, *, rtol: float = 1e-5, atol: float = 1e-6,
+          hint: str = "") -> None:
+    """Fail unless ``got`` matches ``want`` elementwise, naming where and by how much."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        raise Fail(f"{what} has shape {got.shape}, expected {want.shape}")
+    if not np.isfinite(got).all() and np.isfinite(want).all():
+        raise Fail(f"{what} contains NaN or inf" + (f": {hint}" if hint else ""))
+    if not np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True):
+        err = np.abs(got - want)
+        err = np.where(np.isnan(err), np.inf, err)
+        idx = np.unravel_index(int(np.argmax(err)), err.shape) if err.ndim else ()
+        at = f" at index {tuple(int(i) for i in idx)}" if err.ndim else ""
+        raise Fail(f"{what} is off by up to {float(err[idx]):.3g}{at} (got {float(got[idx]):.6g}, "
+                   f"expected {float(want[idx]):.6g})" + (f": {hint}" if hint else ""))
+
+
+def _kind(r: Any) -> str:
+    if r is None:
+        return "None (did you forget `return`?)"
+    return f"a {type(r).__name__}"

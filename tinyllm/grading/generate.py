@@ -1,0 +1,206 @@
+"""Generate the student notebooks ``exercises/NN_topic.ipynb`` from ``solutions/NN_topic.ipynb``.
+
+    tinyllm make-exercises [--solutions solutions] [--exercises exercises] [--check]
+
+The solutions are the single source. In each code cell, every region fenced by
+nbgrader's markers::
+
+        ### BEGIN SOLUTION
+        ### HINT: subtract the row maximum first
+        ...the answer...
+        ### END SOLUTION
+
+becomes, at the indentation of the ``BEGIN`` marker::
+
+        # YOUR CODE HERE
+        raise NotImplementedError("subtract the row maximum first")
+
+(the hint comes from a ``### HINT:`` line in the region, or is a default). Outputs
+and execution counts are removed. Cell metadata, nbgrader's included, are kept,
+so the generated notebook is also a valid nbgrader release version. The output
+is deterministic (the same solutions give the same bytes), and files are written
+atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
+END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
+HINT = re.compile(r"^[ \t]*### HINT:[ \t]*(?P<hint>.*?)[ \t]*$")
+DEFAULT_HINT = "write your solution here (see the exercise text above)"
+
+
+class SolutionMarkerError(ValueError):
+    """A solution region is not closed, or an END comes without a BEGIN."""
+
+
+def strip_solution(source: str, where: str = "cell") -> str:
+    """Replace each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region of ``source`` by a stub."""
+    out: list[str] = []
+    lines = source.split("\n")
+    i = 0
+    while i < len(lines):
+        m = BEGIN.match(lines[i])
+        if END.match(lines[i]):
+            raise SolutionMarkerError(f"{where}, line {i + 1}: '### END SOLUTION' without a BEGIN")
+        if not m:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent, hint, j = m.group("indent"), None, i + 1
+        while j < len(lines) and not END.match(lines[j]):
+            if BEGIN.match(lines[j]):
+                raise SolutionMarkerError(f"{where}, line {j + 1}: nested '### BEGIN SOLUTION'")
+            h = HINT.match(lines[j])
+            if h and hint is None:
+                hint = h.group("hint")
+            j += 1
+        if j == len(lines):
+            raise SolutionMarkerError(f"{where}, line {i + 1}: '### BEGIN SOLUTION' is never closed by '### END SOLUTION'")
+        out.append(f"{indent}# YOUR CODE HERE")
+        out.append(f"{indent}raise NotImplementedError({json.dumps(hint or DEFAULT_HINT, ensure_ascii=False)})")
+        i = j + 1
+    return "\n".join(out)
+
+
+def make_exercise(nb: dict, where: str = "notebook") -> dict:
+    """The student version of a solution notebook (a new dict; the input is not changed)."""
+    nb = copy.deepcopy(nb)
+    for n, cell in enumerate(nb.get("cells", []), start=1):
+        src = cell.get("source", "")
+        if isinstance(src, list):
+            src = "".join(src)
+        if cell.get("cell_type") == "code":
+            cell["source"] = strip_solution(src, f"{where}, cell {n}")
+            cell["outputs"] = []
+            cell["execution_count"] = None
+            meta = cell.get("metadata", {})
+            meta.pop("execution", None)
+            cell["metadata"] = meta
+        else:
+            cell["source"] = src
+            if "### BEGIN SOLUTION" in src:
+                cell["source"] = strip_solution(src, f"{where}, cell {n}")
+            cell.pop("outputs", None)
+            cell.pop("execution_count", None)
+    nb.setdefault("metadata", {}).pop("widgets", None)
+    return nb
+
+
+def dumps(nb: dict) -> str:
+    """Canonical notebook text, as nbformat writes it (sorted keys, sources split in lines, final newline)."""
+    import nbformat
+
+    node = nbformat.from_dict(nb)
+    nbformat.validate(node)
+    text = nbformat.writes(node)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def exercise_text(solution_path: str | Path) -> str:
+    """The exercise notebook text generated from one solution notebook."""
+    path = Path(solution_path)
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return dumps(make_exercise(nb, where=str(path)))
+
+
+def make_exercises(solutions: str | Path = "solutions", exercises: str | Path = "exercises",
+                   check: bool = False) -> list[Path]:
+    """Write ``exercises/NN_topic.ipynb`` for every ``solutions/NN_topic.ipynb``.
+
+    With ``check=True`` nothing is written; the paths that are missing or differ are returned.
+    Otherwise the paths written are returned.
+    """
+    src_dir, dst_dir = Path(solutions), Path(exercises)
+    done: list[Path] = []
+    for sol in sorted(src_dir.glob("[0-9][0-9]_*.ipynb")):
+        text = exercise_text(sol)
+        dst = dst_dir / sol.name
+        if check:
+            if not dst.exists() or dst.read_text(encoding="utf-8") != text:
+                done.append(dst)
+        else:
+            atomic_write(dst, text)
+            done.append(dst)
+    return done
+
+
+def classroom_config() -> str:
+    """GitHub Classroom's ``autograding.json``: one test per graded function, worth its points.
+
+    Each test runs ``tinyllm grade exercises/NN_topic.ipynb --only FUNCTION --no-execute``,
+    which exits 0 only when that function gets full marks, so Classroom gives partial credit.
+    """
+    from tinyllm.grading.runner import lessons, load_exercises
+
+    tests = []
+    for lesson in lessons():
+        for ex in load_exercises(lesson):
+            tests.append({
+                "name": f"{lesson[:2]} {ex.function}: {ex.title}",
+                "setup": "python -m pip install --quiet -e ." if not tests else "",
+                "run": f"tinyllm grade exercises/{lesson}.ipynb --only {ex.function} --no-execute --timeout 60",
+                "input": "", "output": "", "comparison": "included", "timeout": 5,
+                "points": int(round(ex.max_points)),
+            })
+    return json.dumps({"tests": tests}, indent=2) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str = "make-exercises") -> None:
+    parser.add_argument("--solutions", default="solutions", help="folder of solution notebooks (default: solutions)")
+    parser.add_argument("--exercises", default="exercises", help="folder to write the student notebooks to (default: exercises)")
+    parser.add_argument("--classroom", default=".github/classroom/autograding.json",
+                        help="where to write GitHub Classroom's autograding config ('' to skip)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if any exercise notebook is missing or out of date")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not Path(args.solutions).is_dir():
+        print(f"tinyllm make-exercises: no folder {args.solutions!r} (run it from the repository root)", file=sys.stderr)
+        return 2
+    try:
+        paths = make_exercises(args.solutions, args.exercises, check=args.check)
+    except (SolutionMarkerError, ValueError) as exc:
+        print(f"tinyllm make-exercises: {exc}", file=sys.stderr)
+        return 2
+    if args.classroom:
+        target, text = Path(args.classroom), classroom_config()
+        if args.check:
+            if not target.exists() or target.read_text(encoding="utf-8") != text:
+                paths.append(target)
+        else:
+            atomic_write(target, text)
+            paths.append(target)
+    if args.check:
+        for p in paths:
+            print(f"out of date: {p}")
+        if paths:
+            print("run `tinyllm make-exercises` to regenerate them")
+        return 1 if paths else 0
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
