@@ -166,6 +166,7 @@ def real():
     return GGUFReader(path), gguf.GGUFReader(path)
 
 
+@pytest.mark.slow  # the gguf package's reader takes a few seconds to parse the vocabulary
 def test_real_file_metadata_and_infos(real):
     r, g = real
     assert r.version == 3 and len(r.tensors) == 272 and len(r.metadata) == 33
@@ -186,6 +187,7 @@ def test_real_file_metadata_and_infos(real):
     assert sum(t.n_elements for t in r.tensors.values()) == 134_515_008
 
 
+@pytest.mark.slow
 def test_real_file_dequantize_bit_exact(real):
     r, g = real
     by_name = {t.name: t for t in g.tensors}
