@@ -140,13 +140,6 @@ _PLAIN_DTYPES = {
 # Work on this many blocks at a time so the temporaries stay in the CPU cache.
 _CHUNK_BLOCKS = 1 << 14
 
-# Lookup tables byte -> float32 value of its low / high nibble (optionally minus 8).
-_NIBBLE_LO = (np.arange(256) & 0x0F).astype(np.float32)
-_NIBBLE_HI = (np.arange(256) >> 4).astype(np.float32)
-_NIBBLE_LO_M8 = _NIBBLE_LO - np.float32(8)
-_NIBBLE_HI_M8 = _NIBBLE_HI - np.float32(8)
-# int8 code -> float32, indexed by the code's unsigned byte.
-_INT8_AS_F32 = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float32)
 
 
 def to_ggml_type(t: Any) -> GGMLType:
@@ -239,20 +232,25 @@ def dequantize(raw: Any, ggml_type: Any, shape: Sequence[int], out: np.ndarray |
 
 
 def _dequantize_chunk(gt: GGMLType, blocks: np.ndarray, dst: np.ndarray) -> None:
-    """Decode ``blocks`` (nb,) records into ``dst`` (nb, 32) float32 in place."""
-    nb = blocks.shape[0]
-    d = blocks["d"].astype(np.float32).reshape(nb, 1)  # (nb, 1)
+    """Decode ``blocks`` (nb,) records into ``dst`` (nb, 32) float32 in place.
+
+    Integer codes times a float32 scale give float32 (the codes convert exactly), so each
+    ``np.multiply`` is one pass that unpacks, converts and scales.
+    """
+    d = blocks["d"].astype(np.float32)[:, None]  # (nb, 1)
+    q = blocks["q"]  # Q8_0: (nb, 32) int8; Q4_x: (nb, 16) packed nibbles
     if gt == GGMLType.Q8_0:
-        np.take(_INT8_AS_F32, blocks["q"].view(np.uint8), out=dst, mode="clip")  # (nb, 32) codes as float32
-        dst *= d  # w = d * q
+        np.multiply(q, d, out=dst)  # w = d * q
         return
-    q = blocks["q"]  # (nb, 16) packed nibbles
-    lo, hi = (_NIBBLE_LO_M8, _NIBBLE_HI_M8) if gt == GGMLType.Q4_0 else (_NIBBLE_LO, _NIBBLE_HI)
-    np.take(lo, q, out=dst[:, :16], mode="clip")  # weights 0..15 from the low nibbles
-    np.take(hi, q, out=dst[:, 16:], mode="clip")  # weights 16..31 from the high nibbles
-    dst *= d  # Q4_0: w = d * (q - 8)
+    lo = q & np.uint8(0x0F)  # (nb, 16) weights 0..15
+    hi = q >> np.uint8(4)  # (nb, 16) weights 16..31
+    if gt == GGMLType.Q4_0:
+        lo = lo.view(np.int8) - np.int8(8)
+        hi = hi.view(np.int8) - np.int8(8)
+    np.multiply(lo, d, out=dst[:, :16])  # Q4_0: w = d * (q - 8)
+    np.multiply(hi, d, out=dst[:, 16:])
     if gt == GGMLType.Q4_1:
-        dst += blocks["m"].astype(np.float32).reshape(nb, 1)  # w = d * q + m
+        dst += blocks["m"].astype(np.float32)[:, None]  # w = d * q + m
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
