@@ -41,9 +41,10 @@ def model_path() -> str:
 
 def open_gguf(path: str | None = None):
     """Our GGUF reader on the model file."""
+    path = path or model_path()
     from tinyllm.io.gguf import GGUFReader
 
-    return GGUFReader(path or model_path())
+    return GGUFReader(path)
 
 
 def load_tokenizer(reader=None):
