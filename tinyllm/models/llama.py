@@ -418,14 +418,29 @@ def random_weights(config: LlamaConfig, rng=None, std: float = 0.05) -> dict:
     return w
 
 
+def transpose_contiguous(w, tile: int = 128):
+    """``w.T`` as a C-contiguous array, copied in tiles of ``tile`` rows (cache friendly).
+
+    GGUF and PyTorch store a linear layer as (OUT, IN). A batch-1 decode step
+    is a vector-matrix product; with OpenBLAS, ``x @ W`` streams an (IN, OUT)
+    C-contiguous matrix about twice as fast as the transposed view of an
+    (OUT, IN) one, so we pay for one transposed copy at load time."""
+    out = np.empty((w.shape[1], w.shape[0]), dtype=w.dtype)           # (IN, OUT)
+    for i in range(0, w.shape[0], tile):
+        out[:, i:i + tile] = w[i:i + tile].T
+    return out
+
+
 def weights_from_gguf(config: LlamaConfig, get_tensor: Callable[[str], np.ndarray], *, threads: int = 2) -> dict:
     """Map GGUF tensors (``blk.N.attn_q.weight`` ... stored (OUT, IN)) to this module's weights.
 
     Each fused matrix is assembled row block by row block in one preallocated
-    (OUT, IN) buffer (q and k un-permuted on the way), and handed to the model
-    as its transpose, an (IN, OUT) *view*: ``x @ W`` then streams the rows of
-    the stored matrix, and no transposed copy is ever made. Tensors are
-    dequantised on ``threads`` threads (NumPy releases the GIL in its loops).
+    (OUT, IN) buffer (q and k un-permuted on the way) and then transposed once
+    into a C-contiguous (IN, OUT) matrix (:func:`transpose_contiguous`). The tied
+    embedding is kept as a C-contiguous (C, V) matrix, the layout the head
+    reads; ``tok_embd`` is its (V, C) transposed view (the lookup gathers a few
+    columns). Tensors are dequantised on ``threads`` threads (NumPy releases the
+    GIL in its loops).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -439,26 +454,50 @@ def weights_from_gguf(config: LlamaConfig, get_tensor: Callable[[str], np.ndarra
             raise GGUFError(f"tensor {name!r} has shape {tuple(a.shape)}, expected {shape} for this config")
         return a
 
+    import inspect
+
+    try:
+        takes_out = "out" in inspect.signature(get_tensor).parameters
+    except (TypeError, ValueError):
+        takes_out = False
+
+    def into(name, dst):
+        """Dequantise tensor ``name`` straight into the preallocated rows ``dst`` (OUT, IN)."""
+        if takes_out and dst.flags.c_contiguous:
+            try:
+                get_tensor(name, out=dst)
+                return
+            except (TypeError, ValueError):
+                pass  # a shape mismatch: fall through to the checked path
+        dst[...] = check(name, get_tensor(name), dst.shape)
+
+    def into_unpermuted(name, dst, n_heads):
+        """Dequantise W_q or W_k and write its rows in HF order into ``dst``: one strided copy."""
+        w = check(name, get_tensor(name), dst.shape)                  # (OUT, IN) GGUF row order
+        d = dst.shape[0] // n_heads
+        dst.reshape(n_heads, 2, d // 2, dst.shape[1])[...] = w.reshape(n_heads, d // 2, 2, dst.shape[1]).swapaxes(1, 2)
+
     def block(i):
         p = f"blk.{i}."
         qkv = np.empty(((H + 2 * KV) * D, C), dtype=np.float32)           # (OUT, IN)
-        qkv[:H * D] = unpermute_qk(check(p + "attn_q.weight", get_tensor(p + "attn_q.weight"), (H * D, C)), H)
-        qkv[H * D:(H + KV) * D] = unpermute_qk(check(p + "attn_k.weight", get_tensor(p + "attn_k.weight"), (KV * D, C)), KV)
-        qkv[(H + KV) * D:] = check(p + "attn_v.weight", get_tensor(p + "attn_v.weight"), (KV * D, C))
+        into_unpermuted(p + "attn_q.weight", qkv[:H * D], H)
+        into_unpermuted(p + "attn_k.weight", qkv[H * D:(H + KV) * D], KV)
+        into(p + "attn_v.weight", qkv[(H + KV) * D:])
         gu = np.empty((2 * F, C), dtype=np.float32)                         # (OUT, IN)
-        gu[:F] = check(p + "ffn_gate.weight", get_tensor(p + "ffn_gate.weight"), (F, C))
-        gu[F:] = check(p + "ffn_up.weight", get_tensor(p + "ffn_up.weight"), (F, C))
+        into(p + "ffn_gate.weight", gu[:F])
+        into(p + "ffn_up.weight", gu[F:])
         return {
             p + "attn_norm": np.asarray(get_tensor(p + "attn_norm.weight"), dtype=np.float32).reshape(C),
-            p + "wqkv": qkv.T,                                                # (C, (H+2KV) D) view
-            p + "wo": check(p + "attn_output.weight", get_tensor(p + "attn_output.weight"), (C, H * D)).T,
+            p + "wqkv": transpose_contiguous(qkv),                            # (C, (H+2KV) D)
+            p + "wo": transpose_contiguous(check(p + "attn_output.weight", get_tensor(p + "attn_output.weight"), (C, H * D))),
             p + "ffn_norm": np.asarray(get_tensor(p + "ffn_norm.weight"), dtype=np.float32).reshape(C),
-            p + "wgu": gu.T,                                                  # (C, 2F) view
-            p + "wdown": check(p + "ffn_down.weight", get_tensor(p + "ffn_down.weight"), (C, F)).T,
+            p + "wgu": transpose_contiguous(gu),                              # (C, 2F)
+            p + "wdown": transpose_contiguous(check(p + "ffn_down.weight", get_tensor(p + "ffn_down.weight"), (C, F))),
         }
 
     def embd():
-        return {"tok_embd": check("token_embd.weight", get_tensor("token_embd.weight"), (c.vocab_size, C)),
+        e = check("token_embd.weight", get_tensor("token_embd.weight"), (c.vocab_size, C))
+        return {"tok_embd": e if not c.tie_embeddings else transpose_contiguous(e).T,   # (V, C) view of (C, V)
                 "norm": np.asarray(get_tensor("output_norm.weight"), dtype=np.float32).reshape(C)}
 
     jobs = [embd] + [lambda i=i: block(i) for i in range(c.n_layers)]

@@ -64,9 +64,14 @@ def load_smollm2(device: str | None = None, *, threads: int = 2):
     from tinyllm.backend import resolve_device
     from tinyllm.models.llama import Llama
 
+    from concurrent.futures import ThreadPoolExecutor
+
     reader = open_gguf()
-    model = Llama.from_gguf(reader.metadata, reader.dequantize, threads=threads)
-    tokenizer = load_tokenizer(reader)
+    # the tokenizer (pure Python) is built while NumPy dequantises the weights (it releases the GIL)
+    with ThreadPoolExecutor(1) as pool:
+        tokenizer_job = pool.submit(load_tokenizer, reader)
+        model = Llama.from_gguf(reader.metadata, reader.dequantize, threads=threads)
+        tokenizer = tokenizer_job.result()
     target = resolve_device(device)
     if target == "gpu":
         model.to("gpu")
