@@ -44,6 +44,9 @@ CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about autumn leaves."}],
 ]
+PPL_TEXT = ("Perplexity measures how surprised a language model is by a text. A model that predicts every next "
+            "token with certainty has perplexity one; a model that guesses uniformly among the whole vocabulary has "
+            "a perplexity equal to the vocabulary size.")
 TOP = 50                      # top-k logits stored per prompt
 SLICES = [(0, 64), (7000, 7064), (49088, 49152)]   # full logit slices stored per prompt
 NEW_TOKENS = 32
@@ -92,6 +95,13 @@ def main() -> int:
         case["hf_greedy"] = out[0, len(case["ids"]):].tolist()
         print(f"transformers: {case['prompt'][:40]!r} -> {tok.decode(case['hf_greedy'])[:60]!r}")
 
+    ppl_ids = tok(PPL_TEXT, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ppl_ids])).logits[0, :-1].double(), dim=-1)
+    nll = float(-lp[torch.arange(len(ppl_ids) - 1), torch.tensor(ppl_ids[1:])].mean())
+    perplexity = {"text": PPL_TEXT, "ids": ppl_ids, "hf_nll": nll}
+    print(f"transformers: perplexity {np.exp(nll):.3f} on {len(ppl_ids)} tokens")
+
     engines = ["transformers"]
     try:
         import llama_cpp
@@ -118,6 +128,7 @@ def main() -> int:
         "settings": {"dtype": "float32", "device": "cpu", "top": TOP, "new_tokens": NEW_TOKENS,
                      "slices": [list(s) for s in SLICES]},
         "cases": cases,
+        "perplexity": perplexity,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     tmp = OUT.with_suffix(".json.tmp")

