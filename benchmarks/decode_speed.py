@@ -25,17 +25,24 @@ import numpy as np  # noqa: E402
 
 
 def matvec_bandwidth(repeats: int = 20) -> float:
-    """GB/s streamed by ``x @ W.T`` with W (OUT, IN) float32 of 113 MB (the shape of the tied head)."""
+    """GB/s streamed by ``x @ W`` with W (IN, OUT) float32 of 113 MB (the tied head), the best of 1 and 2
+    BLAS threads (the ceiling is what the hardware allows, whichever setting reaches it)."""
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((49152, 576), dtype=np.float32)        # (OUT, IN)
+    w = rng.standard_normal((576, 49152), dtype=np.float32)        # (IN, OUT)
     x = rng.standard_normal((1, 576), dtype=np.float32)            # (1, IN)
-    x @ w.T
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        x @ w.T
-        times.append(time.perf_counter() - t)
-    return w.nbytes / statistics.median(times) / 1e9
+    best = 0.0
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            x @ w
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                x @ w
+                times.append(time.perf_counter() - t)
+        best = max(best, w.nbytes / statistics.median(times) / 1e9)
+    return best
 
 
 def weight_bytes_per_token(model) -> int:
@@ -133,14 +140,19 @@ def main(argv=None) -> int:
         except ImportError:
             print("transformers/torch not installed: skipped")
         else:
-            torch.set_num_threads(os.cpu_count() or 2)
             path = model_path()
             t = time.perf_counter()
             hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                       dtype=torch.float32).eval()
             print(f"transformers load: {time.perf_counter() - t:.1f} s")
-            runs = [bench_hf(hf, ids, args.new_tokens) for _ in range(args.repeats)]
-            results["transformers"] = [statistics.median(r[i] for r in runs) for i in (0, 1)]
+            best = None
+            for threads in sorted({1, os.cpu_count() or 2}):   # report the peer at its best thread count
+                torch.set_num_threads(threads)
+                runs = [bench_hf(hf, ids, args.new_tokens) for _ in range(args.repeats)]
+                med = [statistics.median(r[i] for r in runs) for i in (0, 1)]
+                print(f"transformers with {threads} thread(s): prefill {med[0]:.1f}, decode {med[1]:.1f} tok/s")
+                best = med if best is None else [max(a, b) for a, b in zip(best, med)]
+            results["transformers"] = best
             del hf
     if not args.no_llamacpp:
         try:
@@ -155,6 +167,7 @@ def main(argv=None) -> int:
             runs = [bench_llamacpp(llm, ids, args.new_tokens) for _ in range(args.repeats)]
             results["llama.cpp"] = [statistics.median(r[i] for r in runs) for i in (0, 1)]
 
+    print("(tinyllm decodes with TINYLLM_DECODE_THREADS BLAS threads, default 1; prefill uses all)")
     ours_p, ours_d = results["tinyllm"]
     print(f"\nmedians of {args.repeats} runs; prompt {len(ids)} tokens, {args.new_tokens} new tokens, batch 1")
     print(f"{'engine':<14}{'prefill tok/s':>15}{'decode tok/s':>14}{'tinyllm/engine (decode)':>26}{'(prefill)':>11}")
