@@ -299,6 +299,14 @@ class Llama(Module):
 
     # ---- forward ------------------------------------------------------------
     def forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
+        """Logits for token ids (B, T); see :meth:`_forward`. On the CPU, BLAS runs on
+        ``TINYLLM_DECODE_THREADS`` threads (default 1, see :func:`tinyllm.generate.decode_threads`)."""
+        from tinyllm.generate import _blas_limit, decode_threads
+
+        with _blas_limit(decode_threads() if self.xp is np else 0):
+            return self._forward(ids, cache, attention_mask, last_only=last_only)
+
+    def _forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
         """Logits for token ids (B, T).
 
         - ``cache=None``: a plain causal pass over the T tokens (the training-style forward).
