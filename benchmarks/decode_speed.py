@@ -167,7 +167,7 @@ def main(argv=None) -> int:
             runs = [bench_llamacpp(llm, ids, args.new_tokens) for _ in range(args.repeats)]
             results["llama.cpp"] = [statistics.median(r[i] for r in runs) for i in (0, 1)]
 
-    print("(tinyllm decodes with TINYLLM_DECODE_THREADS BLAS threads, default 1; prefill uses all)")
+    print("(tinyllm runs BLAS on TINYLLM_DECODE_THREADS threads, default 1, in prefill and decode)")
     ours_p, ours_d = results["tinyllm"]
     print(f"\nmedians of {args.repeats} runs; prompt {len(ids)} tokens, {args.new_tokens} new tokens, batch 1")
     print(f"{'engine':<14}{'prefill tok/s':>15}{'decode tok/s':>14}{'tinyllm/engine (decode)':>26}{'(prefill)':>11}")
