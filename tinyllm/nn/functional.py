@@ -1,0 +1,130 @@
+"""Forward-only pure functions: the maths of the layers, without caches or gradients.
+
+The layers in :mod:`tinyllm.nn` call these in their ``forward`` and add the
+backward pass; inference code (generation, evaluation) calls them directly.
+Every function takes its array module from its input, so it runs on NumPy or
+CuPy alike, and keeps the input's dtype: constants are Python floats, which
+NumPy 2 never lets promote a float32 array to float64.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tinyllm.backend import get_array_module
+
+GELU_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi), a Python float on purpose (no float64 promotion)
+GELU_C = 0.044715
+
+
+def softmax(x: Any, axis: int = -1):
+    """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x); subtracting the max avoids overflow."""
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def log_softmax(x: Any, axis: int = -1):
+    """log softmax(x) = x - logsumexp(x), with logsumexp(x) = m + log sum exp(x - m), m = max x."""
+    xp = get_array_module(x)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+
+
+def _check_targets(logits: Any, targets: Any, ignore_index: int):
+    """Validate (logits (..., V), targets (...)) and return (xp, flat logits (N, V), flat targets (N,), keep mask (N,))."""
+    xp = get_array_module(logits)
+    if not hasattr(logits, "ndim") or logits.ndim < 2:
+        raise ValueError(f"logits must have shape (N, V) or (B, T, V), got {getattr(logits, 'shape', type(logits).__name__)}")
+    if not np.issubdtype(np.dtype(logits.dtype), np.floating):
+        raise TypeError(f"logits must be a floating-point array, got dtype {logits.dtype}")
+    targets = xp.asarray(targets)
+    if not np.issubdtype(np.dtype(targets.dtype), np.integer):
+        raise TypeError(f"targets must be an integer array of class ids, got dtype {targets.dtype}")
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (logits without its last axis), "
+                         f"got {tuple(targets.shape)}")
+    V = logits.shape[-1]
+    flat = logits.reshape(-1, V)  # (N, V)
+    t = targets.reshape(-1)  # (N,)
+    keep = t != ignore_index  # (N,)
+    bad = keep & ((t < 0) | (t >= V))  # (N,)
+    if bool(bad.any()):
+        raise ValueError(f"targets contains class id {int(t[bad][0])}, outside [0, {V}) (and not ignore_index={ignore_index})")
+    return xp, flat, t, keep
+
+
+def cross_entropy_parts(logits: Any, targets: Any, ignore_index: int = -100):
+    """Shared forward of cross-entropy: (mean loss as a 0-d array, probs (N, V), targets (N,), keep (N,), count).
+
+    loss = mean over kept rows of  logsumexp(z) - z[target],  z = logits - max(logits).
+    """
+    xp, flat, t, keep = _check_targets(logits, targets, ignore_index)
+    N = flat.shape[0]
+    z = flat - flat.max(axis=-1, keepdims=True)  # (N, V), the only (N, V) temporary
+    safe_t = xp.where(keep, t, 0)  # (N,) ignored rows point at class 0, then get masked out
+    z_t = z[xp.arange(N), safe_t]  # (N,) shifted logit of each target
+    e = xp.exp(z, out=z)  # (N, V) in place
+    s = e.sum(axis=-1, keepdims=True)  # (N, 1)
+    nll = xp.where(keep, xp.log(s[:, 0]) - z_t, 0.0)  # (N,)
+    count = int(keep.sum())
+    loss = nll.sum() / max(count, 1)
+    e /= s  # probabilities, in place
+    return loss, e, t, keep, count
+
+
+def cross_entropy(logits: Any, targets: Any, ignore_index: int = -100) -> float:
+    """Mean cross-entropy of softmax(logits) (..., V) against integer targets (...), skipping ``ignore_index``.
+
+    Returns 0.0 when every target is ignored (nothing to learn from).
+    """
+    return float(cross_entropy_parts(logits, targets, ignore_index)[0])
+
+
+def relu(x: Any):
+    """max(0, x)."""
+    return get_array_module(x).maximum(x, 0)
+
+
+def gelu(x: Any):
+    """GELU, tanh form (Hendrycks & Gimpel 2016; used by GPT-2):
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    xp = get_array_module(x)
+    return 0.5 * x * (1.0 + xp.tanh(GELU_K * (x + GELU_C * x * x * x)))
+
+
+def sigmoid(x: Any):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+    xp = get_array_module(x)
+    e = xp.exp(-xp.abs(x))  # in (0, 1]: never overflows
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def silu(x: Any):
+    """SiLU / swish: x * sigmoid(x) (Elfwing et al. 2018; used by Llama's MLP)."""
+    return x * sigmoid(x)
+
+
+def layer_norm(x: Any, w: Any, b: Any, eps: float = 1e-5):
+    """LayerNorm over the last axis (Ba et al. 2016): (x - mean) / sqrt(var + eps) * w + b, biased variance."""
+    xp = get_array_module(x)
+    mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = x - mu
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
+    y = xc / xp.sqrt(var + eps)
+    y *= w
+    if b is not None:
+        y += b
+    return y
+
+
+def rms_norm(x: Any, w: Any, eps: float = 1e-5):
+    """RMSNorm over the last axis (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * w."""
+    xp = get_array_module(x)
+    ms = (x * x).mean(axis=-1, keepdims=True)  # (..., 1)
+    y = x / xp.sqrt(ms + eps)
+    y *= w
+    return y
