@@ -17,27 +17,16 @@ def _bigram(V=7, seed=0):
     return table, logits_fn, calls
 
 
-def test_sliding_window_scores_every_token_once():
+def test_perplexity_scores_every_token_once():
     table, fn, calls = _bigram()
     toks = np.random.default_rng(1).integers(0, 7, 100)
     logp = table - np.log(np.exp(table).sum(1, keepdims=True))
     expect = -logp[toks[:-1], toks[1:]].sum()
     for window, stride in [(100, None), (16, 8), (10, 1), (32, 31)]:
-        nll, n = ev.sliding_window_nll(fn, toks, window, stride)
-        assert n == 99
-        assert math.isclose(nll, expect, rel_tol=1e-5)
-    assert math.isclose(ev.sliding_window_perplexity(fn, toks, 16), math.exp(expect / 99), rel_tol=1e-5)
-
-
-def test_sliding_window_context_lengths():
-    _, fn, calls = _bigram()
-    ev.sliding_window_nll(fn, np.arange(50) % 7, window=20, stride=5)
-    assert all(c.shape[1] <= 20 for c in calls)
-    assert [int(c[0, 0]) for c in calls][:3] == [0, 5 % 7, 10 % 7]
-    with pytest.raises(ValueError, match="stride"):
-        ev.sliding_window_nll(fn, np.arange(50) % 7, window=20, stride=20)
-    with pytest.raises(ValueError, match="at least 2"):
-        ev.sliding_window_nll(fn, [3], window=20)
+        d = ev.perplexity(fn, toks, window, stride, return_details=True)
+        assert d["n_tokens"] == 99
+        assert math.isclose(d["nll"] * 99, expect, rel_tol=1e-5)
+    assert all(c.shape[1] <= 100 for c in calls)
 
 
 def test_choice_accuracy_picks_highest_loglik():

@@ -4,9 +4,15 @@ Every function takes the model as a plain callable, ``logits_fn(idx (B, T)) ->
 logits (B, T, V)``, so the same harness measures a tinyllm GPT, the SmolLM2 engine
 or any compressed variant of either.
 
-* Perplexity ``exp(mean NLL)`` of held-out text, with a sliding window so a text
-  longer than the context is scored with as much context as the window allows
-  (each token is predicted once, from up to ``window - 1`` tokens before it).
+* Perplexity (Jelinek et al., 1977), the exponential of the mean negative
+  log-likelihood of each token given the ones before it::
+
+      PPL = exp( -1/N * sum_j log p(x_j | x_<j) )
+
+  A model sees at most ``window`` tokens at once. For a longer text we slide the
+  window by ``stride`` tokens and, in each window, score only the tokens not
+  scored before, so every token after the first is scored exactly once and has
+  at least ``window - stride`` tokens of context (when the text allows).
   The text that ships with tinyllm (:func:`heldout_text`) was written for this
   project and is in no training set of the course.
 * Accuracy on a small multiple-choice set written for this project
@@ -32,9 +38,57 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tinyllm.backend import get_array_module, synchronize
+from tinyllm.backend import get_array_module, synchronize, to_numpy
 
 _DATA = Path(__file__).resolve().parent / "evaldata"
+
+
+def token_log_probs(logits, targets) -> np.ndarray:
+    """log p(target) under softmax(logits): logits (N, V), targets (N,) -> (N,) float64 on the host."""
+    xp = get_array_module(logits)
+    m = logits.max(axis=-1, keepdims=True)                               # (N, 1)
+    lse = xp.log(xp.exp(logits - m).sum(axis=-1)) + m[:, 0]              # (N,)
+    picked = xp.take_along_axis(logits, xp.asarray(targets)[:, None], axis=-1)[:, 0]  # (N,)
+    return to_numpy(picked - lse).astype(np.float64)
+
+
+def perplexity(model, token_ids, window: int = 512, stride: int | None = None, *, return_details: bool = False):
+    """Sliding-window perplexity of ``model`` on a 1-D sequence of token ids.
+
+    ``model(ids (1, T)) -> logits (1, T, V)``. ``stride`` defaults to ``window``
+    (disjoint windows, fastest; a smaller stride gives each token more context).
+    Returns the perplexity (a float), or with ``return_details`` a dict with
+    ``perplexity``, ``nll`` (mean negative log-likelihood in nats) and ``n_tokens``.
+    """
+    ids = np.asarray(to_numpy(token_ids))
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"token_ids must be a 1-D sequence of integer ids, got shape {ids.shape} dtype {ids.dtype}")
+    if ids.size < 2:
+        raise ValueError(f"token_ids needs at least 2 tokens to score one, got {ids.size}")
+    if not isinstance(window, (int, np.integer)) or window < 2:
+        raise ValueError(f"window must be an int >= 2, got {window!r}")
+    stride = window if stride is None else stride
+    if not isinstance(stride, (int, np.integer)) or not 1 <= stride <= window:
+        raise ValueError(f"stride must be an int in [1, window={window}], got {stride!r}")
+    N = ids.size
+    total, count, scored_to = 0.0, 0, 1          # tokens [1, scored_to) are scored
+    begin = 0
+    while scored_to < N:
+        end = min(begin + window, N)
+        chunk = ids[begin:end][None, :]                                  # (1, L)
+        logits = model(chunk)[0]                                         # (L, V)
+        first = max(scored_to, begin + 1)                                # first absolute target index
+        rows = np.arange(first, end) - 1 - begin                         # positions that predict them
+        lp = token_log_probs(logits[rows], ids[first:end])
+        total -= float(lp.sum())
+        count += lp.size
+        scored_to = end
+        begin += stride
+    nll = total / count
+    ppl = math.exp(nll)
+    if return_details:
+        return {"perplexity": ppl, "nll": nll, "n_tokens": count}
+    return ppl
 
 
 # ---------------------------------------------------------------------------
@@ -53,54 +107,6 @@ def choice_items() -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------
 # Quality
 # ---------------------------------------------------------------------------
-def _log_softmax(z: Any) -> Any:
-    xp = get_array_module(z)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
-
-
-def sliding_window_nll(logits_fn: Callable, tokens: Sequence[int] | Any, window: int, stride: int | None = None
-                       ) -> tuple[float, int]:
-    """Total negative log-likelihood (nats) of ``tokens[1:]`` and the number of tokens scored.
-
-    Windows of ``window`` tokens start every ``stride`` tokens (default ``window // 2``).
-    Each window scores only the tokens no earlier window scored, so every token from
-    the second on is predicted exactly once, with at least ``window - stride`` tokens
-    of context once the first window is passed.
-    """
-    toks = np.asarray(tokens, dtype=np.int64).ravel()                       # (N,)
-    N = toks.shape[0]
-    if N < 2:
-        raise ValueError(f"tokens must hold at least 2 tokens to score, got {N}")
-    if window < 2:
-        raise ValueError(f"window must be >= 2, got {window}")
-    stride = stride or max(window // 2, 1)
-    if not 1 <= stride <= window - 1:
-        raise ValueError(f"stride must be in 1..window-1={window - 1}, got {stride}")
-    total, count, scored_to = 0.0, 0, 1                                     # tokens[:scored_to] are done
-    begin = 0
-    while scored_to < N:
-        end = min(begin + window, N)
-        x = toks[begin:end][None, :]                                        # (1, T)
-        first = max(scored_to, begin + 1)                                   # first target position
-        logits = logits_fn(x)[0, first - begin - 1: end - begin - 1]        # (t, V) predicts toks[first:end]
-        xp = get_array_module(logits)
-        logp = _log_softmax(logits.astype(xp.float32))
-        tgt = xp.asarray(toks[first:end])
-        total -= float(xp.take_along_axis(logp, tgt[:, None], axis=1).sum())
-        count += end - first
-        scored_to = end
-        begin += stride
-    return total, count
-
-
-def sliding_window_perplexity(logits_fn: Callable, tokens: Sequence[int] | Any, window: int,
-                              stride: int | None = None) -> float:
-    """``exp(mean NLL)`` of ``tokens`` with :func:`sliding_window_nll`."""
-    nll, n = sliding_window_nll(logits_fn, tokens, window, stride)
-    return math.exp(nll / n)
-
-
 def choice_logprobs(logits_fn: Callable, encode: Callable[[str], list[int]], context: str,
                     choices: Sequence[str]) -> list[float]:
     """Log-likelihood of each choice's tokens after the context's (encoded separately, then joined)."""
@@ -114,9 +120,7 @@ def choice_logprobs(logits_fn: Callable, encode: Callable[[str], list[int]], con
             raise ValueError(f"choice {choice!r} encodes to no tokens")
         x = np.asarray(ctx + ch, dtype=np.int64)[None, :]                  # (1, T)
         logits = logits_fn(x[:, :-1])[0, len(ctx) - 1:]                     # (len(ch), V)
-        xp = get_array_module(logits)
-        logp = _log_softmax(logits.astype(xp.float32))
-        out.append(float(xp.take_along_axis(logp, xp.asarray(ch)[:, None], axis=1).sum()))
+        out.append(float(token_log_probs(logits, np.asarray(ch)).sum()))
     return out
 
 
@@ -243,7 +247,7 @@ def evaluate_model(name: str, logits_fn: Callable, tokens: Sequence[int] | Any, 
     the speed callables are given; ``peak_mem`` (bytes allocated during the
     perplexity pass).
     """
-    ppl, peak = peak_memory(lambda: sliding_window_perplexity(logits_fn, tokens, window, stride))
+    ppl, peak = peak_memory(lambda: perplexity(logits_fn, tokens, window, stride))
     row: dict[str, Any] = {"name": name, "bytes": int(nbytes), "ppl": ppl, "peak_mem": peak}
     if encode is not None:
         row["accuracy"] = choice_accuracy(logits_fn, encode, items)
