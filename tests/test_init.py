@@ -45,9 +45,10 @@ def test_uniform_bounds():
     assert float(u.min()) >= 2.0 and float(u.max()) < 3.0
 
 
-def test_normal_mean():
+def test_normal_mean_and_default_std():
     w = init.normal((100_000,), mean=3.0, std=0.5, rng=0)
     assert float(w.mean()) == pytest.approx(3.0, abs=0.01)
+    assert _std(init.normal((100_000,), rng=0)) == pytest.approx(1.0, rel=0.01)
 
 
 def test_variance_is_not_standard_deviation():
@@ -102,10 +103,14 @@ def test_bad_arguments():
         init.normal((3,), var=-1.0)
     with pytest.raises(ValueError, match="std must be >= 0"):
         init.normal((3,), std=-0.1)
+    with pytest.raises(ValueError, match="either std .* or var .*, not both"):
+        init.normal((3,), std=0.1, var=0.01)
     with pytest.raises(ValueError, match="low <= high"):
         init.uniform((3,), 1.0, 0.0)
     with pytest.raises(ValueError, match="n_layers must be >= 1"):
         init.gpt2_residual((3, 3), n_layers=0)
+    with pytest.raises(ValueError, match=r"kaiming_normal needs fan_in and fan_out > 0, got shape \(0, 3\)"):
+        init.kaiming_normal((0, 3))
     with pytest.raises(ValueError, match="negative sizes"):
         init.normal((3, -1))
     with pytest.raises(TypeError, match="shape must be an int or a sequence of ints"):

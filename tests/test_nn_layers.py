@@ -29,6 +29,11 @@ def test_gelu_matches_torch_tanh(torch):
     np.testing.assert_allclose(nn.GELU().forward(x), ref, rtol=1e-12, atol=1e-14)
 
 
+def test_gelu_layer_equals_functional_bitwise(xp):
+    x = xp.asarray(_x((64, 33)) * 4)
+    np.testing.assert_array_equal(to_numpy(nn.GELU().forward(x)), to_numpy(F.gelu(x)))
+
+
 def test_silu_and_relu_match_torch(torch):
     x = _x((4, 7), dtype=np.float64) * 30
     np.testing.assert_allclose(F.silu(x), torch.nn.functional.silu(torch.tensor(x)).numpy(), rtol=1e-12, atol=1e-14)

@@ -50,6 +50,13 @@ def fans(shape: Shape) -> tuple[int, int]:
     return int(np.prod(shape[:-1])), shape[-1]
 
 
+def _nonzero_fans(shape: Shape, name: str) -> tuple[int, int]:
+    fan_in, fan_out = fans(shape)
+    if fan_in == 0 or fan_out == 0:
+        raise ValueError(f"{name} needs fan_in and fan_out > 0, got shape {_shape(shape)}")
+    return fan_in, fan_out
+
+
 def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
@@ -69,14 +76,18 @@ def _gain(nonlinearity: str) -> float:
     return GAINS[nonlinearity]
 
 
-def normal(shape: Shape, mean: float = 0.0, std: float = 1.0, *, var: float | None = None,
+def normal(shape: Shape, mean: float = 0.0, std: float | None = None, *, var: float | None = None,
            rng=None, dtype=np.float32, device: str | None = None):
-    """Draw from N(mean, std^2). Give ``var`` instead of ``std`` to pass the variance sigma^2."""
+    """Draw from N(mean, std^2) (std defaults to 1). Give ``var`` instead of ``std`` to pass the variance sigma^2."""
+    if std is not None and var is not None:
+        raise ValueError(f"give either std (sigma) or var (sigma^2), not both: got std={std}, var={var}")
     if var is not None:
-        if var < 0:
+        if not var >= 0:
             raise ValueError(f"var must be >= 0, got {var}")
         std = math.sqrt(var)
-    if std < 0:
+    elif std is None:
+        std = 1.0
+    if not std >= 0:
         raise ValueError(f"std must be >= 0, got {std}")
     return _finish(_rng(rng).normal(mean, std, size=_shape(shape)), dtype, device)
 
@@ -98,26 +109,26 @@ def ones(shape: Shape, *, dtype=np.float32, device: str | None = None, rng=None)
 
 def xavier_normal(shape: Shape, gain: float = 1.0, *, rng=None, dtype=np.float32, device: str | None = None):
     """Glorot normal: Var[w] = 2 / (fan_in + fan_out), times gain^2."""
-    fan_in, fan_out = fans(shape)
+    fan_in, fan_out = _nonzero_fans(shape, "xavier_normal")
     return normal(shape, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), rng=rng, dtype=dtype, device=device)
 
 
 def xavier_uniform(shape: Shape, gain: float = 1.0, *, rng=None, dtype=np.float32, device: str | None = None):
     """Glorot uniform: U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
-    fan_in, fan_out = fans(shape)
+    fan_in, fan_out = _nonzero_fans(shape, "xavier_uniform")
     a = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return uniform(shape, -a, a, rng=rng, dtype=dtype, device=device)
 
 
 def kaiming_normal(shape: Shape, nonlinearity: str = "relu", *, rng=None, dtype=np.float32, device: str | None = None):
     """He normal (fan_in mode): Var[w] = gain^2 / fan_in, gain = sqrt(2) for ReLU."""
-    fan_in, _ = fans(shape)
+    fan_in, _ = _nonzero_fans(shape, "kaiming_normal")
     return normal(shape, 0.0, _gain(nonlinearity) / math.sqrt(fan_in), rng=rng, dtype=dtype, device=device)
 
 
 def kaiming_uniform(shape: Shape, nonlinearity: str = "relu", *, rng=None, dtype=np.float32, device: str | None = None):
     """He uniform (fan_in mode): U(-a, a) with a = gain * sqrt(3 / fan_in)."""
-    fan_in, _ = fans(shape)
+    fan_in, _ = _nonzero_fans(shape, "kaiming_uniform")
     a = _gain(nonlinearity) * math.sqrt(3.0 / fan_in)
     return uniform(shape, -a, a, rng=rng, dtype=dtype, device=device)
 

@@ -1,7 +1,6 @@
 """Elementwise activations: ReLU, GELU (tanh form) and SiLU, each with its derivative."""
 from __future__ import annotations
 
-from tinyllm.backend import get_array_module
 from tinyllm.nn import functional as F
 from tinyllm.nn.module import Module
 
@@ -35,20 +34,43 @@ class ReLU(_Elementwise):
         return (x > 0).astype(x.dtype)
 
 
-class GELU(_Elementwise):
+class GELU(Module):
     """y = 0.5 x (1 + tanh u),  u = k (x + c x^3),  k = sqrt(2/pi), c = 0.044715 (Hendrycks & Gimpel 2016).
 
     dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 c x^2).
+
+    Forward keeps tanh u for the backward pass, so the expensive tanh is evaluated
+    once per element; the output is bit-identical to ``functional.gelu``.
     """
 
-    _f = staticmethod(F.gelu)
+    def __init__(self):
+        self._cache = None
 
-    @staticmethod
-    def _df(x):
-        xp = get_array_module(x)
-        x2 = x * x
-        t = xp.tanh(F.GELU_K * x * (1.0 + F.GELU_C * x2))
-        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * F.GELU_K * (1.0 + 3.0 * F.GELU_C * x2)
+    def forward(self, x):
+        t = F.gelu_tanh_term(x)  # tanh u
+        self._cache = (x, t)
+        y = t + 1.0
+        y *= x
+        y *= 0.5
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError("GELU.backward called before forward")
+        x, t = self._cache
+        d = x * x
+        d *= 3.0 * F.GELU_C
+        d += 1.0
+        d *= F.GELU_K  # du/dx
+        d *= 1.0 - t * t
+        d *= x
+        d += 1.0 + t
+        d *= 0.5  # dy/dx
+        d *= dy
+        return d
+
+    def __repr__(self) -> str:
+        return "GELU()"
 
 
 class SiLU(_Elementwise):

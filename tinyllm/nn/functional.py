@@ -92,8 +92,22 @@ def relu(x: Any):
 def gelu(x: Any):
     """GELU, tanh form (Hendrycks & Gimpel 2016; used by GPT-2):
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    y = gelu_tanh_term(x)  # tanh u
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
+
+
+def gelu_tanh_term(x: Any):
+    """tanh u with u = sqrt(2/pi) (x + 0.044715 x^3), the part of GELU that its backward reuses (a new array)."""
     xp = get_array_module(x)
-    return 0.5 * x * (1.0 + xp.tanh(GELU_K * (x + GELU_C * x * x * x)))
+    t = x * x
+    t *= GELU_C
+    t += 1.0
+    t *= x
+    t *= GELU_K  # u = k (x + c x^3)
+    return xp.tanh(t, out=t)
 
 
 def sigmoid(x: Any):

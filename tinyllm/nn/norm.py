@@ -52,7 +52,12 @@ class LayerNorm(Module):
         if self.bias is not None:
             self.bias.grad += _sum_leading(dy)  # (C,)
         g = dy * self.weight.data  # (..., C)
-        return r * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+        m_g = g.mean(axis=-1, keepdims=True)  # (..., 1) through the mean
+        m_gx = (g * xhat).mean(axis=-1, keepdims=True)  # (..., 1) through the variance
+        g -= m_g
+        g -= xhat * m_gx
+        g *= r
+        return g  # r (g - mean(g) - xhat mean(g xhat))
 
     def __repr__(self) -> str:
         return f"LayerNorm({self.dim}, eps={self.eps})"
@@ -86,7 +91,9 @@ class RMSNorm(Module):
         xhat, r = self._cache
         self.weight.grad += _sum_leading(dy * xhat)  # (C,)
         g = dy * self.weight.data  # (..., C)
-        return r * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+        g -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
+        g *= r
+        return g  # r (g - xhat mean(g xhat))
 
     def __repr__(self) -> str:
         return f"RMSNorm({self.dim}, eps={self.eps})"
