@@ -42,9 +42,7 @@ from tinyllm.backend import get_array_module
 from tinyllm.compress.quantize import (
     QuantizedTensor,
     check_finite_nonempty,
-    dequantize_groups,
     quant_params,
-    quantize_groups,
 )
 
 
@@ -104,6 +102,8 @@ def gptq_quantize(
         scale, zero = scale[:, 0], (None if zero is None else zero[:, 0])  # (OUT, 1)
         scales.append(scale)
         zeros.append(zero)
+        inv, zf = _inv_and_zero(scale, zero)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
     for start in range(0, n_in, block_size):
         end = min(start + block_size, n_in)
         W1 = W[:, start:end].copy()                                         # (OUT, b)
@@ -116,9 +116,10 @@ def gptq_quantize(
                 scale, zero = scale[:, 0], (None if zero is None else zero[:, 0])  # (OUT, 1)
                 scales.append(scale)
                 zeros.append(zero)
-            c = quantize_groups(W1[:, i:i + 1], scale, zero, bits)          # (OUT, 1)
-            q = dequantize_groups(c, scale, zero)                           # (OUT, 1)
-            codes[:, col:col + 1] = c
+                inv, zf = _inv_and_zero(scale, zero)
+            c = xp.clip(xp.rint(W1[:, i:i + 1] * inv) + zf, lo, hi)         # (OUT, 1) codes as floats
+            q = (c - zf) * scale                                            # (OUT, 1) dequantised
+            codes[:, col:col + 1] = c.astype(codes.dtype)
             Q[:, col:col + 1] = q
             err = (W1[:, i:i + 1] - q) / U1[i, i]                           # (OUT, 1)
             W1[:, i:] -= err * U1[i:i + 1, i:]                              # rank-1 update of the block
@@ -131,6 +132,13 @@ def gptq_quantize(
     qt = QuantizedTensor(codes.reshape(n_out, G, n_in // G), scale_arr, zero_arr, int(bits), bool(symmetric),
                          "group" if group_size else "channel", group_size, (n_out, n_in), 0)
     return qt, Q
+
+
+def _inv_and_zero(scale: Any, zero: Any | None) -> tuple[Any, Any]:
+    """``1/scale`` (0 where the scale is 0) and the zero point as float32 (0 when symmetric)."""
+    xp = get_array_module(scale)
+    inv = xp.where(scale > 0, 1.0 / xp.where(scale > 0, scale, 1.0), 0.0).astype(xp.float32)
+    return inv, (xp.zeros_like(scale) if zero is None else zero.astype(xp.float32))
 
 
 def output_error(x: Any, w: Any, w_hat: Any) -> float:

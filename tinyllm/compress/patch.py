@@ -42,22 +42,38 @@ class MatmulWeight:
 
 
 class InputRecorder(MatmulWeight):
-    """Wraps a weight ``w (IN, OUT)``; each ``x @ recorder`` stores ``x`` as rows ``(N, IN)``, then returns ``x @ w``."""
+    """Wraps a weight ``w (IN, OUT)``; each ``x @ recorder`` records ``x``, then returns ``x @ w``.
 
-    def __init__(self, w: Any, max_rows: int | None = None):
+    ``keep_inputs=True`` stores the rows ``(N, IN)``; ``False`` keeps only running
+    statistics, enough for GPTQ and for importance scores: ``xtx`` (the sum of
+    ``x^T x``, float64 ``(IN, IN)``), ``abs_sum`` (sum of ``|x|`` per input) and ``rows``.
+    """
+
+    def __init__(self, w: Any, keep_inputs: bool = True):
         self.w = w
         self.shape = tuple(w.shape)
         self.dtype = w.dtype
-        self.max_rows = max_rows
+        self.keep_inputs = keep_inputs
         self.inputs: list[Any] = []
         self.rows = 0
+        self.xtx = np.zeros((w.shape[0], w.shape[0]))                       # (IN, IN)
+        self.abs_sum = np.zeros(w.shape[0])                                 # (IN,)
 
     def rmatmul(self, x: Any) -> Any:
-        if self.max_rows is None or self.rows < self.max_rows:
-            rows = x.reshape(-1, x.shape[-1])                               # (N, IN)
+        rows = x.reshape(-1, x.shape[-1])                                   # (N, IN)
+        if self.keep_inputs:
             self.inputs.append(rows.copy())
-            self.rows += rows.shape[0]
+        r64 = rows.astype(np.float64)
+        self.xtx += r64.T @ r64
+        self.abs_sum += np.abs(r64).sum(axis=0)
+        self.rows += rows.shape[0]
         return x @ self.w
+
+    def hessian(self) -> Any:
+        """GPTQ's ``H = 2/N X^T X`` from everything recorded, ``(IN, IN)``."""
+        if self.rows == 0:
+            raise ValueError("nothing recorded yet: run the model on calibration data first")
+        return (2.0 / self.rows) * self.xtx
 
     def stacked(self) -> Any:
         """All recorded inputs, ``(N, IN)``."""
