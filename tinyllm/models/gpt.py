@@ -1,0 +1,261 @@
+"""A GPT: decoder-only transformer with explicit backward (GPT-2 layout, Radford et al., 2019).
+
+    x_0 = E[idx] + P[0:T]                                  token + learned position embeddings
+    for each block l = 1..L (pre-LayerNorm, Xiong et al., 2020):
+        x = x + Attention(LN_1(x))                         causal multi-head self-attention
+        x = x + W_2 GELU(W_1 LN_2(x))                      MLP, hidden width F = 4C
+    logits = LN_f(x) E^T                                   head tied to the token embedding
+
+The head reuses the token embedding matrix E (V, C) (Press & Wolf, 2017), so E
+receives two gradient contributions, one from the lookup and one from the head;
+they add up in ``wte.weight.grad``.
+
+Initialisation follows GPT-2: every weight N(0, 0.02^2), biases zero, and the two
+projections that write into the residual stream (``attn.c_proj`` and ``mlp.c_proj``)
+N(0, (0.02 / sqrt(2L))^2) (:func:`tinyllm.init.gpt2_residual`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tinyllm import init
+from tinyllm.backend import get_array_module
+from tinyllm.nn.activations import GELU
+from tinyllm.nn.attention import CausalSelfAttention
+from tinyllm.nn.dropout import Dropout
+from tinyllm.nn.embedding import Embedding
+from tinyllm.nn.linear import Linear
+from tinyllm.nn.loss import CrossEntropyLoss
+from tinyllm.nn.module import Module, Parameter
+from tinyllm.nn.norm import LayerNorm
+
+
+@dataclass
+class GPTConfig:
+    """Hyper-parameters of a :class:`GPT`. ``GPTConfig.preset(name, **overrides)`` gives the named ones."""
+
+    vocab_size: int      # V
+    block_size: int      # longest context T the position embedding covers
+    n_layer: int         # L blocks
+    n_head: int          # H heads per block
+    n_embd: int          # C model width (D = C / H per head)
+    dropout: float = 0.0
+    bias: bool = True    # biases in the Linear layers and LayerNorms
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+        """A named configuration, e.g. ``GPTConfig.preset("char-small", vocab_size=tok.vocab_size)``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown GPT preset {name!r}: expected one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> "GPTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component, computed from the shapes alone (no model is built)."""
+        V, T, L, C = self.vocab_size, self.block_size, self.n_layer, self.n_embd
+        b = 1 if self.bias else 0
+        ln = C * (1 + b)
+        counts = {
+            "token embedding (tied head)": V * C,
+            "position embedding": T * C,
+            "attention": L * (C * 3 * C + b * 3 * C + C * C + b * C),
+            "MLP": L * (C * 4 * C + b * 4 * C + 4 * C * C + b * C),
+            "LayerNorm": (2 * L + 1) * ln,
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
+
+# The presets used in the notebooks, tests and benchmark. vocab_size is usually
+# overridden with the tokenizer's; "gpt2" is GPT-2 small, for counting only.
+PRESETS: dict[str, dict[str, Any]] = {
+    "nano": dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8),             # gradient checks
+    "char-small": dict(vocab_size=96, block_size=64, n_layer=4, n_head=4, n_embd=64),     # notebook 05 training
+    "bench": dict(vocab_size=96, block_size=128, n_layer=4, n_head=4, n_embd=128),        # train_throughput.py
+    "gpt2": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),   # GPT-2 small (124M)
+}
+
+
+class MLP(Module):
+    """Position-wise feed-forward network: Linear C -> 4C, GELU, Linear 4C -> C."""
+
+    def __init__(self, n_embd: int, *, dropout: float = 0.0, bias: bool = True, rng=None, dropout_rng=None,
+                 dtype: Any = np.float32):
+        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias, rng=rng, dtype=dtype)     # W: (C, F)
+        self.gelu = GELU()
+        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias, rng=rng, dtype=dtype)   # W: (F, C)
+        self.dropout = Dropout(dropout, rng=dropout_rng) if dropout > 0 else None
+
+    def forward(self, x: Any) -> Any:
+        h = self.gelu.forward(self.c_fc.forward(x))                          # (B, T, F)
+        out = self.c_proj.forward(h)                                         # (B, T, C)
+        if self.dropout is not None and self.training:
+            out = self.dropout.forward(out)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        if self.dropout is not None and self.training:
+            dout = self.dropout.backward(dout)
+        return self.c_fc.backward(self.gelu.backward(self.c_proj.backward(dout)))   # (B, T, C)
+
+
+class Block(Module):
+    """One pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: GPTConfig, *, rng=None, dropout_rng=None, dtype: Any = np.float32):
+        C = config.n_embd
+        self.ln_1 = LayerNorm(C, bias=config.bias, dtype=dtype)
+        self.attn = CausalSelfAttention(C, config.n_head, dropout=config.dropout, bias=config.bias, rng=rng,
+                                        dropout_rng=dropout_rng, dtype=dtype)
+        self.ln_2 = LayerNorm(C, bias=config.bias, dtype=dtype)
+        self.mlp = MLP(C, dropout=config.dropout, bias=config.bias, rng=rng, dropout_rng=dropout_rng, dtype=dtype)
+
+    def forward(self, x: Any) -> Any:
+        x = x + self.attn.forward(self.ln_1.forward(x))                      # (B, T, C)
+        return x + self.mlp.forward(self.ln_2.forward(x))                    # (B, T, C)
+
+    def backward(self, dx: Any) -> Any:
+        # each residual branch: the gradient flows straight through AND through the branch
+        dx = dx + self.ln_2.backward(self.mlp.backward(dx))                  # (B, T, C)
+        dx += self.ln_1.backward(self.attn.backward(dx))                     # (B, T, C)
+        return dx
+
+
+class GPT(Module):
+    """Decoder-only transformer. ``forward(idx (B, T)) -> logits (B, T, V)``, ``backward(dlogits)``.
+
+    ``rng`` (a seed or Generator) draws the initial weights; dropout draws from
+    :attr:`dropout_rng`, a generator of its own, whose state a trainer saves to
+    resume a run exactly.
+    """
+
+    def __init__(self, config: GPTConfig, *, rng: np.random.Generator | int | None = None, dtype: Any = np.float32):
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.dropout_rng = np.random.default_rng(rng.integers(2**63))      # one generator for every Dropout
+        V, C = config.vocab_size, config.n_embd
+        self.wte = Embedding(V, C, rng=rng)                                  # (V, C), also the output head
+        self.wpe = Embedding(config.block_size, C, rng=rng)                  # (T_max, C)
+        self.drop = Dropout(config.dropout, rng=self.dropout_rng) if config.dropout > 0 else None
+        self.h = [Block(config, rng=rng, dropout_rng=self.dropout_rng, dtype=dtype) for _ in range(config.n_layer)]
+        self.ln_f = LayerNorm(C, bias=config.bias, dtype=dtype)
+        self.loss_fn = CrossEntropyLoss()
+        self._init_weights(rng)
+        self._cache: tuple | None = None
+
+    def _init_weights(self, rng: np.random.Generator) -> None:
+        """GPT-2 initialisation (see the module docstring), in ``self.dtype``."""
+        L = self.config.n_layer
+        for name, p in self.named_parameters():
+            shape = p.shape
+            if name.endswith("c_proj.weight"):
+                p.data = init.gpt2_residual(shape, L, rng=rng, dtype=self.dtype)
+            elif name.startswith("ln") or ".ln_" in name:
+                p.data = (init.ones if name.endswith("weight") else init.zeros)(shape, dtype=self.dtype)
+            elif name.endswith("bias"):
+                p.data = init.zeros(shape, dtype=self.dtype)
+            else:                                                            # Linear weights and embeddings
+                p.data = init.normal(shape, 0.0, 0.02, rng=rng, dtype=self.dtype)
+            p.grad = np.zeros_like(p.data)
+
+    # ---- forward / backward ----------------------------------------------
+    def _check_idx(self, idx: Any) -> None:
+        if not hasattr(idx, "dtype") or not np.issubdtype(np.dtype(idx.dtype), np.integer):
+            raise TypeError(f"idx must be an integer array of token ids (B, T), got {getattr(idx, 'dtype', type(idx).__name__)}")
+        if idx.ndim != 2:
+            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
+        T = idx.shape[1]
+        if not 1 <= T <= self.config.block_size:
+            raise ValueError(f"idx has T={T} positions; this model takes 1 to block_size={self.config.block_size}")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"idx holds token ids in [{lo}, {hi}], outside the vocabulary [0, {self.config.vocab_size})")
+
+    def forward(self, idx: Any) -> Any:
+        """Logits (B, T, V) of the next token at every position of ``idx`` (B, T)."""
+        self._check_idx(idx)
+        B, T = idx.shape
+        x = self.wte.forward(idx) + self.wpe.weight.data[:T]                # (B, T, C)
+        if self.drop is not None and self.training:
+            x = self.drop.forward(x)
+        for block in self.h:
+            x = block.forward(x)                                             # (B, T, C)
+        x = self.ln_f.forward(x)                                             # (B, T, C)
+        logits = x @ self.wte.weight.data.T                                  # (B, T, V) tied head
+        self._cache = (x, T)
+        return logits
+
+    def backward(self, dlogits: Any = None) -> None:
+        """Accumulate every parameter's gradient from ``dlogits`` (B, T, V).
+
+        Without an argument, back-propagates the last :meth:`loss`.
+        """
+        if self._cache is None:
+            raise RuntimeError("GPT.backward called before forward")
+        if dlogits is None:
+            dlogits = self.loss_fn.backward()                               # (B, T, V)
+        x, T = self._cache
+        C, V = self.config.n_embd, self.config.vocab_size
+        E = self.wte.weight
+        E.grad += dlogits.reshape(-1, V).T @ x.reshape(-1, C)               # (V, C) head's share of dE
+        dx = dlogits @ E.data                                               # (B, T, C)
+        dx = self.ln_f.backward(dx)
+        for block in reversed(self.h):
+            dx = block.backward(dx)                                          # (B, T, C)
+        if self.drop is not None and self.training:
+            dx = self.drop.backward(dx)
+        self.wpe.weight.grad[:T] += dx.sum(axis=0)                          # (T, C)
+        self.wte.backward(dx)                                                # lookup's share of dE
+
+    def loss(self, idx: Any, targets: Any) -> float:
+        """Mean cross-entropy of predicting ``targets`` (B, T) from ``idx`` (B, T); ``backward()`` follows."""
+        return self.loss_fn.forward(self.forward(idx), targets)
+
+    # ---- bookkeeping ---------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component of this model (each tied tensor counted once)."""
+        counts = {"token embedding (tied head)": 0, "position embedding": 0, "attention": 0, "MLP": 0, "LayerNorm": 0}
+        for name, p in self.named_parameters():
+            if name.startswith("wte."):
+                key = "token embedding (tied head)"
+            elif name.startswith("wpe."):
+                key = "position embedding"
+            elif ".attn." in name:
+                key = "attention"
+            elif ".mlp." in name:
+                key = "MLP"
+            else:
+                key = "LayerNorm"
+            counts[key] += p.size
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def astype(self, dtype: Any) -> "GPT":
+        """Convert every parameter (and zero its gradient) to ``dtype``, e.g. float64 for gradient checks."""
+        self.dtype = np.dtype(dtype)
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = get_array_module(p.data).zeros_like(p.data)
+        return self

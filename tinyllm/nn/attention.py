@@ -1,0 +1,151 @@
+"""Causal multi-head self-attention with an explicit backward pass.
+
+Each position t of a sequence asks a *query* q_t, every position offers a
+*key* k_s and a *value* v_s. Attention mixes the values, weighted by how well
+the keys match the query (Vaswani et al., 2017, "Attention Is All You Need", eq. 1):
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + M) V
+
+with the causal mask M[t, s] = 0 for s <= t and -inf for s > t, so a token never
+sees the future. Multi-head attention runs H of these in parallel on D = C / H
+wide slices and concatenates the results before an output projection:
+
+    qkv = x W_qkv + b_qkv          # one fused Linear C -> 3C
+    y_h = Attention(q_h, k_h, v_h)  # for every head h at once: (B, H, T, D)
+    out = concat_h(y_h) W_o + b_o
+
+Backward of P = softmax(S), Y = P V (per batch and head, rows t):
+
+    dV = P^T dY,   dP = dY V^T,   dS = P * (dP - rowsum(dP * P)),
+    dQ = dS K / sqrt(D),   dK = dS^T Q / sqrt(D).
+
+Everything is batched over (B, H): no Python loop touches a head or a token.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tinyllm.backend import get_array_module
+from tinyllm.nn.dropout import Dropout
+from tinyllm.nn.linear import Linear
+from tinyllm.nn.module import Module, _check_float_array
+
+_MASKS: dict[tuple[Any, int, Any], Any] = {}
+
+
+def causal_mask(T: int, xp: Any = np, dtype: Any = np.float32):
+    """Additive causal mask (T, T): 0 on and below the diagonal, -inf above it (cached)."""
+    key = (xp.__name__, T, np.dtype(dtype).str)
+    mask = _MASKS.get(key)
+    if mask is None:
+        upper = xp.triu(xp.ones((T, T), dtype=bool), k=1)                  # (T, T) True where s > t
+        mask = xp.where(upper, -xp.inf, 0.0).astype(dtype)                 # (T, T)
+        _MASKS[key] = mask
+    return mask
+
+
+def causal_attention(q: Any, k: Any, v: Any, *, dropout: Dropout | None = None):
+    """softmax(q k^T / sqrt(D) + mask) v for every batch and head at once.
+
+    q, k, v: (B, H, T, D). Returns ``(y (B, H, T, D), att (B, H, T, T))`` where
+    ``att`` holds the attention weights (each row sums to 1) before dropout.
+    """
+    xp = get_array_module(q)
+    T, D = q.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(D)                                             # Python float: keeps float32
+    att = (q * scale) @ k.swapaxes(-1, -2)                                 # (B, H, T, T) scores
+    att += causal_mask(T, xp, att.dtype)                                   # future -> -inf
+    att -= att.max(axis=-1, keepdims=True)                                 # stable softmax
+    xp.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)                                 # (B, H, T, T) rows sum to 1
+    p = att if dropout is None else dropout.forward(att)
+    y = p @ v                                                              # (B, H, T, D)
+    return y, att
+
+
+def causal_attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, *,
+                              dropout: Dropout | None = None, out: Any = None):
+    """Gradients of :func:`causal_attention` with respect to q, k and v.
+
+    dy: (B, H, T, D); att: the weights returned by the forward pass (B, H, T, T).
+    ``out`` may be a (3, B, H, T, D) array to write ``dq, dk, dv`` into.
+    Returns ``(dq, dk, dv)``, each (B, H, T, D).
+    """
+    xp = get_array_module(dy)
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    if out is None:
+        out = xp.empty((3,) + tuple(q.shape), dtype=dy.dtype)               # (3, B, H, T, D)
+    p = att if dropout is None else dropout.backward(att)                  # what multiplied v (same mask)
+    xp.matmul(p.swapaxes(-1, -2), dy, out=out[2])                          # dv = P^T dY
+    dp = dy @ v.swapaxes(-1, -2)                                           # (B, H, T, T)
+    if dropout is not None:
+        dp = dropout.backward(dp)                                          # through the dropout mask
+    dp -= (dp * att).sum(axis=-1, keepdims=True)                           # softmax backward,
+    dp *= att                                                              # dS = P * (dP - rowsum(dP * P))
+    dp *= scale                                                            # fold 1/sqrt(D) in once
+    xp.matmul(dp, k, out=out[0])                                           # dq = dS K / sqrt(D)
+    xp.matmul(dp.swapaxes(-1, -2), q, out=out[1])                          # dk = dS^T Q / sqrt(D)
+    return out[0], out[1], out[2]
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention: fused QKV projection, attention, output projection.
+
+    After ``forward`` the attention weights of the last call are in
+    :attr:`attention_weights` (B, H, T, T), ready for a heat map.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, *, dropout: float = 0.0, bias: bool = True,
+                 rng: np.random.Generator | int | None = None, dropout_rng: np.random.Generator | None = None,
+                 dtype: Any = np.float32):
+        if n_embd % n_head != 0:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
+        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias, rng=rng, dtype=dtype)   # W: (C, 3C)
+        self.c_proj = Linear(n_embd, n_embd, bias=bias, rng=rng, dtype=dtype)       # W: (C, C)
+        # dropout draws from its own generator so that changing it never changes the initial weights
+        dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng(rng.integers(2**63))
+        self.attn_dropout = Dropout(dropout, rng=dropout_rng) if dropout > 0 else None
+        self.resid_dropout = Dropout(dropout, rng=dropout_rng) if dropout > 0 else None
+        self._cache: tuple | None = None
+
+    @property
+    def attention_weights(self):
+        """Attention weights (B, H, T, T) of the last forward pass (row t: how much t attends to each s)."""
+        return None if self._cache is None else self._cache[-1]
+
+    def forward(self, x: Any) -> Any:
+        _check_float_array(x, "x", ndim=3, last_dim=self.n_embd)
+        B, T, C = x.shape
+        H, D = self.n_head, self.head_dim
+        qkv = self.c_attn.forward(x)                                       # (B, T, 3C)
+        qkv = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)          # (3, B, H, T, D) view
+        q, k, v = qkv[0], qkv[1], qkv[2]                                   # (B, H, T, D) each
+        drop = self.attn_dropout if self.training else None
+        y, att = causal_attention(q, k, v, dropout=drop)                   # (B, H, T, D), (B, H, T, T)
+        self._cache = (q, k, v, drop, att)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                       # (B, T, C) heads side by side
+        out = self.c_proj.forward(y)                                       # (B, T, C)
+        if self.resid_dropout is not None and self.training:
+            out = self.resid_dropout.forward(out)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        if self._cache is None:
+            raise RuntimeError("CausalSelfAttention.backward called before forward")
+        q, k, v, drop, att = self._cache
+        B, H, T, D = q.shape
+        xp = get_array_module(dout)
+        if self.resid_dropout is not None and self.training:
+            dout = self.resid_dropout.backward(dout)
+        dy = self.c_proj.backward(dout)                                    # (B, T, C)
+        dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)                  # (B, H, T, D) view
+        dqkv = xp.empty((B, T, 3, H, D), dtype=dy.dtype)                   # (B, T, 3, H, D)
+        causal_attention_backward(dy, q, k, v, att, dropout=drop,
+                                  out=dqkv.transpose(2, 0, 3, 1, 4))       # written in place as (3, B, H, T, D)
+        return self.c_attn.backward(dqkv.reshape(B, T, 3 * H * D))         # (B, T, C)
