@@ -104,7 +104,7 @@ __device__ float block_sum(float v, float* shared) {
     __syncthreads();                       // shared may still be read by a previous reduction
     if (lane == 0) shared[warp] = v;
     __syncthreads();
-    v = (threadIdx.x < n_warps) ? shared[threadIdx.x] : 0.0f;
+    v = ((int)threadIdx.x < n_warps) ? shared[threadIdx.x] : 0.0f;
     if (warp == 0) v = warp_sum(v);
     if (threadIdx.x == 0) shared[0] = v;
     __syncthreads();
@@ -116,7 +116,7 @@ __device__ float block_max(float v, float* shared) {
     __syncthreads();
     if (lane == 0) shared[warp] = v;
     __syncthreads();
-    v = (threadIdx.x < n_warps) ? shared[threadIdx.x] : NEG_INF;
+    v = ((int)threadIdx.x < n_warps) ? shared[threadIdx.x] : NEG_INF;
     if (warp == 0) v = warp_max(v);
     if (threadIdx.x == 0) shared[0] = v;
     __syncthreads();
@@ -232,13 +232,13 @@ def _elementwise_kernel(name: str):
         return cupy.ElementwiseKernel(
             "raw float32 x, raw float32 cs, raw float32 sn, int32 D", "float32 y",
             """
-            const int half = D / 2;
+            const int hd = D / 2;                       // not "half": that is a CUDA type name
             const long long r = i / D;
             const int d = i % D;
-            const int k = d < half ? d : d - half;
-            const float c = cs[r * half + k], s = sn[r * half + k];
-            const float a = x[r * D + k], b = x[r * D + k + half];
-            y = d < half ? a * c - b * s : b * c + a * s;
+            const int k = d < hd ? d : d - hd;
+            const float c = cs[r * hd + k], s = sn[r * hd + k];
+            const float a = x[r * D + k], b = x[r * D + k + hd];
+            y = d < hd ? a * c - b * s : b * c + a * s;
             """,
             "tinyllm_rope")
     raise KeyError(name)
