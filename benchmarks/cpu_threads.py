@@ -101,7 +101,8 @@ def decode_tokens_per_s(model, *, steps: int = 8, prompt_len: int = 16, repeats:
 
 
 def run(threads=(1, 2), sizes=(256, 512, 1024), matvec_shape=(4096, 4096), decode_steps: int = 8,
-        model=None, repeats: int = 5, min_time: float = 0.05) -> list[dict]:
+        model=None, repeats: int = 5, min_time: float = 0.05, decode_repeats: int = 3,
+        prompt_len: int = 16) -> list[dict]:
     """Measure everything at each thread count; returns rows ``{"what", "unit", threads: value, ...}``."""
     rows = [{"what": f"matmul {n}x{n}", "unit": "GFLOP/s", "fn": lambda n=n: matmul_gflops(n, repeats=repeats, min_time=min_time)}
             for n in sizes]
@@ -110,7 +111,8 @@ def run(threads=(1, 2), sizes=(256, 512, 1024), matvec_shape=(4096, 4096), decod
                  "fn": lambda: matvec_gbps(r, c, repeats=repeats, min_time=min_time)})
     if decode_steps and model is not None:
         rows.append({"what": "SmolLM2 decode (batch 1)", "unit": "tok/s",
-                     "fn": lambda: decode_tokens_per_s(model, steps=decode_steps)})
+                     "fn": lambda: decode_tokens_per_s(model, steps=decode_steps, prompt_len=prompt_len,
+                                                       repeats=decode_repeats)})
     for row in rows:
         fn = row.pop("fn")
         for n in threads:
