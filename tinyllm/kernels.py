@@ -1,0 +1,420 @@
+"""Optional fused kernels behind one interface: a NumPy reference, a CuPy kernel on the GPU.
+
+Why fuse? On a GPU every NumPy-style operation is a separate *kernel launch*
+that reads its inputs from GPU memory and writes its result back. RMSNorm written
+as ``x * (1 / sqrt(mean(x*x) + eps)) * w`` is five or six launches and as many
+round trips through memory; at batch 1 a 135M model makes ~30 of these per layer,
+and each launch costs a few microseconds whatever the size of the array. A fused
+kernel does the whole formula in one launch, reading ``x`` once and writing ``y``
+once (Dao et al. 2022 make the same argument for attention, "FlashAttention").
+
+Every function here takes its array module from its inputs
+(:func:`tinyllm.backend.get_array_module`):
+
+- NumPy input -> the *reference*: plain array code, the definition the kernel is
+  tested against (and the same maths as :mod:`tinyllm.nn.functional`);
+- CuPy float32 input -> a fused ``cupy.ElementwiseKernel`` / ``cupy.RawKernel``,
+  compiled lazily on first use (CuPy is never imported at module level);
+- CuPy input of another dtype, or with fusion switched off (:func:`set_fused`,
+  or ``TINYLLM_FUSED=0`` in the environment) -> the reference, run by CuPy.
+
+The functions:
+
+=========================  =================================================  ==========================
+function                   maths                                              shapes
+=========================  =================================================  ==========================
+``rms_norm(x, w, eps)``    ``x / sqrt(mean(x^2) + eps) * w``                  (..., C), (C,) -> (..., C)
+``rope(x, cos, sin)``      rotate halves ``(a, b) -> (a c - b s, b c + a s)``  (B, T, n, D), (B, T, 1, D/2)
+``swiglu(gate, up)``       ``silu(gate) * up``                                (..., F), (..., F) -> (..., F)
+``softmax(x)``             ``exp(x - max) / sum exp(x - max)``, last axis     (..., V) -> (..., V)
+``q_matvec(x, blocks, t)`` ``x @ dequantise(blocks).T`` for Q8_0 / Q4_1       (..., IN), (OUT, G*bytes) -> (..., OUT)
+=========================  =================================================  ==========================
+
+``rope`` uses the half-split (HF) layout of :func:`tinyllm.models.llama.apply_rope`.
+
+Quantised blocks follow the GGML layout (GGUF specification; 32 weights per block,
+little-endian, ``d`` and ``m`` are float16):
+
+- ``Q8_0``: 34 bytes = ``d`` + 32 int8 ``q``;            ``w_j = d * q_j``
+- ``Q4_1``: 20 bytes = ``d`` + ``m`` + 16 bytes of nibbles; byte ``i`` holds
+  ``q_i`` (low nibble) and ``q_{i+16}`` (high nibble);   ``w_j = d * q_j + m``
+
+A weight matrix (OUT, IN) is stored row by row, each row IN/32 blocks, which is
+``blocks`` of shape (OUT, IN/32 * bytes_per_block) uint8. The fused GPU kernel
+never materialises the float32 matrix: each thread block reads one row's bytes,
+dequantises them in registers and accumulates the dot product with ``x``, so a
+Q4_1 matvec reads 0.625 bytes per weight instead of 4.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+from tinyllm.backend import get_array_module, is_gpu_array
+
+QK = 32  # weights per quantisation block
+BLOCK_BYTES = {"Q8_0": 2 + QK, "Q4_1": 2 + 2 + QK // 2}
+QUANT_TYPES = tuple(BLOCK_BYTES)
+
+_fused = os.environ.get("TINYLLM_FUSED", "1").strip() not in ("0", "false", "no", "off")
+
+
+def set_fused(enabled: bool) -> bool:
+    """Switch the GPU kernels on or off (off: CuPy runs the reference). Returns the previous setting."""
+    global _fused
+    previous, _fused = _fused, bool(enabled)
+    return previous
+
+
+def fused_enabled() -> bool:
+    return _fused
+
+
+def _use_kernel(*arrays: Any) -> bool:
+    """True when the fused CuPy kernel applies: fusion on, every array on the GPU and float32."""
+    return _fused and all(is_gpu_array(a) and a.dtype == np.float32 for a in arrays)
+
+
+def _check_float(name: str, a: Any) -> None:
+    if not hasattr(a, "dtype") or not np.issubdtype(np.dtype(a.dtype), np.floating):
+        raise TypeError(f"{name} must be a floating-point array, got {getattr(a, 'dtype', type(a).__name__)}")
+
+
+# ---------------------------------------------------------------------------
+# CUDA source, compiled lazily (one compile per process, cached by CuPy on disk)
+# ---------------------------------------------------------------------------
+_ROW_REDUCE = r"""
+#define NEG_INF __int_as_float(0xff800000)   // -inf without relying on math headers under NVRTC
+// Sum (or max) of one value per thread over the thread block, via warp shuffles and shared memory.
+// Works for any blockDim.x that is a multiple of 32, up to 1024.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+__device__ float block_sum(float v, float* shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();                       // shared may still be read by a previous reduction
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = ((int)threadIdx.x < n_warps) ? shared[threadIdx.x] : 0.0f;
+    if (warp == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) shared[0] = v;
+    __syncthreads();
+    return shared[0];
+}
+__device__ float block_max(float v, float* shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = ((int)threadIdx.x < n_warps) ? shared[threadIdx.x] : NEG_INF;
+    if (warp == 0) v = warp_max(v);
+    if (threadIdx.x == 0) shared[0] = v;
+    __syncthreads();
+    return shared[0];
+}
+// IEEE float16 bits -> float32 (no cuda_fp16.h needed; handles subnormals, inf and NaN).
+__device__ __forceinline__ float half_bits_to_float(unsigned int h) {
+    unsigned int sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0) {                        // zero or subnormal: man * 2^-24
+        float f = (float)man * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    unsigned int bits = (exp == 31) ? (sign | 0x7f800000u | (man << 13))
+                                    : (sign | ((exp + 112u) << 23) | (man << 13));
+    return __uint_as_float(bits);
+}
+"""
+
+_THREADS = 256  # threads per block of the row kernels (a multiple of 32)
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_kernel(name: str):
+    import cupy  # noqa: PLC0415 - lazy on purpose
+
+    sources = {
+        "rms_norm": r"""
+extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int C, float eps) {
+    __shared__ float shared[32];
+    const float* xr = x + (long long)blockIdx.x * C;       // one block per row
+    float* yr = y + (long long)blockIdx.x * C;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += xr[i] * xr[i];
+    float inv = rsqrtf(block_sum(s, shared) / (float)C + eps);
+    for (int i = threadIdx.x; i < C; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
+}""",
+        "softmax": r"""
+extern "C" __global__ void softmax(const float* x, float* y, int V) {
+    __shared__ float shared[32];
+    const float* xr = x + (long long)blockIdx.x * V;       // one block per row
+    float* yr = y + (long long)blockIdx.x * V;
+    float m = NEG_INF;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, xr[i]);
+    m = block_max(m, shared);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) { float e = __expf(xr[i] - m); yr[i] = e; s += e; }
+    float inv = 1.0f / block_sum(s, shared);
+    for (int i = threadIdx.x; i < V; i += blockDim.x) yr[i] *= inv;
+}""",
+        # grid (OUT, N): block (o, n) computes y[n, o] = sum_g sum_j w[o, 32g + j] x[n, 32g + j]
+        "q8_0_matvec": r"""
+extern "C" __global__ void q8_0_matvec(const float* x, const unsigned char* blocks, float* y,
+                                       int G, int OUT) {
+    __shared__ float shared[32];
+    const int o = blockIdx.x, n = blockIdx.y;
+    const unsigned char* row = blocks + (long long)o * G * 34;
+    const float* xr = x + (long long)n * G * 32;
+    float acc = 0.0f;
+    for (int g = threadIdx.x; g < G; g += blockDim.x) {
+        const unsigned char* b = row + g * 34;
+        float d = half_bits_to_float(b[0] | (b[1] << 8));
+        const signed char* q = (const signed char*)(b + 2);
+        const float* xg = xr + g * 32;
+        float dot = 0.0f;
+        #pragma unroll
+        for (int j = 0; j < 32; ++j) dot += (float)q[j] * xg[j];
+        acc += d * dot;
+    }
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) y[(long long)n * OUT + o] = acc;
+}""",
+        "q4_1_matvec": r"""
+extern "C" __global__ void q4_1_matvec(const float* x, const unsigned char* blocks, float* y,
+                                       int G, int OUT) {
+    __shared__ float shared[32];
+    const int o = blockIdx.x, n = blockIdx.y;
+    const unsigned char* row = blocks + (long long)o * G * 20;
+    const float* xr = x + (long long)n * G * 32;
+    float acc = 0.0f;
+    for (int g = threadIdx.x; g < G; g += blockDim.x) {
+        const unsigned char* b = row + g * 20;
+        float d = half_bits_to_float(b[0] | (b[1] << 8));
+        float m = half_bits_to_float(b[2] | (b[3] << 8));
+        const unsigned char* qs = b + 4;
+        const float* xg = xr + g * 32;
+        float dot = 0.0f, xsum = 0.0f;
+        #pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            float lo = xg[i], hi = xg[i + 16];
+            dot += (float)(qs[i] & 0x0f) * lo + (float)(qs[i] >> 4) * hi;
+            xsum += lo + hi;
+        }
+        acc += d * dot + m * xsum;                // sum_j (d q_j + m) x_j
+    }
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) y[(long long)n * OUT + o] = acc;
+}""",
+    }
+    return cupy.RawKernel(_ROW_REDUCE + sources[name], name)
+
+
+@functools.lru_cache(maxsize=None)
+def _elementwise_kernel(name: str):
+    import cupy  # noqa: PLC0415 - lazy on purpose
+
+    if name == "swiglu":
+        return cupy.ElementwiseKernel(
+            "float32 g, float32 u", "float32 y",
+            "y = g / (1.0f + __expf(-fminf(fmaxf(g, -80.0f), 80.0f))) * u",
+            "tinyllm_swiglu")
+    if name == "rope":
+        # x, y: (R, D) rows with R = B*T*n; cs, sn: (R, D/2) broadcast per row. i runs over y's elements.
+        return cupy.ElementwiseKernel(
+            "raw float32 x, raw float32 cs, raw float32 sn, int32 D", "float32 y",
+            """
+            const int hd = D / 2;                       // not "half": that is a CUDA type name
+            const long long r = i / D;
+            const int d = i % D;
+            const int k = d < hd ? d : d - hd;
+            const float c = cs[r * hd + k], s = sn[r * hd + k];
+            const float a = x[r * D + k], b = x[r * D + k + hd];
+            y = d < hd ? a * c - b * s : b * c + a * s;
+            """,
+            "tinyllm_rope")
+    raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------
+# the interface
+# ---------------------------------------------------------------------------
+def rms_norm(x: Any, w: Any, eps: float = 1e-5):
+    """RMSNorm over the last axis (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * w``.  (..., C), (C,) -> (..., C)"""
+    _check_float("x", x)
+    _check_float("w", w)
+    if w.ndim != 1 or w.shape[0] != x.shape[-1]:
+        raise ValueError(f"w must have shape ({x.shape[-1]},) (the last axis of x), got {tuple(w.shape)}")
+    if not _use_kernel(x, w):
+        xp = get_array_module(x)
+        ms = (x * x).mean(axis=-1, keepdims=True)                       # (..., 1)
+        return x * (1.0 / xp.sqrt(ms + eps)) * w                        # float eps keeps the dtype
+    import cupy  # noqa: PLC0415
+
+    C = x.shape[-1]
+    xc = cupy.ascontiguousarray(x)
+    y = cupy.empty_like(xc)                                             # (..., C)
+    rows = xc.size // C if C else 0
+    if rows:
+        _raw_kernel("rms_norm")((rows,), (_THREADS,), (xc, cupy.ascontiguousarray(w), y, np.int32(C), np.float32(eps)))
+    return y
+
+
+def softmax(x: Any):
+    """Softmax over the last axis: ``exp(x - max x) / sum exp(x - max x)``.  (..., V) -> (..., V)"""
+    _check_float("x", x)
+    if not _use_kernel(x):
+        xp = get_array_module(x)
+        e = xp.exp(x - x.max(axis=-1, keepdims=True))
+        e /= e.sum(axis=-1, keepdims=True)
+        return e
+    import cupy  # noqa: PLC0415
+
+    V = x.shape[-1]
+    xc = cupy.ascontiguousarray(x)
+    y = cupy.empty_like(xc)                                             # (..., V)
+    rows = xc.size // V if V else 0
+    if rows:
+        _raw_kernel("softmax")((rows,), (_THREADS,), (xc, y, np.int32(V)))
+    return y
+
+
+def swiglu(gate: Any, up: Any):
+    """The SwiGLU gate (Shazeer 2020): ``silu(gate) * up`` with ``silu(z) = z / (1 + exp(-z))``.  (..., F) x2 -> (..., F)"""
+    _check_float("gate", gate)
+    _check_float("up", up)
+    if tuple(gate.shape) != tuple(up.shape):
+        raise ValueError(f"gate and up must have the same shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    if not _use_kernel(gate, up):
+        xp = get_array_module(gate)
+        return gate / (1.0 + xp.exp(-xp.clip(gate, -80.0, 80.0))) * up  # clip: no overflow warning
+    return _elementwise_kernel("swiglu")(gate, up)
+
+
+def rope(x: Any, cos: Any, sin: Any):
+    """Rotary embedding (Su et al. 2021), half-split layout as in ``tinyllm.models.llama.apply_rope``.
+
+    ``x`` (B, T, n, D); ``cos``, ``sin`` broadcastable to (B, T, n, D/2), usually (B, T, 1, D/2).
+    Coordinates ``a = x[..., i]`` and ``b = x[..., i + D/2]`` become ``(a cos_i - b sin_i, b cos_i + a sin_i)``.
+    """
+    for name, a in (("x", x), ("cos", cos), ("sin", sin)):
+        _check_float(name, a)
+    D = x.shape[-1]
+    if D % 2:
+        raise ValueError(f"the last axis of x (head dim) must be even, got {D}")
+    half = D // 2
+    table_shape = tuple(x.shape[:-1]) + (half,)
+    for name, a in (("cos", cos), ("sin", sin)):
+        try:
+            ok = np.broadcast_shapes(tuple(a.shape), table_shape) == table_shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must broadcast to {table_shape} (x's shape with D/2 last), got {tuple(a.shape)}")
+    xp = get_array_module(x)
+    if not _use_kernel(x, cos, sin):
+        a, b = x[..., :half], x[..., half:]
+        return xp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+    cs = xp.ascontiguousarray(xp.broadcast_to(cos, table_shape))         # (B, T, n, D/2)
+    sn = xp.ascontiguousarray(xp.broadcast_to(sin, table_shape))
+    y = xp.empty(tuple(x.shape), dtype=np.float32)                      # (B, T, n, D)
+    _elementwise_kernel("rope")(xp.ascontiguousarray(x), cs, sn, np.int32(D), y)
+    return y
+
+
+def _check_blocks(blocks: Any, qtype: str) -> tuple[int, int]:
+    """Validate quantised blocks and return (OUT, IN)."""
+    if qtype not in BLOCK_BYTES:
+        raise ValueError(f"type must be one of {', '.join(QUANT_TYPES)}, got {qtype!r}")
+    if not hasattr(blocks, "dtype") or blocks.dtype != np.uint8 or blocks.ndim != 2:
+        raise TypeError(f"blocks must be a uint8 array of shape (OUT, IN/32 * {BLOCK_BYTES[qtype]}) "
+                        f"(one weight row per array row), got {getattr(blocks, 'dtype', type(blocks).__name__)} "
+                        f"{tuple(getattr(blocks, 'shape', ()))}")
+    nbytes = BLOCK_BYTES[qtype]
+    if blocks.shape[1] % nbytes:
+        raise ValueError(f"each row of {qtype} blocks must be a multiple of {nbytes} bytes, got {blocks.shape[1]}")
+    return blocks.shape[0], blocks.shape[1] // nbytes * QK
+
+
+def dequantize_blocks(blocks: Any, qtype: str):
+    """The float32 weights (OUT, IN) of Q8_0 / Q4_1 ``blocks`` (OUT, G * bytes), on the blocks' device."""
+    OUT, IN = _check_blocks(blocks, qtype)
+    xp = get_array_module(blocks)
+    G = IN // QK
+    b = blocks.reshape(OUT, G, BLOCK_BYTES[qtype])                       # (OUT, G, bytes)
+    d = xp.ascontiguousarray(b[..., 0:2]).view(np.float16).astype(np.float32)  # (OUT, G, 1)
+    if qtype == "Q8_0":
+        q = xp.ascontiguousarray(b[..., 2:]).view(np.int8).astype(np.float32)  # (OUT, G, 32)
+        w = d * q
+    else:
+        m = xp.ascontiguousarray(b[..., 2:4]).view(np.float16).astype(np.float32)  # (OUT, G, 1)
+        qs = b[..., 4:]                                                  # (OUT, G, 16) two nibbles a byte
+        q = xp.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)  # (OUT, G, 32): low nibbles first
+        w = d * q + m
+    return w.reshape(OUT, IN)
+
+
+def q_matvec(x: Any, blocks: Any, qtype: str):
+    """``x @ W.T`` for a quantised weight ``W`` (OUT, IN) stored as GGML ``blocks``.  (..., IN) -> (..., OUT)
+
+    Reference: dequantise to float32, then one matrix product. GPU: one fused kernel
+    that dequantises in registers while it multiplies (see the module docstring).
+    """
+    OUT, IN = _check_blocks(blocks, qtype)
+    _check_float("x", x)
+    if x.shape[-1] != IN:
+        raise ValueError(f"x must have shape (..., {IN}) to multiply {qtype} weights of shape ({OUT}, {IN}), "
+                         f"got {tuple(x.shape)}")
+    if get_array_module(x) is not get_array_module(blocks):
+        raise ValueError("x and blocks must be on the same device (both NumPy or both CuPy)")
+    if not (_fused and is_gpu_array(x) and x.dtype == np.float32):
+        w = dequantize_blocks(blocks, qtype)                             # (OUT, IN)
+        return x @ w.T.astype(x.dtype, copy=False)                       # (..., OUT)
+    import cupy  # noqa: PLC0415
+
+    lead = tuple(x.shape[:-1])
+    xr = cupy.ascontiguousarray(x.reshape(-1, IN))                       # (N, IN)
+    N = xr.shape[0]
+    y = cupy.empty((N, OUT), dtype=np.float32)                           # (N, OUT)
+    if N and OUT:
+        kernel = _raw_kernel("q8_0_matvec" if qtype == "Q8_0" else "q4_1_matvec")
+        kernel((OUT, N), (128,), (xr, cupy.ascontiguousarray(blocks), y, np.int32(IN // QK), np.int32(OUT)))
+    return y.reshape(lead + (OUT,))
+
+
+def quantize_blocks(w: np.ndarray, qtype: str) -> np.ndarray:
+    """Round-to-nearest GGML quantisation of float weights (OUT, IN) -> blocks (OUT, G * bytes) uint8.
+
+    Only for tests and demonstrations here (the library's quantiser is
+    ``tinyllm.compress.ggml_blocks``); the formulas are those of the GGUF spec:
+    Q8_0 ``d = max|w| / 127``, ``q = round(w / d)``; Q4_1 ``d = (max - min) / 15``,
+    ``m = min``, ``q = round((w - m) / d)`` clipped to [0, 15].
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2 or w.shape[1] % QK:
+        raise ValueError(f"w must have shape (OUT, IN) with IN a multiple of {QK}, got {w.shape}")
+    if qtype not in BLOCK_BYTES:
+        raise ValueError(f"type must be one of {', '.join(QUANT_TYPES)}, got {qtype!r}")
+    OUT, IN = w.shape
+    g = w.reshape(OUT, IN // QK, QK)                                     # (OUT, G, 32)
+    if qtype == "Q8_0":
+        d = np.abs(g).max(axis=-1, keepdims=True) / 127.0                # (OUT, G, 1)
+        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+        q = np.rint(g * inv).astype(np.int8)                             # (OUT, G, 32)
+        parts = [d.astype(np.float16).view(np.uint8), q.view(np.uint8)]
+    else:
+        lo, hi = g.min(axis=-1, keepdims=True), g.max(axis=-1, keepdims=True)
+        d = (hi - lo) / 15.0
+        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+        q = np.clip(np.rint((g - lo) * inv), 0, 15).astype(np.uint8)     # (OUT, G, 32)
+        qs = q[..., :QK // 2] | (q[..., QK // 2:] << 4)                  # (OUT, G, 16)
+        parts = [d.astype(np.float16).view(np.uint8), lo.astype(np.float16).view(np.uint8), qs]
+    return np.concatenate(parts, axis=-1).reshape(OUT, -1)
