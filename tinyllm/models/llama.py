@@ -1,0 +1,523 @@
+"""The Llama architecture for inference, in float32 NumPy (or CuPy).
+
+One decoder block (Touvron et al., 2023, "LLaMA"; Llama 2 adds grouped-query attention)::
+
+    h = x + Attention(RMSNorm(x))          # RoPE on q and k, GQA, causal mask
+    y = h + W_down (SiLU(W_gate h) * W_up h)   # SwiGLU MLP (Shazeer, 2020)
+
+and the model is ``Embedding -> N blocks -> RMSNorm -> head``, the head tied to
+the embedding (``logits = x @ E^T``) for SmolLM2.
+
+The pieces, with their equations:
+
+- RMSNorm (Zhang & Sennrich, 2019): ``y = x / sqrt(mean(x^2) + eps) * w``.
+- Rotary position embeddings (Su et al., 2021, "RoFormer"): each pair of
+  coordinates ``(a, b)`` of a query/key head at position ``p`` is rotated by the
+  angle ``p * theta_i``, ``theta_i = base^(-2i/D)``::
+
+      (a, b) -> (a cos - b sin,  b cos + a sin)
+
+  so ``q_p . k_s`` depends only on ``p - s``.
+- Grouped-query attention (Ainslie et al., 2023): ``H`` query heads share ``KV``
+  key/value heads, ``G = H / KV`` queries per group. Query head ``h`` reads
+  key/value head ``h // G``. We never copy K/V ``G`` times: the queries of a
+  group are stacked into one matrix ``(G*T, D)`` and multiplied with the one
+  ``(S, D)`` key matrix of their group.
+- SwiGLU MLP: ``down(silu(gate(x)) * up(x))``, ``silu(z) = z * sigmoid(z)``.
+
+**Which coordinates form a rotation pair.** There are two conventions. Meta's
+original code rotates *adjacent* pairs ``(x0, x1), (x2, x3), ...``; HF
+``transformers`` rotates the two *halves* ``(x_i, x_{i+D/2})``. They are the
+same model up to a permutation of the rows of ``W_q`` and ``W_k`` in each head.
+llama.cpp's converter stores GGUF files in the adjacent-pair layout: it permutes
+each head's rows so that GGUF row ``2i + j`` is HF row ``i + j*D/2``.
+If we read GGUF rows and rotate halves, the model silently degrades (no error,
+just wrong text). We *un-permute on load* (:func:`unpermute_qk`) back to HF's
+half-split layout, so that our q, k and KV cache equal transformers' exactly and
+the rotation is two slices. (Rotating adjacent pairs of the stored rows would
+be equally right; what matters is that the layout and the rotation match.)
+
+Weights follow the library convention ``y = x @ W`` with ``W`` of shape
+``(IN, OUT)``. The projections of one block that read the same input are fused:
+``W_qkv`` is ``[W_q | W_k | W_v]`` and ``W_gu`` is ``[W_gate | W_up]``, so a
+decoding step makes two large matrix products per block instead of five.
+
+The KV cache (:class:`KVCache`) is preallocated for the whole generation, one
+slot per position: prefill writes the prompt's keys/values in one go, each
+decode step writes one column. Batches of prompts of different lengths are left
+padded; the cache remembers which slots are real tokens (``valid``), from which
+the positions (for RoPE) and the attention mask follow.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from tinyllm.backend import get_array_module, to_device
+from tinyllm.nn.module import Module, Parameter
+
+_NEG = -3.0e38  # "minus infinity" that stays finite, so a fully masked row gives no NaN
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Hyper-parameters of a Llama model (defaults: SmolLM2-135M)."""
+
+    vocab_size: int = 49152
+    dim: int = 576            # C
+    n_layers: int = 30
+    n_heads: int = 9          # H
+    n_kv_heads: int = 3       # KV
+    head_dim: int = 64        # D
+    ffn_dim: int = 1536       # F
+    rope_base: float = 100000.0
+    norm_eps: float = 1e-5
+    context_length: int = 8192
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "context_length"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"LlamaConfig.{name} must be a positive int, got {v!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: dict) -> "LlamaConfig":
+        """Read the hyper-parameters from GGUF metadata (``llama.block_count``, ...)."""
+        from tinyllm.errors import GGUFError
+
+        arch = metadata.get("general.architecture")
+        if arch != "llama":
+            raise GGUFError(f"general.architecture is {arch!r}; this model class reads 'llama' files")
+
+        def get(key, default=None):
+            full = f"{arch}.{key}"
+            if full in metadata:
+                return metadata[full]
+            if default is None:
+                raise GGUFError(f"GGUF metadata key {full!r} is missing")
+            return default
+
+        n_heads = int(get("attention.head_count"))
+        dim = int(get("embedding_length"))
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        vocab = int(get("vocab_size", len(tokens) if tokens is not None else None))
+        return cls(
+            vocab_size=vocab,
+            dim=dim,
+            n_layers=int(get("block_count")),
+            n_heads=n_heads,
+            n_kv_heads=int(get("attention.head_count_kv", n_heads)),
+            head_dim=int(get("attention.key_length", get("rope.dimension_count", dim // n_heads))),
+            ffn_dim=int(get("feed_forward_length")),
+            rope_base=float(get("rope.freq_base", 10000.0)),
+            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            context_length=int(get("context_length", 2048)),
+            tie_embeddings=True,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# pure functions (forward only)
+# ---------------------------------------------------------------------------
+def rms_norm(x, w, eps: float):
+    """``x / sqrt(mean(x^2, -1) + eps) * w``, in the dtype of ``x``.  (..., C) -> (..., C)"""
+    xp = get_array_module(x)
+    ms = (x * x).mean(axis=-1, keepdims=True)                  # (..., 1)
+    return x * (1.0 / xp.sqrt(ms + eps)) * w
+
+
+def silu(z):
+    """``z * sigmoid(z)`` without overflow warnings for large negative z."""
+    xp = get_array_module(z)
+    return z / (1.0 + xp.exp(-xp.clip(z, -80.0, 80.0)))
+
+
+def rope_tables(head_dim: int, base: float, length: int, dtype=np.float32):
+    """cos and sin of the rotation angles ``p * base^(-2i/D)``: two (length, D/2) arrays.
+
+    Angles are computed in float64 and stored as float32."""
+    inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+    angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]      # (length, D/2)
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the two halves of each head (HF layout).  x (B, T, n, D), cos/sin (B, T, 1, D/2)."""
+    xp = get_array_module(x)
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    return xp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+def unpermute_qk(w, n_heads: int):
+    """Undo llama.cpp's row permutation of W_q / W_k: (OUT, IN) GGUF rows -> HF rows.
+
+    The converter wrote HF row ``(h, j, i)`` (head h, half j, index i) to row
+    ``(h, i, j)``; reshaping to (heads, D/2, 2, IN) and swapping the middle axes
+    brings it back."""
+    out, inp = w.shape
+    d = out // n_heads
+    return w.reshape(n_heads, d // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+def permute_qk(w, n_heads: int):
+    """The inverse of :func:`unpermute_qk` (what llama.cpp's converter does): HF rows -> GGUF rows."""
+    out, inp = w.shape
+    d = out // n_heads
+    return w.reshape(n_heads, 2, d // 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+# ---------------------------------------------------------------------------
+# KV cache
+# ---------------------------------------------------------------------------
+class KVCache:
+    """Preallocated keys and values of every layer: ``k, v`` of shape (L, B, KV, S_max, D).
+
+    ``length`` slots are filled. ``valid`` (B, S_max) marks slots holding real
+    tokens (False for left padding); positions for RoPE are the running count
+    of valid slots. Nothing is reallocated while generating."""
+
+    def __init__(self, config: LlamaConfig, batch_size: int, max_len: int, xp=np, dtype=np.float32):
+        if max_len > config.context_length:
+            raise ValueError(f"max_len={max_len} exceeds the model's context length {config.context_length}")
+        shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
+        self.k = xp.zeros(shape, dtype=dtype)          # (L, B, KV, S_max, D)
+        self.v = xp.zeros(shape, dtype=dtype)          # (L, B, KV, S_max, D)
+        self.valid = xp.zeros((batch_size, max_len), dtype=bool)  # (B, S_max)
+        self.n_valid = xp.zeros(batch_size, dtype=np.int64)      # (B,) real tokens so far
+        self.length = 0
+        self.max_len = max_len
+        self.has_padding = False
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes)
+
+
+# ---------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------
+class LlamaBlock(Module):
+    """Weights of one decoder block (inference only)."""
+
+    def __init__(self, attn_norm, wqkv, wo, ffn_norm, wgu, wdown):
+        self.attn_norm = Parameter(attn_norm)   # (C,)
+        self.wqkv = Parameter(wqkv)             # (C, (H + 2 KV) D)
+        self.wo = Parameter(wo)                 # (H D, C)
+        self.ffn_norm = Parameter(ffn_norm)     # (C,)
+        self.wgu = Parameter(wgu)               # (C, 2F)
+        self.wdown = Parameter(wdown)           # (F, C)
+
+
+class _NoGrad(Parameter):
+    """A Parameter for inference-only weights: no gradient buffer (saves 538 MB)."""
+
+    __slots__ = ()
+
+    def __init__(self, data):  # noqa: D401 - same meaning as Parameter
+        self.data = data
+        self.grad = None
+
+    def zero_grad(self) -> None:
+        pass
+
+
+class Llama(Module):
+    """Llama decoder for inference. ``model(ids) -> logits (B, T, V)``.
+
+    Build it from a weights dict (:meth:`from_weights`, :meth:`from_gguf`) or with
+    random weights (``Llama(config, rng=...)``, used by tests)."""
+
+    def __init__(self, config: LlamaConfig, rng: np.random.Generator | int | None = None, *, weights: dict | None = None):
+        self.config = config
+        if weights is None:
+            weights = random_weights(config, rng)
+        c = config
+        self.tok_embd = _NoGrad(weights["tok_embd"])              # (V, C), also the head
+        self.blocks = []
+        for i in range(c.n_layers):
+            b = LlamaBlock.__new__(LlamaBlock)
+            for name in ("attn_norm", "wqkv", "wo", "ffn_norm", "wgu", "wdown"):
+                setattr(b, name, _NoGrad(weights[f"blk.{i}.{name}"]))
+            self.blocks.append(b)
+        self.norm = _NoGrad(weights["norm"])                       # (C,)
+        # the head: tied -> E^T as a view (no copy); untied -> its own (C, V) matrix
+        self.head = None if c.tie_embeddings else _NoGrad(weights["head"])
+        self._rope_len = 0
+        self._ensure_rope(min(c.context_length, 4096))
+        self.eval()
+
+    # ---- construction -----------------------------------------------------
+    @classmethod
+    def from_weights(cls, config: LlamaConfig, weights: dict) -> "Llama":
+        return cls(config, weights=weights)
+
+    @classmethod
+    def from_gguf(cls, metadata: dict, get_tensor: Callable[[str], np.ndarray], *, threads: int = 2) -> "Llama":
+        """Build from GGUF metadata and ``get_tensor(name) -> float32 (rows, cols)`` (NumPy order)."""
+        config = LlamaConfig.from_gguf_metadata(metadata)
+        return cls(config, weights=weights_from_gguf(config, get_tensor, threads=threads))
+
+    def _ensure_rope(self, length: int) -> None:
+        if length <= self._rope_len:
+            return
+        xp = get_array_module(self.tok_embd.data)
+        cos, sin = rope_tables(self.config.head_dim, self.config.rope_base, length)
+        self.rope_cos, self.rope_sin = xp.asarray(cos), xp.asarray(sin)  # (S_max, D/2) each
+        self._rope_len = length
+
+    def to(self, device: str) -> "Llama":
+        for p in self.parameters():
+            p.data = to_device(p.data, device)
+        self.rope_cos = to_device(self.rope_cos, device)
+        self.rope_sin = to_device(self.rope_sin, device)
+        return self
+
+    @property
+    def xp(self):
+        return get_array_module(self.tok_embd.data)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """A preallocated cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        self._ensure_rope(max_len)
+        return KVCache(self.config, batch_size, max_len, xp=self.xp)
+
+    # ---- forward ------------------------------------------------------------
+    def forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
+        """Logits for token ids (B, T); see :meth:`_forward`. On the CPU, BLAS runs on
+        ``TINYLLM_DECODE_THREADS`` threads (default 1, see :func:`tinyllm.generate.decode_threads`)."""
+        from tinyllm.generate import _blas_limit, decode_threads
+
+        with _blas_limit(decode_threads() if self.xp is np else 0):
+            return self._forward(ids, cache, attention_mask, last_only=last_only)
+
+    def _forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
+        """Logits for token ids (B, T).
+
+        - ``cache=None``: a plain causal pass over the T tokens (the training-style forward).
+        - with a ``cache``: the T new tokens are appended after ``cache.length``
+          filled slots (prefill: T = prompt length; decode: T = 1).
+        - ``attention_mask`` (B, T), 1 for real tokens and 0 for (left) padding.
+        - ``last_only``: compute the head only at the last position -> (B, 1, V),
+          which is all generation needs (saves T x V x C multiply-adds).
+        """
+        xp = self.xp
+        c = self.config
+        ids = xp.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(np.dtype(ids.dtype), np.integer):
+            raise ValueError(f"ids must be an integer array of shape (B, T), got {getattr(ids, 'dtype', None)} {tuple(ids.shape)}")
+        B, T = ids.shape
+        if attention_mask is not None:
+            attention_mask = xp.asarray(attention_mask).astype(bool)
+            if attention_mask.shape != (B, T):
+                raise ValueError(f"attention_mask must have shape {(B, T)} like ids, got {tuple(attention_mask.shape)}")
+        if cache is None:
+            cache_start = 0
+            valid = attention_mask if attention_mask is not None else None     # (B, T)
+            pad = valid is not None and not bool(valid.all())
+            if valid is None:
+                positions = xp.broadcast_to(xp.arange(T), (B, T))
+            else:
+                positions = xp.maximum(xp.cumsum(valid, axis=1) - 1, 0)        # (B, T)
+            S = T
+        else:
+            if cache.batch_size != B:
+                raise ValueError(f"ids have batch {B} but the cache was made for batch {cache.batch_size}")
+            cache_start = cache.length
+            if cache_start + T > cache.max_len:
+                raise ValueError(f"the cache holds {cache.max_len} positions; {cache_start} used + {T} new is too many")
+            new_valid = attention_mask if attention_mask is not None else xp.ones((B, T), dtype=bool)
+            cache.valid[:, cache_start:cache_start + T] = new_valid
+            positions = cache.n_valid[:, None] + xp.maximum(xp.cumsum(new_valid, axis=1) - 1, 0)  # (B, T)
+            cache.n_valid += new_valid.sum(axis=1)
+            if attention_mask is not None and not bool(new_valid.all()):
+                cache.has_padding = True
+            pad = cache.has_padding
+            S = cache_start + T
+            valid = cache.valid[:, :S]                                        # (B, S)
+        if int(positions.max()) + 1 > self._rope_len:
+            self._ensure_rope(int(positions.max()) + 1)
+
+        # mask (B, 1, T, S): causal (query slot cache_start + t sees key slots <= it) and key validity
+        mask = None
+        if T > 1 or pad:
+            causal = xp.arange(S)[None, :] <= (cache_start + xp.arange(T))[:, None]   # (T, S)
+            mask = causal[None, None] if not pad else causal[None, None] & valid[:, None, None, :]
+
+        cos = self.rope_cos[positions][:, :, None, :]                  # (B, T, 1, D/2)
+        sin = self.rope_sin[positions][:, :, None, :]
+        x = self.tok_embd.data[ids]                                    # (B, T, C)
+        H, KV, D = c.n_heads, c.n_kv_heads, c.head_dim
+        G = H // KV
+        scale = 1.0 / math.sqrt(D)                                     # Python float: keeps float32
+        for li, blk in enumerate(self.blocks):
+            h = rms_norm(x, blk.attn_norm.data, c.norm_eps)            # (B, T, C)
+            qkv = h @ blk.wqkv.data                                    # (B, T, (H + 2KV) D)
+            qk = apply_rope(qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D), cos, sin)  # (B, T, H+KV, D)
+            q = qk[:, :, :H] * scale                                   # (B, T, H, D)
+            k = qk[:, :, H:].transpose(0, 2, 1, 3)                     # (B, KV, T, D)
+            v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D).transpose(0, 2, 1, 3)  # (B, KV, T, D)
+            if cache is not None:
+                cache.k[li, :, :, cache_start:S] = k
+                cache.v[li, :, :, cache_start:S] = v
+                k = cache.k[li, :, :, :S]                              # (B, KV, S, D) a view
+                v = cache.v[li, :, :, :S]
+            # queries of one group stacked: (B, KV, G*T, D); K is never repeated
+            qg = q.reshape(B, T, KV, G, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, D)
+            att = qg @ k.swapaxes(-1, -2)                              # (B, KV, G*T, S)
+            att = att.reshape(B, KV, G, T, S)
+            if mask is not None:
+                att = xp.where(mask[:, :, None], att, _NEG)            # mask (B, 1, 1, T, S)
+            att = att - att.max(axis=-1, keepdims=True)
+            att = xp.exp(att)
+            att /= att.sum(axis=-1, keepdims=True)
+            y = att.reshape(B, KV, G * T, S) @ v                       # (B, KV, G*T, D)
+            y = y.reshape(B, KV, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)  # (B, T, H D)
+            x = x + y @ blk.wo.data                                    # (B, T, C)
+            h = rms_norm(x, blk.ffn_norm.data, c.norm_eps)
+            gu = h @ blk.wgu.data                                      # (B, T, 2F)
+            x = x + (silu(gu[..., :c.ffn_dim]) * gu[..., c.ffn_dim:]) @ blk.wdown.data
+        if cache is not None:
+            cache.length = S
+        if last_only:
+            x = x[:, -1:]                                              # (B, 1, C)
+        x = rms_norm(x, self.norm.data, c.norm_eps)
+        head = self.tok_embd.data.T if self.head is None else self.head.data  # (C, V)
+        return x @ head                                                # (B, T, V)
+
+
+# ---------------------------------------------------------------------------
+# weights: random (tests) and from GGUF
+# ---------------------------------------------------------------------------
+def random_weights(config: LlamaConfig, rng=None, std: float = 0.05) -> dict:
+    """Small random float32 weights in this module's layout (for tests and teaching)."""
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    c = config
+    H, KV, D = c.n_heads, c.n_kv_heads, c.head_dim
+
+    def n(*shape):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    w = {"tok_embd": n(c.vocab_size, c.dim), "norm": (1.0 + n(c.dim)).astype(np.float32)}
+    for i in range(c.n_layers):
+        w[f"blk.{i}.attn_norm"] = (1.0 + n(c.dim)).astype(np.float32)
+        w[f"blk.{i}.wqkv"] = n(c.dim, (H + 2 * KV) * D)
+        w[f"blk.{i}.wo"] = n(H * D, c.dim)
+        w[f"blk.{i}.ffn_norm"] = (1.0 + n(c.dim)).astype(np.float32)
+        w[f"blk.{i}.wgu"] = n(c.dim, 2 * c.ffn_dim)
+        w[f"blk.{i}.wdown"] = n(c.ffn_dim, c.dim)
+    if not c.tie_embeddings:
+        w["head"] = n(c.dim, c.vocab_size)
+    return w
+
+
+def transpose_contiguous(w, tile: int = 128):
+    """``w.T`` as a C-contiguous array, copied in tiles of ``tile`` rows (cache friendly).
+
+    GGUF and PyTorch store a linear layer as (OUT, IN). A batch-1 decode step
+    is a vector-matrix product; with OpenBLAS, ``x @ W`` streams an (IN, OUT)
+    C-contiguous matrix about twice as fast as the transposed view of an
+    (OUT, IN) one, so we pay for one transposed copy at load time."""
+    out = np.empty((w.shape[1], w.shape[0]), dtype=w.dtype)           # (IN, OUT)
+    for i in range(0, w.shape[0], tile):
+        out[:, i:i + tile] = w[i:i + tile].T
+    return out
+
+
+def weights_from_gguf(config: LlamaConfig, get_tensor: Callable[[str], np.ndarray], *, threads: int = 2) -> dict:
+    """Map GGUF tensors (``blk.N.attn_q.weight`` ... stored (OUT, IN)) to this module's weights.
+
+    Each fused matrix is assembled row block by row block in one preallocated
+    (OUT, IN) buffer (q and k un-permuted on the way) and then transposed once
+    into a C-contiguous (IN, OUT) matrix (:func:`transpose_contiguous`). The tied
+    embedding is kept as a C-contiguous (C, V) matrix, the layout the head
+    reads; ``tok_embd`` is its (V, C) transposed view (the lookup gathers a few
+    columns). Tensors are dequantised on ``threads`` threads (NumPy releases the
+    GIL in its loops).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = config
+    H, KV, D, C, F = c.n_heads, c.n_kv_heads, c.head_dim, c.dim, c.ffn_dim
+
+    def check(name, a, shape):
+        if tuple(a.shape) != shape:
+            from tinyllm.errors import GGUFError
+
+            raise GGUFError(f"tensor {name!r} has shape {tuple(a.shape)}, expected {shape} for this config")
+        return a
+
+    import inspect
+
+    try:
+        takes_out = "out" in inspect.signature(get_tensor).parameters
+    except (TypeError, ValueError):
+        takes_out = False
+
+    def into(name, dst):
+        """Dequantise tensor ``name`` straight into the preallocated rows ``dst`` (OUT, IN)."""
+        if takes_out and dst.flags.c_contiguous:
+            try:
+                get_tensor(name, out=dst)
+                return
+            except (TypeError, ValueError):
+                pass  # a shape mismatch: fall through to the checked path
+        dst[...] = check(name, get_tensor(name), dst.shape)
+
+    def into_unpermuted(name, dst, n_heads):
+        """Dequantise W_q or W_k and write its rows in HF order into ``dst``: one strided copy."""
+        w = check(name, get_tensor(name), dst.shape)                  # (OUT, IN) GGUF row order
+        d = dst.shape[0] // n_heads
+        dst.reshape(n_heads, 2, d // 2, dst.shape[1])[...] = w.reshape(n_heads, d // 2, 2, dst.shape[1]).swapaxes(1, 2)
+
+    def block(i):
+        p = f"blk.{i}."
+        qkv = np.empty(((H + 2 * KV) * D, C), dtype=np.float32)           # (OUT, IN)
+        into_unpermuted(p + "attn_q.weight", qkv[:H * D], H)
+        into_unpermuted(p + "attn_k.weight", qkv[H * D:(H + KV) * D], KV)
+        into(p + "attn_v.weight", qkv[(H + KV) * D:])
+        gu = np.empty((2 * F, C), dtype=np.float32)                         # (OUT, IN)
+        into(p + "ffn_gate.weight", gu[:F])
+        into(p + "ffn_up.weight", gu[F:])
+        return {
+            p + "attn_norm": np.asarray(get_tensor(p + "attn_norm.weight"), dtype=np.float32).reshape(C),
+            p + "wqkv": transpose_contiguous(qkv),                            # (C, (H+2KV) D)
+            p + "wo": transpose_contiguous(check(p + "attn_output.weight", get_tensor(p + "attn_output.weight"), (C, H * D))),
+            p + "ffn_norm": np.asarray(get_tensor(p + "ffn_norm.weight"), dtype=np.float32).reshape(C),
+            p + "wgu": transpose_contiguous(gu),                              # (C, 2F)
+            p + "wdown": transpose_contiguous(check(p + "ffn_down.weight", get_tensor(p + "ffn_down.weight"), (C, F))),
+        }
+
+    def embd():
+        e = check("token_embd.weight", get_tensor("token_embd.weight"), (c.vocab_size, C))
+        return {"tok_embd": e if not c.tie_embeddings else transpose_contiguous(e).T,   # (V, C) view of (C, V)
+                "norm": np.asarray(get_tensor("output_norm.weight"), dtype=np.float32).reshape(C)}
+
+    jobs = [embd] + [lambda i=i: block(i) for i in range(c.n_layers)]
+    weights: dict[str, Any] = {}
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            for part in pool.map(lambda f: f(), jobs):
+                weights.update(part)
+    else:
+        for f in jobs:
+            weights.update(f())
+    for k, v in weights.items():
+        if v.dtype != np.float32:
+            weights[k] = v.astype(np.float32)
+    return weights
