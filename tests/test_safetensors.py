@@ -144,6 +144,7 @@ def _file_with_header(tmp_path, header: dict, data: bytes, name="bad.safetensors
     ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, "'w'.*increasing"),
     ({"w": {"dtype": "F32", "shape": [2]}}, "'w'.*data_offsets"),
     ({"__metadata__": {"a": 1}}, "__metadata__"),
+    ({"w": {"dtype": "F32", "shape": [2**62, 2**62, 0], "data_offsets": [0, 0]}}, "'w'.*absurd shape"),
 ])
 def test_lying_headers(tmp_path, header, match):
     with pytest.raises(CheckpointError, match=match) as e:

@@ -47,6 +47,7 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_DEPTH = 8
+MAX_ELEMENTS = 1 << 48  # per tensor, counting zero dimensions as 1
 
 
 class GGUFValueType(IntEnum):
@@ -259,9 +260,12 @@ class GGUFReader:
             block, type_size = BLOCK_SIZES[gt]
             if ne[0] % block:
                 raise c.fail(what, f"row length {ne[0]} is not a multiple of the {gt.name} block size {block}")
-            n = 1
+            n, n_nonzero = 1, 1
             for d in ne:
                 n *= d
+                n_nonzero *= max(d, 1)
+            if n_nonzero > MAX_ELEMENTS:  # e.g. ne = [2**60, 0]: no bytes, but no array can have that shape
+                raise c.fail(what, f"absurd dimensions {list(ne)}")
             nbytes = n // block * type_size
             if offset % align:
                 raise c.fail(what, f"data offset {offset} is not a multiple of the alignment {align}")

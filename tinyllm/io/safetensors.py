@@ -207,6 +207,8 @@ class SafetensorsFile:
                 raise self._error(name, f"shape must be a list of non-negative ints, got {shape!r}")
             if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
                 raise self._error(name, f"data_offsets must be [begin, end] ints, got {offs!r}")
+            if math.prod(max(s, 1) for s in shape) > 1 << 48:  # e.g. [2**60, 0]: no bytes, but an impossible shape
+                raise self._error(name, f"absurd shape {shape}")
             begin, end = offs
             dt = DTYPES[dt_name]
             nbytes = math.prod(shape) * dt.itemsize

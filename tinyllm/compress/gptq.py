@@ -1,0 +1,149 @@
+"""GPTQ: error-aware weight quantisation from calibration activations.
+
+Frantar, Ashkboos, Hoefler, Alistarh (2023), "GPTQ: Accurate Post-Training
+Quantization for Generative Pre-trained Transformers", ICLR 2023 (arXiv:2210.17323).
+
+Round-to-nearest (RTN) rounds every weight on its own. What matters is the layer's
+*output* on real inputs. For one output row ``w`` (a row of ``W``, shape ``(OUT, IN)``)
+and calibration inputs ``X`` (``(N, IN)``), GPTQ minimises
+
+    || X w - X q ||^2 = (w - q)^T H (w - q),     H = 2/N X^T X      (IN, IN)
+
+one input column at a time (Optimal Brain Quantization, Frantar & Alistarh 2022):
+after quantising column ``j`` to ``q_j`` with error ``e = (w_j - q_j) / [H^-1]_jj``,
+the columns not yet quantised absorb it,
+
+    w_{j+1:} <- w_{j+1:} - e * [H^-1]_{j, j+1:}                        (paper eq. 3)
+
+so correlated inputs compensate each other's rounding. GPTQ makes this fast and
+stable with three tricks, all used here:
+
+1. every row uses the same column order, so one ``H^-1`` serves all rows and the
+   update is vectorised over the ``OUT`` rows;
+2. the rows of ``H^-1`` that the updates need are those of its upper Cholesky factor
+   ``U`` (``H^-1 = U^T U``), computed once and numerically stable (with dampening
+   ``H + lambda * mean(diag H) * I``);
+3. lazy batch updates: columns are processed in blocks of ``block_size``; inside a
+   block the updates are rank-1, and the rest of the matrix is updated once per
+   block with one matrix product (``W[:, end:] -= E @ U[block, end:]``).
+
+Group-wise scales are computed when a group's first column is reached, from the
+weights *as updated so far*, as in the paper's reference code. The scheme and codes
+are those of :mod:`tinyllm.compress.quantize`, so the result dequantises with it.
+Not implemented: activation ordering ("act-order"), which the paper adds later.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tinyllm.backend import get_array_module
+from tinyllm.compress.quantize import (
+    QuantizedTensor,
+    check_finite_nonempty,
+    quant_params,
+)
+
+
+def hessian(x: Any) -> Any:
+    """``H = 2/N X^T X`` (float64) from calibration inputs ``x`` of shape ``(..., IN)``."""
+    xp = get_array_module(x)
+    x2 = x.reshape(-1, x.shape[-1]).astype(xp.float64)                     # (N, IN)
+    if x2.shape[0] == 0:
+        raise ValueError("hessian needs at least one calibration row, got an empty x")
+    return (2.0 / x2.shape[0]) * (x2.T @ x2)                               # (IN, IN)
+
+
+def gptq_quantize(
+    w: Any,
+    h: Any,
+    bits: int = 4,
+    *,
+    group_size: int | None = 128,
+    symmetric: bool = True,
+    block_size: int = 128,
+    damp: float = 0.01,
+) -> tuple[QuantizedTensor, Any]:
+    """Quantise ``w`` (``(OUT, IN)``: rows are output channels) with GPTQ.
+
+    ``h`` is the ``(IN, IN)`` Hessian from :func:`hessian`. ``group_size=None``
+    means one scale per output row. Returns ``(QuantizedTensor, w_hat)`` where
+    ``w_hat`` (float32, ``(OUT, IN)``) is the dequantised result.
+    """
+    xp = get_array_module(w)
+    check_finite_nonempty(w, "w")
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (OUT, IN), got shape {tuple(w.shape)}")
+    n_out, n_in = w.shape
+    if tuple(h.shape) != (n_in, n_in):
+        raise ValueError(f"h must have shape ({n_in}, {n_in}) to match w {tuple(w.shape)}, got {tuple(h.shape)}")
+    if group_size is not None and (group_size <= 0 or n_in % group_size):
+        raise ValueError(f"group_size={group_size} must divide the input width {n_in}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be from 2 to 8, got {bits}")
+    gs = group_size or n_in
+    block_size = max(gs, (block_size // gs) * gs) if group_size else block_size
+
+    W = w.astype(xp.float32).copy()                                        # (OUT, IN)
+    H = h.astype(xp.float64).copy()
+    dead = xp.diag(H) == 0                                                  # inputs never active
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * float(xp.mean(xp.diag(H))) * xp.eye(n_in)
+    U = xp.linalg.cholesky(xp.linalg.inv(H)).T.astype(xp.float32)          # (IN, IN) upper, H^-1 = U^T U
+
+    Q = xp.zeros_like(W)                                                    # (OUT, IN) dequantised
+    codes = xp.zeros((n_out, n_in), dtype=xp.int8 if symmetric else xp.uint8)
+    scales, zeros = [], []
+    scale = zero = None
+    if group_size is None:                                                  # per-row params from the start
+        scale, zero = quant_params(W[:, None, :], bits, symmetric)
+        scale, zero = scale[:, 0], (None if zero is None else zero[:, 0])  # (OUT, 1)
+        scales.append(scale)
+        zeros.append(zero)
+        inv, zf = _inv_and_zero(scale, zero)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+    for start in range(0, n_in, block_size):
+        end = min(start + block_size, n_in)
+        W1 = W[:, start:end].copy()                                         # (OUT, b)
+        E1 = xp.zeros_like(W1)
+        U1 = U[start:end, start:end]                                        # (b, b)
+        for i in range(end - start):
+            col = start + i
+            if group_size is not None and col % gs == 0:
+                scale, zero = quant_params(W1[:, None, i:i + gs], bits, symmetric)
+                scale, zero = scale[:, 0], (None if zero is None else zero[:, 0])  # (OUT, 1)
+                scales.append(scale)
+                zeros.append(zero)
+                inv, zf = _inv_and_zero(scale, zero)
+            c = xp.clip(xp.rint(W1[:, i:i + 1] * inv) + zf, lo, hi)         # (OUT, 1) codes as floats
+            q = (c - zf) * scale                                            # (OUT, 1) dequantised
+            codes[:, col:col + 1] = c.astype(codes.dtype)
+            Q[:, col:col + 1] = q
+            err = (W1[:, i:i + 1] - q) / U1[i, i]                           # (OUT, 1)
+            W1[:, i:] -= err * U1[i:i + 1, i:]                              # rank-1 update of the block
+            E1[:, i:i + 1] = err
+        W[:, end:] -= E1 @ U[start:end, end:]                               # lazy update of the rest
+
+    G = len(scales)
+    scale_arr = xp.stack(scales, axis=1)                                    # (OUT, G, 1)
+    zero_arr = None if symmetric else xp.stack(zeros, axis=1)               # (OUT, G, 1)
+    qt = QuantizedTensor(codes.reshape(n_out, G, n_in // G), scale_arr, zero_arr, int(bits), bool(symmetric),
+                         "group" if group_size else "channel", group_size, (n_out, n_in), 0)
+    return qt, Q
+
+
+def _inv_and_zero(scale: Any, zero: Any | None) -> tuple[Any, Any]:
+    """``1/scale`` (0 where the scale is 0) and the zero point as float32 (0 when symmetric)."""
+    xp = get_array_module(scale)
+    inv = xp.where(scale > 0, 1.0 / xp.where(scale > 0, scale, 1.0), 0.0).astype(xp.float32)
+    return inv, (xp.zeros_like(scale) if zero is None else zero.astype(xp.float32))
+
+
+def output_error(x: Any, w: Any, w_hat: Any) -> float:
+    """Relative output error ``||x W^T - x W_hat^T|| / ||x W^T||`` for ``(OUT, IN)`` weights."""
+    xp = get_array_module(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    ref = x2 @ w.T
+    return float(xp.linalg.norm(ref - x2 @ w_hat.T) / xp.linalg.norm(ref))
