@@ -61,6 +61,13 @@ EXPECTED = {
     "prune_2_4__signed": "by magnitude |w|",
     "distillation_loss__no_t_squared": "not multiplied by T^2",
     "distillation_loss__reversed_kl": "KL divergence is reversed",
+    "allreduce_mean__sum": "divide by the number of ranks",
+    "attainable_flops__always_peak": "memory bandwidth limits",
+    "attainable_flops__no_cap": "exceeds the compute peak",
+    "latency_percentiles__mean_as_p50": "p50 is the mean",
+    "latency_percentiles__fractions": "q from 0 to 100",
+    "decode_ceiling__gibibytes": "1e9 bytes per second",
+    "decode_ceiling__seconds_per_token": "that is seconds per token",
 }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from tinyllm import init as tinit
 from tinyllm.grading.core import Exercise, Fail, array, call, close, number, value
+from tinyllm.nn.linear import Linear
 
 EXERCISES: list[Exercise] = []
 
@@ -21,7 +22,11 @@ cases = [[784, 128, 10], [3, 1], [10, 20, 30, 40], [512, 2048, 512]]
 
 
 def ref_count(sizes):
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    """The parameter count of the library's MLP: ``tinyllm.nn.Linear`` layers IN -> OUT with biases."""
+    return sum(Linear(a, b, rng=np.random.default_rng(0)).num_parameters() for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+WANT_COUNTS = [ref_count(s) for s in cases]
 
 
 def _judge_count(rs):
@@ -31,7 +36,7 @@ def _judge_count(rs):
             got = int(got)
         if not isinstance(got, (int, np.integer)) or isinstance(got, bool):
             raise Fail(f"count_parameters({sizes}) returned {type(got).__name__}, expected an int")
-        want = ref_count(sizes)
+        want = WANT_COUNTS[cases.index(sizes)]
         weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         if got == weights:
             raise Fail(f"count_parameters({sizes}) = {got} counts only the weights: each layer also has OUT biases")
@@ -101,6 +106,8 @@ EXERCISES.append(ex)
 ex = Exercise("xavier_uniform", "Xavier/Glorot uniform initialisation")
 XI, XO = 300, 200
 BOUND = math.sqrt(6.0 / (XI + XO))
+_xlib = tinit.xavier_uniform((XI, XO), rng=np.random.default_rng(0))   # the library's draw fills (-BOUND, BOUND)
+assert float(np.abs(_xlib).max()) <= BOUND and float(np.abs(_xlib).max()) > 0.99 * BOUND
 
 
 def _judge_xavier(rs):

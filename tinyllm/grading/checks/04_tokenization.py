@@ -1,13 +1,17 @@
 """Graded checks for exercises/04_tokenization.ipynb.
 
-The references are the few lines of the BPE training loop written out here; they
-are the merge rule ``tinyllm.tokenizers.bpe`` applies (left to right, non-overlapping).
+The merge reference is ``tinyllm.tokenizers.bpe.BPETokenizer`` itself: a tokenizer with the one merge
+``pair -> 256`` encodes the ids (spelled as bytes, one pre-token) with the library's merge rule (left to
+right, non-overlapping), and 256 is renamed to the exercise's new id. Pair counting has no public
+library function (``BPETokenizer.train`` counts pairs inline), so its reference is its definition,
+``Counter(zip(ids, ids[1:]))``.
 """
 from __future__ import annotations
 
 from collections import Counter
 
 from tinyllm.grading.core import Exercise, Fail, call, value
+from tinyllm.tokenizers.bpe import BPETokenizer
 
 EXERCISES: list[Exercise] = []
 
@@ -64,15 +68,12 @@ ex = Exercise("merge", "Replace every occurrence of a pair by a new token id")
 
 
 def ref_merge(ids, pair, new_id):
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
+    """Apply one merge with the library's BPE encoder (ids must be byte values < 128 here)."""
+    vocab = [bytes([b]) for b in range(256)]
+    a, b = pair
+    tok = BPETokenizer(vocab + [vocab[a] + vocab[b]], [pair], pattern=r"[\s\S]+")   # the whole text is one piece
+    out = tok.encode_ordinary(bytes(ids).decode("ascii")) if ids else []
+    return [new_id if i == 256 else i for i in out]
 
 
 MERGES = [([1, 2, 3, 1, 2], (1, 2), 99), ([5, 5, 5], (5, 5), 7), ([5, 5, 5, 5], (5, 5), 7), ([1, 2, 1], (2, 3), 9),

@@ -1,7 +1,7 @@
 """Graded checks for exercises/05_transformer.ipynb.
 
 References: scaled dot-product attention with a causal mask (Vaswani et al., 2017)
-written out here in float64 (``tinyllm.nn.attention`` computes the same), and
+from ``tinyllm.nn.attention`` (``causal_mask``, ``causal_attention``) in float64, and
 LayerNorm (Ba et al., 2016) from ``tinyllm.nn.functional.layer_norm`` in float64.
 """
 from __future__ import annotations
@@ -10,6 +10,8 @@ import numpy as np
 
 from tinyllm.grading.core import Exercise, Fail, array, call, close
 from tinyllm.nn import functional as F
+from tinyllm.nn.attention import causal_attention as lib_attention
+from tinyllm.nn.attention import causal_mask as lib_mask
 
 rng = np.random.default_rng(505)
 EXERCISES: list[Exercise] = []
@@ -23,7 +25,7 @@ def _judge_mask(rs):
         m = array(r, f"causal_mask({T})", shape=(T, T))
         if m.dtype != np.bool_:
             raise Fail(f"causal_mask({T}) has dtype {m.dtype}, expected bool (True = may attend)")
-        want = np.tril(np.ones((T, T), dtype=bool))
+        want = lib_mask(T, np, np.float64) == 0                      # (T, T) the library's additive mask: 0 = may attend
         if np.array_equal(m, want):
             continue
         if np.array_equal(m, np.tril(np.ones((T, T), dtype=bool), -1)):
@@ -50,18 +52,13 @@ k = rng.standard_normal((B, H, T, D)).astype(np.float32)
 v = rng.standard_normal((B, H, T, D)).astype(np.float32)
 
 
-def ref_attention(q, k, v, scale=True, shift=0):
+def ref_attention(q, k, v, scale=True):
+    """``tinyllm.nn.attention.causal_attention`` in float64; ``scale=False`` (the unscaled-scores mistake)
+    feeds it q * sqrt(D), which cancels its 1 / sqrt(D)."""
     q, k, v = (a.astype(np.float64) for a in (q, k, v))
-    att = q @ np.swapaxes(k, -1, -2)                                  # (B, H, T, T)
-    if scale:
-        att = att / np.sqrt(q.shape[-1])
-    T = q.shape[-2]
-    mask = np.tril(np.ones((T, T), dtype=bool), shift)
-    att = np.where(mask, att, -np.inf)
-    att = att - att.max(axis=-1, keepdims=True)
-    w = np.exp(att)
-    w = w / w.sum(axis=-1, keepdims=True)
-    return w @ v
+    if not scale:
+        q = q * np.sqrt(q.shape[-1])
+    return lib_attention(q, k, v)[0]
 
 
 def _judge_attn(rs):

@@ -2,8 +2,9 @@
 
 References: top-p from ``tinyllm.generate.top_p_filter`` (the library's nucleus
 filter) and RMSNorm (Zhang & Sennrich, 2019) from ``tinyllm.nn.functional.rms_norm``
-in float64; the KV-cache write and RoPE (half-split "rotate_half" layout, Su et al.
-2021, as in HF Llama) are written out here in float64.
+in float64; RoPE (half-split "rotate_half" layout, Su et al. 2021, as in HF Llama) from
+the SmolLM2 engine ``tinyllm.models.llama`` (``rope_tables``, ``apply_rope``) in float64; the
+KV-cache write is checked against the slots the engine's ``KVCache`` fills (see below).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 
 from tinyllm.generate import top_p_filter as lib_top_p
 from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, value
+from tinyllm.models.llama import apply_rope as lib_apply_rope
+from tinyllm.models.llama import Llama, LlamaConfig, rope_tables
 from tinyllm.nn import functional as F
 
 rng = np.random.default_rng(808)
@@ -61,16 +64,26 @@ EXERCISES.append(ex)
 # --- KV cache ----------------------------------------------------------------------------------
 ex = Exercise("kv_cache_update", "Write new keys and values into a preallocated KV cache")
 B, H, TMAX, D = 1, 2, 8, 4
-ck = np.zeros((B, H, TMAX, D), dtype=np.float32)
-cv = np.zeros((B, H, TMAX, D), dtype=np.float32)
-kn = rng.standard_normal((B, H, 3, D)).astype(np.float32)
-vn = rng.standard_normal((B, H, 3, D)).astype(np.float32)
-k1 = rng.standard_normal((B, H, 1, D)).astype(np.float32)
-v1 = rng.standard_normal((B, H, 1, D)).astype(np.float32)
-prefilled_k = ck.copy()
-prefilled_k[:, :, :3] = kn
-prefilled_v = cv.copy()
-prefilled_v[:, :, :3] = vn
+# The engine fills the cache: a tiny random Llama (one layer, H key/value heads of size D) prefills 3 tokens
+# and decodes 1 into a KVCache of TMAX slots. The keys and values it wrote are the exercise's inputs and
+# its cache after each step (layer 0, laid out (B, H, TMAX, D) as in the exercise) is the expected result.
+_cfg = LlamaConfig(vocab_size=16, dim=H * D, n_layers=1, n_heads=H, n_kv_heads=H, head_dim=D, ffn_dim=8,
+                   context_length=TMAX)
+_model = Llama(_cfg, rng=np.random.default_rng(808))
+_cache = _model.new_cache(B, TMAX)
+ck, cv = _cache.k[0].copy(), _cache.v[0].copy()                    # (B, H, TMAX, D) empty
+_model.forward(np.array([[1, 5, 9]]), _cache)
+prefilled_k, prefilled_v = _cache.k[0].copy(), _cache.v[0].copy()  # slots 0..2 written by the engine
+kn, vn = prefilled_k[:, :, :3].copy(), prefilled_v[:, :, :3].copy()
+_model.forward(np.array([[3]]), _cache)
+decoded_k, decoded_v = _cache.k[0].copy(), _cache.v[0].copy()      # slot 3 written by the engine
+k1, v1 = decoded_k[:, :, 3:4].copy(), decoded_v[:, :, 3:4].copy()
+try:                                                               # the engine refuses to overflow its cache
+    _model.forward(np.array([[1, 2, 3, 4, 5]]), _cache)
+    raise AssertionError("the engine's KVCache accepted more positions than it holds")
+except ValueError:
+    pass
+assert np.allclose(ck, 0) and not np.allclose(kn, 0) and not np.allclose(k1, 0)
 
 
 def _caches(r, what):
@@ -95,9 +108,7 @@ def _judge_prefill(rs):
 
 def _judge_decode(rs):
     k_out, v_out = _caches(rs[0], "kv_cache_update(..., pos=3)")
-    want_k, want_v = prefilled_k.copy(), prefilled_v.copy()
-    want_k[:, :, 3:4] = k1
-    want_v[:, :, 3:4] = v1
+    want_k, want_v = decoded_k, decoded_v
     if np.allclose(k_out[:, :, 4:5], k1):
         raise Fail("the decode step wrote the new key at position pos + 1: position pos is the next free slot")
     if np.allclose(k_out[:, :, 2:3], k1):
@@ -128,19 +139,21 @@ pos = np.arange(4, 9)                                              # (T,) a deco
 
 
 def ref_rope(x, positions, base=10000.0, interleaved=False, exponent=2.0):
+    """The SmolLM2 engine's RoPE (``tinyllm.models.llama.rope_tables`` + ``apply_rope``) in float64.
+
+    The mistakes are expressed through it: frequencies base^(-i/D) are base'^(-2i/D) with
+    base' = sqrt(base), and the interleaved layout is the half-split one on the even/odd-permuted vector."""
     x = x.astype(np.float64)
+    positions = np.asarray(positions)
     d = x.shape[-1]
-    inv = base ** (-exponent * np.arange(d // 2) / d)              # (D/2,)
-    ang = np.asarray(positions, dtype=np.float64)[:, None] * inv   # (T, D/2)
-    cos, sin = np.cos(ang), np.sin(ang)
+    cos, sin = rope_tables(d, base ** (exponent / 2.0), int(positions.max()) + 1, dtype=np.float64)
+    cos, sin = cos[positions], sin[positions]                      # (T, D/2) broadcast over (B, H)
     if interleaved:
-        x1, x2 = x[..., 0::2], x[..., 1::2]
+        perm = np.concatenate([np.arange(0, d, 2), np.arange(1, d, 2)])   # evens first, then odds
         out = np.empty_like(x)
-        out[..., 0::2] = x1 * cos - x2 * sin
-        out[..., 1::2] = x2 * cos + x1 * sin
+        out[..., perm] = lib_apply_rope(x[..., perm], cos, sin)
         return out
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return lib_apply_rope(x, cos, sin)
 
 
 def _judge_rope(rs):

@@ -3,15 +3,19 @@
 References: GGML's Q8_0 block format (blocks of 32, d = max|x| / 127 stored as
 float16, q = round(x / d) as int8) from ``tinyllm.compress.ggml_blocks`` (bit-exact
 with the ``gguf`` package; it rounds ties away from zero, so a learner's np.round may
-differ by one at an exact tie, which the judge allows); written out here: 2:4 semi-structured magnitude pruning (NVIDIA
-Ampere sparsity, Mishra et al. 2021) and the distillation loss of Hinton et al.
-(2015): alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels).
+differ by one at an exact tie, which the judge allows); 2:4 semi-structured magnitude pruning
+(NVIDIA Ampere sparsity, Mishra et al. 2021) from ``tinyllm.compress.prune.prune_n_m`` (groups of 4
+along the last axis); the distillation loss of Hinton et al. (2015),
+alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels), from
+``tinyllm.compress.distill.distillation_loss`` in float64.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from tinyllm.compress import ggml_blocks
+from tinyllm.compress.distill import distillation_loss as lib_distill
+from tinyllm.compress.prune import prune_n_m
 from tinyllm.grading.core import Exercise, Fail, array, call, close, number, value
 
 rng = np.random.default_rng(1010)
@@ -111,11 +115,8 @@ wp[0, :4] = [-5.0, 0.1, -4.0, 0.2]                                 # large negat
 
 
 def ref_prune(w):
-    g = w.reshape(-1, 4)                                           # (G, 4)
-    order = np.argsort(np.abs(g), axis=1, kind="stable")           # smallest first
-    out = g.copy()
-    np.put_along_axis(out, order[:, :2], 0.0, axis=1)
-    return out.reshape(w.shape)
+    """The library's N:M pruning with groups of 4 along the last axis (the exercise's layout)."""
+    return prune_n_m(w, 2, 4, axis=-1)[0]
 
 
 def _judge_prune(rs):
@@ -143,20 +144,18 @@ t_logits = (2.0 * rng.standard_normal((N, V))).astype(np.float32)
 labels = rng.integers(0, V, size=N)
 
 
-def _log_softmax(z):
-    z = z.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
 def ref_distill(s, t, y, T=2.0, alpha=0.5, t2=True, reverse=False):
-    ls, lt = _log_softmax(s / T), _log_softmax(t / T)
-    if reverse:
-        kl = (np.exp(ls) * (ls - lt)).sum(axis=-1).mean()
-    else:
-        kl = (np.exp(lt) * (lt - ls)).sum(axis=-1).mean()
-    ce = -_log_softmax(s)[np.arange(len(y)), y].mean()
-    return float(alpha * (T * T if t2 else 1.0) * kl + (1 - alpha) * ce)
+    """``tinyllm.compress.distill.distillation_loss`` in float64; the variants (no T^2, reversed KL) are
+    put together from its pure-soft (alpha = 1) and pure-hard (alpha = 0) values."""
+    s, t = s.astype(np.float64), t.astype(np.float64)
+    y = np.asarray(y)
+    if t2 and not reverse:
+        return float(lib_distill(s, t, y, temperature=T, alpha=alpha)[0])
+    soft = lib_distill(t, s, None, temperature=T, alpha=1.0)[0] if reverse else lib_distill(s, t, None, temperature=T, alpha=1.0)[0]
+    if not t2:
+        soft /= T * T
+    hard = lib_distill(s, t, y, temperature=T, alpha=0.0)[0]
+    return float(alpha * soft + (1 - alpha) * hard)
 
 
 def _judge_distill(rs):
