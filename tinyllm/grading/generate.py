@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from tinyllm.io.safetensors import atomic_write as _atomic_write_bytes
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
 END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
@@ -106,18 +106,9 @@ def dumps(nb: dict) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (temporary file, then rename), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def exercise_text(solution_path: str | Path) -> str:

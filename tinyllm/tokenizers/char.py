@@ -9,8 +9,6 @@ the tokenizer was built with ``unk="..."``, a placeholder character that unknown
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -109,16 +107,10 @@ class CharTokenizer:
 
 
 def _atomic_write_json(path, obj) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from tinyllm.io.safetensors import atomic_write
+
+    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    atomic_write(Path(path), lambda f: f.write(data))
 
 
 def _read_json(path, fmt: str) -> dict:
