@@ -30,7 +30,13 @@ stable with three tricks, all used here:
 Group-wise scales are computed when a group's first column is reached, from the
 weights *as updated so far*, as in the paper's reference code. The scheme and codes
 are those of :mod:`tinyllm.compress.quantize`, so the result dequantises with it.
-Not implemented: activation ordering ("act-order"), which the paper adds later.
+
+``act_order=True`` quantises the columns in order of decreasing ``H_jj`` (the inputs
+with the most energy first, while the most columns remain to absorb their error),
+the "act-order" heuristic of the authors' later code. The groups stay the contiguous
+groups of the original layout; their scales are then fixed up front from the
+weights before any update ("static groups"), since a group's columns are no longer
+reached together.
 """
 from __future__ import annotations
 
@@ -64,6 +70,7 @@ def gptq_quantize(
     symmetric: bool = True,
     block_size: int = 128,
     damp: float = 0.01,
+    act_order: bool = False,
 ) -> tuple[QuantizedTensor, Any]:
     """Quantise ``w`` (``(OUT, IN)``: rows are output channels) with GPTQ.
 
@@ -83,7 +90,8 @@ def gptq_quantize(
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be from 2 to 8, got {bits}")
     gs = group_size or n_in
-    block_size = max(gs, (block_size // gs) * gs) if group_size else block_size
+    if group_size and not act_order:
+        block_size = max(gs, (block_size // gs) * gs)   # a block holds whole groups
 
     W = w.astype(xp.float32).copy()                                        # (OUT, IN)
     H = h.astype(xp.float64).copy()
@@ -91,44 +99,68 @@ def gptq_quantize(
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H += damp * float(xp.mean(xp.diag(H))) * xp.eye(n_in)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+    G = n_in // gs
+    static = None
+    if act_order:
+        if group_size is not None:                                          # static groups, from W as given
+            s_all, z_all = quant_params(W.reshape(n_out, G, gs), bits, symmetric)  # (OUT, G, 1) each
+            static = (s_all, z_all)
+        perm = xp.argsort(-xp.diag(H), kind="stable")                       # (IN,) largest H_jj first
+        W, H = W[:, perm], H[perm][:, perm]
+        group_of = perm // gs                                               # (IN,) group of each permuted column
     U = xp.linalg.cholesky(xp.linalg.inv(H)).T.astype(xp.float32)          # (IN, IN) upper, H^-1 = U^T U
 
-    Q = xp.zeros_like(W)                                                    # (OUT, IN) dequantised
-    codes = xp.zeros((n_out, n_in), dtype=xp.int8 if symmetric else xp.uint8)
+    # Work on W^T (IN, OUT): column j of W is then the contiguous row j, so each
+    # step of the loop below touches contiguous memory (the maths is unchanged).
+    Wt = xp.ascontiguousarray(W.T)                                         # (IN, OUT)
+    Qt = xp.zeros_like(Wt)                                                 # (IN, OUT) dequantised
+    codes_t = xp.zeros((n_in, n_out), dtype=xp.int8 if symmetric else xp.uint8)
     scales, zeros = [], []
-    scale = zero = None
     if group_size is None:                                                  # per-row params from the start
-        scale, zero = quant_params(W[:, None, :], bits, symmetric)
-        scale, zero = scale[:, 0], (None if zero is None else zero[:, 0])  # (OUT, 1)
-        scales.append(scale)
-        zeros.append(zero)
-        inv, zf = _inv_and_zero(scale, zero)
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+        scale, zero = quant_params(W[:, None, :], bits, symmetric)          # (OUT, 1, 1)
+        scales.append(scale[:, 0])
+        zeros.append(None if zero is None else zero[:, 0])
+        inv, zf = _inv_and_zero(scale[:, 0, 0], None if zero is None else zero[:, 0, 0])  # (OUT,)
+        scale = scale[:, 0, 0]
+    if static is not None:
+        g_host = group_of.tolist() if hasattr(group_of, "tolist") else list(group_of)
+        inv_all, zf_all = _inv_and_zero(static[0][..., 0].T, None if symmetric else static[1][..., 0].T)  # (G, OUT)
+        scale_all = xp.ascontiguousarray(static[0][..., 0].T)              # (G, OUT)
     for start in range(0, n_in, block_size):
         end = min(start + block_size, n_in)
-        W1 = W[:, start:end].copy()                                         # (OUT, b)
+        W1 = Wt[start:end].copy()                                           # (b, OUT)
         E1 = xp.zeros_like(W1)
         U1 = U[start:end, start:end]                                        # (b, b)
         for i in range(end - start):
             col = start + i
-            if group_size is not None and col % gs == 0:
-                scale, zero = quant_params(W1[:, None, i:i + gs], bits, symmetric)
-                scale, zero = scale[:, 0], (None if zero is None else zero[:, 0])  # (OUT, 1)
-                scales.append(scale)
-                zeros.append(zero)
-                inv, zf = _inv_and_zero(scale, zero)
-            c = xp.clip(xp.rint(W1[:, i:i + 1] * inv) + zf, lo, hi)         # (OUT, 1) codes as floats
-            q = (c - zf) * scale                                            # (OUT, 1) dequantised
-            codes[:, col:col + 1] = c.astype(codes.dtype)
-            Q[:, col:col + 1] = q
-            err = (W1[:, i:i + 1] - q) / U1[i, i]                           # (OUT, 1)
-            W1[:, i:] -= err * U1[i:i + 1, i:]                              # rank-1 update of the block
-            E1[:, i:i + 1] = err
-        W[:, end:] -= E1 @ U[start:end, end:]                               # lazy update of the rest
+            if static is not None:
+                g = g_host[col]
+                scale, inv, zf = scale_all[g], inv_all[g], zf_all[g]        # (OUT,) each
+            elif group_size is not None and col % gs == 0:
+                scale, zero = quant_params(W1[i:i + gs].T[:, None, :], bits, symmetric)  # (OUT, 1, 1)
+                scales.append(scale[:, 0])
+                zeros.append(None if zero is None else zero[:, 0])
+                scale = scale[:, 0, 0]                                      # (OUT,)
+                inv, zf = _inv_and_zero(scale, None if zero is None else zero[:, 0, 0])
+            c = xp.clip(xp.rint(W1[i] * inv) + zf, lo, hi)                  # (OUT,) codes as floats
+            q = (c - zf) * scale                                            # (OUT,) dequantised
+            codes_t[col] = c
+            Qt[col] = q
+            err = (W1[i] - q) / U1[i, i]                                    # (OUT,)
+            W1[i:] -= U1[i, i:, None] * err                                 # rank-1 update of the block
+            E1[i] = err
+        Wt[end:] -= U[start:end, end:].T @ E1                               # lazy update of the rest
+    Q, codes = xp.ascontiguousarray(Qt.T), codes_t.T                        # (OUT, IN)
 
-    G = len(scales)
-    scale_arr = xp.stack(scales, axis=1)                                    # (OUT, G, 1)
-    zero_arr = None if symmetric else xp.stack(zeros, axis=1)               # (OUT, G, 1)
+    if act_order:                                                           # back to the original column order
+        inv_perm = xp.argsort(perm)
+        Q, codes = Q[:, inv_perm], codes[:, inv_perm]
+    if static is not None:
+        scale_arr, zero_arr = static[0], (None if symmetric else static[1])
+    else:
+        scale_arr = xp.stack(scales, axis=1)                                # (OUT, G, 1)
+        zero_arr = None if symmetric else xp.stack(zeros, axis=1)           # (OUT, G, 1)
     qt = QuantizedTensor(codes.reshape(n_out, G, n_in // G), scale_arr, zero_arr, int(bits), bool(symmetric),
                          "group" if group_size else "channel", group_size, (n_out, n_in), 0)
     return qt, Q
