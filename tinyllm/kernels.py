@@ -75,11 +75,16 @@ def fused_enabled() -> bool:
 
 def _use_kernel(*arrays: Any) -> bool:
     """True when the fused CuPy kernel applies: fusion on, every array on the GPU and float32."""
-    return _fused and all(is_gpu_array(a) and a.dtype == np.float32 for a in arrays)
+    if not _fused:
+        return False
+    for a in arrays:                       # a loop, not all(...): this runs several times per layer
+        if not (is_gpu_array(a) and a.dtype == np.float32):
+            return False
+    return True
 
 
 def _check_float(name: str, a: Any) -> None:
-    if not hasattr(a, "dtype") or not np.issubdtype(np.dtype(a.dtype), np.floating):
+    if getattr(getattr(a, "dtype", None), "kind", None) != "f":          # float16/32/64 (cheap: runs per layer)
         raise TypeError(f"{name} must be a floating-point array, got {getattr(a, 'dtype', type(a).__name__)}")
 
 
@@ -273,7 +278,8 @@ def softmax(x: Any):
     _check_float("x", x)
     if not _use_kernel(x):
         xp = get_array_module(x)
-        e = xp.exp(x - x.max(axis=-1, keepdims=True))
+        e = x - x.max(axis=-1, keepdims=True)                           # (..., V), a new array
+        xp.exp(e, out=e)
         e /= e.sum(axis=-1, keepdims=True)
         return e
     import cupy  # noqa: PLC0415
@@ -312,12 +318,8 @@ def rope(x: Any, cos: Any, sin: Any):
         raise ValueError(f"the last axis of x (head dim) must be even, got {D}")
     half = D // 2
     table_shape = tuple(x.shape[:-1]) + (half,)
-    for name, a in (("cos", cos), ("sin", sin)):
-        try:
-            ok = np.broadcast_shapes(tuple(a.shape), table_shape) == table_shape
-        except ValueError:
-            ok = False
-        if not ok:
+    for name, a in (("cos", cos), ("sin", sin)) if cos.shape != sin.shape else (("cos", cos),):
+        if not _broadcasts_to(tuple(a.shape), table_shape):
             raise ValueError(f"{name} must broadcast to {table_shape} (x's shape with D/2 last), got {tuple(a.shape)}")
     xp = get_array_module(x)
     if not _use_kernel(x, cos, sin):
@@ -328,6 +330,17 @@ def rope(x: Any, cos: Any, sin: Any):
     y = xp.empty(tuple(x.shape), dtype=np.float32)                      # (B, T, n, D)
     _elementwise_kernel("rope")(xp.ascontiguousarray(x), cs, sn, np.int32(D), y)
     return y
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``target`` without growing it (a plain loop:
+    ``np.broadcast_shapes`` costs more than the rotation itself at batch-1 decode sizes)."""
+    if len(shape) > len(target):
+        return False
+    for s, t in zip(reversed(shape), reversed(target)):
+        if s != 1 and s != t:
+            return False
+    return True
 
 
 def _check_blocks(blocks: Any, qtype: str) -> tuple[int, int]:
@@ -418,3 +431,4 @@ def quantize_blocks(w: np.ndarray, qtype: str) -> np.ndarray:
         qs = q[..., :QK // 2] | (q[..., QK // 2:] << 4)                  # (OUT, G, 16)
         parts = [d.astype(np.float16).view(np.uint8), lo.astype(np.float16).view(np.uint8), qs]
     return np.concatenate(parts, axis=-1).reshape(OUT, -1)
+
