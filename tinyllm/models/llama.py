@@ -260,8 +260,8 @@ class Llama(Module):
                 setattr(b, name, _NoGrad(weights[f"blk.{i}.{name}"]))
             self.blocks.append(b)
         self.norm = _NoGrad(weights["norm"])                       # (C,)
-        # the head: tied -> E^T as a view (no copy); untied -> its own (C, V) matrix
-        self.head = None if c.tie_embeddings else _NoGrad(weights["head"])
+        # the head: tied -> E^T as a view (no copy); untied (or a quantised copy of E^T) -> its own (C, V)
+        self.head = _NoGrad(weights["head"]) if "head" in weights or not c.tie_embeddings else None
         self._rope_len = 0
         self._ensure_rope(min(c.context_length, 4096))
         self.eval()
@@ -270,6 +270,12 @@ class Llama(Module):
     @classmethod
     def from_weights(cls, config: LlamaConfig, weights: dict) -> "Llama":
         return cls(config, weights=weights)
+
+    @classmethod
+    def from_gguf_quantized(cls, reader) -> "Llama":
+        """Build from a GGUF reader keeping the file's Q8_0 / Q4_1 blocks (see :func:`quantized_weights_from_gguf`)."""
+        config = LlamaConfig.from_gguf_metadata(reader.metadata)
+        return cls(config, weights=quantized_weights_from_gguf(config, reader))
 
     @classmethod
     def from_gguf(cls, metadata: dict, get_tensor: Callable[[str], np.ndarray], *, threads: int = 2) -> "Llama":
@@ -287,9 +293,25 @@ class Llama(Module):
 
     def to(self, device: str) -> "Llama":
         for p in self.parameters():
-            p.data = to_device(p.data, device)
+            p.data = p.data.to(device) if isinstance(p.data, kernels.QuantizedMatrix) else to_device(p.data, device)
         self.rope_cos = to_device(self.rope_cos, device)
         self.rope_sin = to_device(self.rope_sin, device)
+        return self
+
+    def quantize_weights(self, qtype: str = "Q4_1", *, head: str | None = "Q8_0") -> "Llama":
+        """Keep the block matrices (wqkv, wo, wgu, wdown) as GGML blocks (:class:`tinyllm.kernels.QuantizedMatrix`).
+
+        Round-to-nearest ``qtype`` (Q8_0 or Q4_1), in place. ``head`` (a type or None): also
+        a quantised copy of the tied head ``E^T`` (the embedding stays float32 for the
+        lookup). The forward code does not change: ``h @ W`` reaches the quantised
+        matrix-vector product (the fused kernel on the GPU). Returns the model."""
+        for blk in self.blocks:
+            for name in ("wqkv", "wo", "wgu", "wdown"):
+                p = getattr(blk, name)
+                if not isinstance(p.data, kernels.QuantizedMatrix):
+                    p.data = kernels.QuantizedMatrix.quantize(p.data, qtype)   # (IN, OUT) as blocks
+        if head is not None and self.head is None:
+            self.head = _NoGrad(kernels.QuantizedMatrix.quantize(self.tok_embd.data.T, head))  # (C, V) as blocks
         return self
 
     @property
@@ -537,3 +559,57 @@ def weights_from_gguf(config: LlamaConfig, get_tensor: Callable[[str], np.ndarra
             weights[k] = v.astype(np.float32)
     return weights
 
+
+def quantized_weights_from_gguf(config: LlamaConfig, reader) -> dict:
+    """Like :func:`weights_from_gguf`, but the block matrices keep the file's GGML blocks.
+
+    ``reader`` is a :class:`tinyllm.io.gguf.GGUFReader`. A tensor stored (OUT, IN) is
+    ``IN/32`` blocks per row, and its rows are what :class:`tinyllm.kernels.QuantizedMatrix`
+    holds, so the fused matrices are assembled by stacking rows: ``[q; k; v]`` (q and k
+    rows un-permuted, :func:`unpermute_qk` works on rows of bytes as on rows of floats)
+    and ``[gate; up]``. The tied head gets the embedding's own blocks; the embedding is
+    dequantised to float32 for the lookup; the norms are float32 in the file.
+    """
+    from tinyllm.errors import GGUFError
+
+    c = config
+    H, KV, D, C, F = c.n_heads, c.n_kv_heads, c.head_dim, c.dim, c.ffn_dim
+
+    def blocks(name, shape):
+        info = reader.tensors.get(name)
+        if info is None:
+            raise GGUFError(f"tensor {name!r} is missing from the file")
+        if tuple(info.shape) != shape:
+            raise GGUFError(f"tensor {name!r} has shape {tuple(info.shape)}, expected {shape} for this config")
+        qtype = info.ggml_type.name
+        if qtype not in kernels.QUANT_TYPES:
+            raise GGUFError(f"tensor {name!r} is {qtype}; kept-quantised weights must be one of "
+                            f"{', '.join(kernels.QUANT_TYPES)} (load it dequantised with Llama.from_gguf instead)")
+        return np.asarray(reader.raw(name)).reshape(shape[0], -1), qtype          # (OUT, IN/32 * bytes)
+
+    def stacked(parts):
+        types = {t for _, t in parts}
+        if len(types) != 1:
+            raise GGUFError(f"tensors fused into one matrix must share a type, got {sorted(types)}")
+        return kernels.QuantizedMatrix(np.concatenate([b for b, _ in parts], axis=0), types.pop())
+
+    weights: dict[str, Any] = {}
+    for i in range(c.n_layers):
+        p = f"blk.{i}."
+        q, tq = blocks(p + "attn_q.weight", (H * D, C))
+        k, tk = blocks(p + "attn_k.weight", (KV * D, C))
+        weights[p + "wqkv"] = stacked([(unpermute_qk(q, H), tq), (unpermute_qk(k, KV), tk),
+                                       blocks(p + "attn_v.weight", (KV * D, C))])          # (C, (H+2KV) D)
+        o, to = blocks(p + "attn_output.weight", (C, H * D))
+        weights[p + "wo"] = kernels.QuantizedMatrix(np.copy(o), to)                        # (H D, C)
+        weights[p + "wgu"] = stacked([blocks(p + "ffn_gate.weight", (F, C)), blocks(p + "ffn_up.weight", (F, C))])
+        down, tdown = blocks(p + "ffn_down.weight", (C, F))
+        weights[p + "wdown"] = kernels.QuantizedMatrix(np.copy(down), tdown)                # (F, C)
+        for norm in ("attn_norm", "ffn_norm"):
+            weights[p + norm] = np.asarray(reader.dequantize(p + norm + ".weight"), dtype=np.float32).reshape(C)
+    weights["tok_embd"] = reader.dequantize("token_embd.weight")                            # (V, C) float32
+    weights["norm"] = np.asarray(reader.dequantize("output_norm.weight"), dtype=np.float32).reshape(C)
+    if c.tie_embeddings and reader.tensors["token_embd.weight"].ggml_type.name in kernels.QUANT_TYPES:
+        e, te = blocks("token_embd.weight", (c.vocab_size, C))
+        weights["head"] = kernels.QuantizedMatrix(np.copy(e), te)                           # (C, V)
+    return weights
