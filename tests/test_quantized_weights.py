@@ -185,3 +185,13 @@ def test_smollm2_kept_quantised_logits_equal_the_float32_model():
     lq, lf = q(ids, last_only=True), f(ids, last_only=True)
     np.testing.assert_allclose(lq, lf, rtol=1e-4, atol=1e-4)
     assert int(lq.argmax()) == int(lf.argmax())
+
+
+def test_untied_head_is_quantised_in_place():
+    from dataclasses import replace
+
+    m = Llama(replace(TINY, tie_embeddings=False), rng=0)
+    ids = np.arange(7)[None]
+    m.quantize_weights("Q8_0", head="Q8_0")
+    assert isinstance(m.head.data, QuantizedMatrix) and m.head.data.shape == (TINY.dim, TINY.vocab_size)
+    np.testing.assert_allclose(m(ids), _dequantised_copy(m)(ids), rtol=1e-4, atol=1e-4)

@@ -310,8 +310,10 @@ class Llama(Module):
                 p = getattr(blk, name)
                 if not isinstance(p.data, kernels.QuantizedMatrix):
                     p.data = kernels.QuantizedMatrix.quantize(p.data, qtype)   # (IN, OUT) as blocks
-        if head is not None and self.head is None:
+        if head is not None and self.head is None:                           # tied: a quantised copy of E^T
             self.head = _NoGrad(kernels.QuantizedMatrix.quantize(self.tok_embd.data.T, head))  # (C, V) as blocks
+        elif head is not None and not isinstance(self.head.data, kernels.QuantizedMatrix):
+            self.head.data = kernels.QuantizedMatrix.quantize(self.head.data, head)             # untied (C, V)
         return self
 
     @property
