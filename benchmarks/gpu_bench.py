@@ -13,8 +13,11 @@ asynchronous call returning early. Measurements:
   libraries, since speed does not depend on the values - the logit parity with
   the real weights is in ``tests/test_gpu_parity.py``):
   decode tokens/s at batch 1, throughput (tokens/s) at batch 32, prefill tokens/s
-  of a 512-token prompt; tinyllm (plain, and with the fused RMSNorm/RoPE kernels
-  of ``tinyllm.kernels`` patched in) against ``transformers.LlamaForCausalLM``.
+  of a 512-token prompt; tinyllm (with the fused RMSNorm/RoPE/SwiGLU/softmax kernels
+  of ``tinyllm.kernels`` off and on, ``kernels.set_fused``) against ``transformers.LlamaForCausalLM``;
+  batch-1 decode also with the step captured as a CUDA graph (``tinyllm.generate.CudaGraphDecoder``);
+- batch-1 decode with the block matrices kept as Q4_1 blocks (head Q8_0) multiplied by the
+  fused dequantise-and-multiply kernel, against float32 weights (with and without the graph);
 - the fused kernels against their CuPy reference (several launches), and the fused
   Q8_0 / Q4_1 dequantise-and-multiply against a float32 matrix-vector product;
 - training tokens/s of tinyllm's GPT against the PyTorch eager model of
@@ -95,20 +98,16 @@ def free_gpu_memory() -> None:
 
 
 @contextlib.contextmanager
-def fused_llama():
-    """Opt-in from the outside: route llama.py's rms_norm and apply_rope through tinyllm.kernels.
-
-    This is what the recommended one-line changes in llama.py would do; measured here
-    without editing that module. Restores the originals on exit."""
+def fused(enabled: bool):
+    """The model always calls tinyllm.kernels; this switches the fused CuPy kernels on (or off:
+    CuPy then runs the NumPy reference code, several launches per function)."""
     from tinyllm import kernels
-    from tinyllm.models import llama
 
-    saved = llama.rms_norm, llama.apply_rope
-    llama.rms_norm, llama.apply_rope = kernels.rms_norm, kernels.rope
+    previous = kernels.set_fused(enabled)
     try:
         yield
     finally:
-        llama.rms_norm, llama.apply_rope = saved
+        kernels.set_fused(previous)
 
 
 # ---------------------------------------------------------------------------
@@ -129,19 +128,23 @@ def hf_llama(cfg):
     return LlamaForCausalLM(hf_cfg).to(device="cuda", dtype=torch.float32).eval()
 
 
-def tinyllm_decode(model, batch: int, prompt_len: int, steps: int) -> float:
-    """Tokens/s of cached greedy decoding, ``batch`` rows (all tokens generated count)."""
+def tinyllm_decode(model, batch: int, prompt_len: int, steps: int, *, cuda_graph: bool = False) -> float:
+    """Tokens/s of cached greedy decoding, ``batch`` rows (all tokens generated count).
+
+    ``cuda_graph``: each step is one launch of a captured CUDA graph (``CudaGraphDecoder``);
+    its first two steps (warm-up and capture) fall in the untimed warm-up."""
     import cupy as cp
 
-    from tinyllm.generate import decode_step, prefill
+    from tinyllm.generate import CudaGraphDecoder, decode_step, prefill
 
     ids = cp.asarray(np.random.default_rng(0).integers(0, model.config.vocab_size, (batch, prompt_len)))
     warmup = 2
     logits, cache = prefill(model, ids, max_new_tokens=warmup + steps + 1)
+    step_fn = CudaGraphDecoder(model, cache).step if cuda_graph else (lambda nxt: decode_step(model, cache, nxt))
     state = {"nxt": logits.argmax(-1)}                                          # (B,) on the GPU
 
     def step():
-        state["nxt"] = decode_step(model, cache, state["nxt"]).argmax(-1)
+        state["nxt"] = step_fn(state["nxt"]).argmax(-1)
 
     return batch / cupy_time(step, steps, warmup=warmup)
 
@@ -188,10 +191,12 @@ def bench_smollm2(quick: bool) -> None:
     steps = 16 if quick else 64
     ours = Llama(cfg, rng=0).to("gpu")
     results = {}
-    for label, ctx in (("tinyllm", contextlib.nullcontext), ("tinyllm+fused", fused_llama)):
-        with ctx():
+    for label, on in (("tinyllm (reference code)", False), ("tinyllm+fused", True)):
+        with fused(on):
             results[label] = (tinyllm_decode(ours, 1, 16, steps), tinyllm_decode(ours, 32, 16, steps // 2),
                               tinyllm_prefill(ours, 512, 3 if quick else 10))
+    with fused(True):
+        graph_decode = tinyllm_decode(ours, 1, 16, steps, cuda_graph=True)
     del ours
     free_gpu_memory()
     theirs = hf_llama(cfg)
@@ -199,11 +204,38 @@ def bench_smollm2(quick: bool) -> None:
                                hf_prefill(theirs, 512, 3 if quick else 10))
     del theirs
     free_gpu_memory()
+    ours_labels = [label for label in results if label != "transformers"]
     for i, what in enumerate(("decode batch 1", "decode batch 32", "prefill 512")):
         for label in results:
             record(f"SmolLM2 {what}: {label}", results[label][i], "tok/s")
-        for label in ("tinyllm", "tinyllm+fused"):
+        for label in ours_labels:
             record(f"SmolLM2 {what}: {label} / transformers", results[label][i] / results["transformers"][i], "x")
+    record("SmolLM2 decode batch 1: tinyllm+fused+CUDA graph", graph_decode, "tok/s")
+    record("SmolLM2 decode batch 1: CUDA graph / no graph (fused)", graph_decode / results["tinyllm+fused"][0], "x")
+    record("SmolLM2 decode batch 1: tinyllm+fused+CUDA graph / transformers",
+           graph_decode / results["transformers"][0], "x")
+
+
+def bench_quantized(quick: bool) -> None:
+    """Batch-1 decode with the block matrices kept as Q4_1 (head Q8_0), fused kernel, against float32."""
+    from tinyllm.models.llama import Llama, LlamaConfig
+
+    print("SmolLM2-135M architecture, random weights: Q4_1 blocks (fused dequantise-and-multiply) vs float32")
+    steps = 16 if quick else 64
+    model = Llama(LlamaConfig(), rng=0).to("gpu")
+    with fused(True):
+        fp32 = {g: tinyllm_decode(model, 1, 16, steps, cuda_graph=g) for g in (False, True)}
+    model.quantize_weights("Q4_1", head="Q8_0")               # RTN (on the host), blocks stay on the GPU
+    with fused(True):
+        q4 = {g: tinyllm_decode(model, 1, 16, steps, cuda_graph=g) for g in (False, True)}
+    weights = sum(p.data.nbytes for p in model.parameters())
+    del model
+    free_gpu_memory()
+    for g, name in ((False, ""), (True, " + CUDA graph")):
+        record(f"decode batch 1 float32{name}", fp32[g], "tok/s")
+        record(f"decode batch 1 Q4_1 fused{name}", q4[g], "tok/s")
+        record(f"decode batch 1 Q4_1 / float32{name}", q4[g] / fp32[g], "x")
+    record("Q4_1 model: bytes of weights (embedding float32 for the lookup)", weights / 1e6, "MB")
 
 
 # ---------------------------------------------------------------------------
@@ -326,8 +358,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (used by scripts/gpu_check.sh)")
     ap.add_argument("--summary", help="also write 'metric<TAB>value<TAB>unit' lines to this file")
-    ap.add_argument("--only", nargs="+", choices=["smollm2", "kernels", "training", "precision"],
-                    default=["smollm2", "kernels", "training", "precision"])
+    parts = ["smollm2", "quantized", "kernels", "training", "precision"]
+    ap.add_argument("--only", nargs="+", choices=parts, default=parts)
     args = ap.parse_args(argv)
     if not backend.gpu_available():
         print(f"gpu_bench: no usable GPU here ({backend.gpu_problem()}). This benchmark measures the GPU "
@@ -338,8 +370,8 @@ def main(argv=None) -> int:
     print(backend.describe("gpu"))
     print(f"CuPy {cp.__version__}, CUDA runtime {cp.cuda.runtime.runtimeGetVersion()}")
     t0 = time.perf_counter()
-    benches = {"smollm2": bench_smollm2, "kernels": bench_kernels, "training": bench_training,
-               "precision": bench_precision}
+    benches = {"smollm2": bench_smollm2, "quantized": bench_quantized, "kernels": bench_kernels,
+               "training": bench_training, "precision": bench_precision}
     failed = []
     for name in args.only:
         try:

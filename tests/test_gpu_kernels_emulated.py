@@ -143,15 +143,16 @@ def test_row_kernels(lib, threads, C):
     np.testing.assert_allclose(y, kernels.softmax(x), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("threads", [32, 128])                 # q_matvec launches 32 per 1024 inputs, up to 128
 @pytest.mark.parametrize("qtype", kernels.QUANT_TYPES)
-@pytest.mark.parametrize("OUT,IN,N", [(5, 64, 1), (7, 320, 3)])
-def test_quantised_matvec(lib, qtype, OUT, IN, N):
+@pytest.mark.parametrize("OUT,IN,N", [(5, 64, 1), (7, 320, 3), (3, 1536, 2)])
+def test_quantised_matvec(lib, qtype, OUT, IN, N, threads):
     rng = np.random.default_rng(OUT)
     w = rng.standard_normal((OUT, IN), dtype=np.float32) * 0.05
     x = rng.standard_normal((N, IN), dtype=np.float32)
     blocks = np.ascontiguousarray(kernels.quantize_blocks(w, qtype))
     y = np.empty((N, OUT), dtype=np.float32)
-    getattr(lib, f"run_{qtype.lower()}")(_p(x), _p(blocks), _p(y), IN // 32, OUT, N, 128)
+    getattr(lib, f"run_{qtype.lower()}")(_p(x), _p(blocks), _p(y), IN // 32, OUT, N, threads)
     np.testing.assert_allclose(y, kernels.q_matvec(x, blocks, qtype), rtol=1e-4, atol=1e-5)
 
 

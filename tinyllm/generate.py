@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyllm.backend import get_array_module, to_numpy
+from tinyllm.backend import get_array_module, is_gpu_array, to_numpy
 
 
 def softmax_np(z: np.ndarray) -> np.ndarray:
@@ -188,22 +188,118 @@ def decode_step(model, cache, next_ids):
         return model.forward(ids, cache=cache, last_only=True)[:, -1]  # (B, V)
 
 
+class CudaGraphDecoder:
+    """Decode steps replayed as one CUDA graph: ``decoder.step(ids)`` == ``decode_step(model, cache, ids)``.
+
+    GPU (CuPy) only. A decode step of SmolLM2 launches hundreds of small kernels; at
+    batch 1 the GPU finishes each one sooner than Python launches the next, so the
+    step costs launch overhead, not arithmetic. A CUDA graph (CUDA C++ Programming
+    Guide, "CUDA Graphs") records the launches of one step once; each later step is
+    a single ``graph.launch()``. A replay repeats the recorded launches exactly, so
+    everything a step touches must keep its shape and address:
+
+    - the input tokens go into a static buffer ``ids`` (B, 1), the logits come out of
+      a static buffer (``step`` returns a copy);
+    - the cache keeps its write position on the device
+      (:meth:`~tinyllm.models.llama.KVCache.track_slot_on_device`): each step attends
+      over all ``max_len`` slots, the empty ones masked, and advances the slot itself;
+    - temporaries come from a private memory pool kept with the graph, so nothing
+      else is given their memory between replays;
+    - no operation in the step reads GPU memory from the host (``Llama._forward``
+      decides padding on the host and sizes RoPE tables when the cache is made).
+
+    The first step runs normally (it compiles the kernels and fills the pool), the
+    second is captured and launched, later ones only launch. Do not move the model
+    or use the cache elsewhere while a decoder holds it.
+
+        logits, cache = prefill(model, ids, max_new_tokens=n)
+        decoder = CudaGraphDecoder(model, cache)
+        logits = decoder.step(next_ids)          # (B,) token ids -> (B, V) logits
+    """
+
+    @staticmethod
+    def check(model, cache=None) -> None:
+        """TypeError unless the model (and the cache) live on the GPU."""
+        if model.xp is np or (cache is not None and not is_gpu_array(cache.k)):
+            raise TypeError("CudaGraphDecoder needs a model and a KV cache on the GPU (CuPy arrays); "
+                            "on NumPy there are no kernel launches to save: use decode_step")
+
+    def __init__(self, model, cache):
+        self.check(model, cache)
+        import cupy  # noqa: PLC0415 - GPU only, never imported on the CPU path
+
+        self._cp = cupy
+        self.model, self.cache = model, cache
+        cache.track_slot_on_device()
+        self.ids = cupy.zeros((cache.batch_size, 1), dtype=np.int64)   # (B, 1) static input
+        self.logits = None                                               # (B, V) static output
+        self.graph = None
+        self.steps = 0
+        self.pool = cupy.cuda.MemoryPool()                               # the graph's temporaries
+        self.stream = cupy.cuda.Stream(non_blocking=True)                # capture needs a non-default stream
+
+    def _forward(self):
+        return self.model.forward(self.ids, cache=self.cache, last_only=True)[:, -1]   # (B, V)
+
+    def _capture(self):
+        length = self.cache.length
+        self.stream.begin_capture()
+        try:
+            logits = self._forward()                 # recorded, not run
+        except BaseException:
+            try:
+                self.stream.end_capture()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        graph = self.stream.end_capture()
+        self.cache.length = length                   # the Python bookkeeping ran, the step did not
+        return graph, logits
+
+    def step(self, next_ids):
+        """Feed one token per row (B,) and get the next logits (B, V) (a copy, safe to keep)."""
+        cp, cache = self._cp, self.cache
+        if cache.length + 1 > cache.max_len:
+            raise ValueError(f"the cache holds {cache.max_len} positions and all are used")
+        caller = cp.cuda.get_current_stream()
+        self.stream.wait_event(caller.record())     # whatever the caller queued comes first
+        with self.stream:
+            self.ids[...] = cp.asarray(next_ids, dtype=np.int64).reshape(self.ids.shape)
+            with cp.cuda.using_allocator(self.pool.malloc):
+                if self.steps == 0:
+                    self.logits = self._forward()                         # warm-up, runs normally
+                else:
+                    if self.graph is None:
+                        self.graph, self.logits = self._capture()
+                    self.graph.launch(self.stream)
+                    cache.length += 1
+            out = self.logits.copy()                                      # (B, V), from the default pool
+        caller.wait_event(self.stream.record())     # the caller's next work sees the result
+        self.steps += 1
+        return out
+
+
 def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
-                    top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None):
+                    top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None,
+                    cuda_graph: bool = False):
     """Yield new token ids one at a time (batch 1), as soon as each is chosen.
 
-    A stop token ends the stream (and is not yielded). ``temperature=0`` is greedy."""
+    A stop token ends the stream (and is not yielded). ``temperature=0`` is greedy.
+    ``cuda_graph=True`` (GPU only) replays the decode step as a CUDA graph (:class:`CudaGraphDecoder`)."""
     prompt = _as_prompts(prompt_ids)
     if len(prompt) != 1:
         raise ValueError("stream_generate takes one prompt; use generate_batch for several")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     prompt = prompt[0]
+    if cuda_graph:
+        CudaGraphDecoder.check(model)
     stop = {int(s) for s in stop_ids}
     rng = np.random.default_rng(seed)
     if max_new_tokens == 0:
         return
     logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
+    step = CudaGraphDecoder(model, cache).step if cuda_graph else (lambda ids: decode_step(model, cache, ids))
     seen = list(prompt)
     for i in range(max_new_tokens):
         nxt = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -213,7 +309,7 @@ def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature:
         yield nxt
         seen.append(nxt)
         if i + 1 < max_new_tokens:
-            logits = decode_step(model, cache, [nxt])
+            logits = step([nxt])
 
 
 def generate_batch(model, prompts, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,

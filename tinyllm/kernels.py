@@ -75,11 +75,16 @@ def fused_enabled() -> bool:
 
 def _use_kernel(*arrays: Any) -> bool:
     """True when the fused CuPy kernel applies: fusion on, every array on the GPU and float32."""
-    return _fused and all(is_gpu_array(a) and a.dtype == np.float32 for a in arrays)
+    if not _fused:
+        return False
+    for a in arrays:                       # a loop, not all(...): this runs several times per layer
+        if not (is_gpu_array(a) and a.dtype == np.float32):
+            return False
+    return True
 
 
 def _check_float(name: str, a: Any) -> None:
-    if not hasattr(a, "dtype") or not np.issubdtype(np.dtype(a.dtype), np.floating):
+    if getattr(getattr(a, "dtype", None), "kind", None) != "f":          # float16/32/64 (cheap: runs per layer)
         raise TypeError(f"{name} must be a floating-point array, got {getattr(a, 'dtype', type(a).__name__)}")
 
 
@@ -273,7 +278,8 @@ def softmax(x: Any):
     _check_float("x", x)
     if not _use_kernel(x):
         xp = get_array_module(x)
-        e = xp.exp(x - x.max(axis=-1, keepdims=True))
+        e = x - x.max(axis=-1, keepdims=True)                           # (..., V), a new array
+        xp.exp(e, out=e)
         e /= e.sum(axis=-1, keepdims=True)
         return e
     import cupy  # noqa: PLC0415
@@ -312,12 +318,8 @@ def rope(x: Any, cos: Any, sin: Any):
         raise ValueError(f"the last axis of x (head dim) must be even, got {D}")
     half = D // 2
     table_shape = tuple(x.shape[:-1]) + (half,)
-    for name, a in (("cos", cos), ("sin", sin)):
-        try:
-            ok = np.broadcast_shapes(tuple(a.shape), table_shape) == table_shape
-        except ValueError:
-            ok = False
-        if not ok:
+    for name, a in (("cos", cos), ("sin", sin)) if cos.shape != sin.shape else (("cos", cos),):
+        if not _broadcasts_to(tuple(a.shape), table_shape):
             raise ValueError(f"{name} must broadcast to {table_shape} (x's shape with D/2 last), got {tuple(a.shape)}")
     xp = get_array_module(x)
     if not _use_kernel(x, cos, sin):
@@ -328,6 +330,17 @@ def rope(x: Any, cos: Any, sin: Any):
     y = xp.empty(tuple(x.shape), dtype=np.float32)                      # (B, T, n, D)
     _elementwise_kernel("rope")(xp.ascontiguousarray(x), cs, sn, np.int32(D), y)
     return y
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``target`` without growing it (a plain loop:
+    ``np.broadcast_shapes`` costs more than the rotation itself at batch-1 decode sizes)."""
+    if len(shape) > len(target):
+        return False
+    for s, t in zip(reversed(shape), reversed(target)):
+        if s != 1 and s != t:
+            return False
+    return True
 
 
 def _check_blocks(blocks: Any, qtype: str) -> tuple[int, int]:
@@ -386,7 +399,9 @@ def q_matvec(x: Any, blocks: Any, qtype: str):
     y = cupy.empty((N, OUT), dtype=np.float32)                           # (N, OUT)
     if N and OUT:
         kernel = _raw_kernel("q8_0_matvec" if qtype == "Q8_0" else "q4_1_matvec")
-        kernel((OUT, N), (128,), (xr, cupy.ascontiguousarray(blocks), y, np.int32(IN // QK), np.int32(OUT)))
+        G = IN // QK
+        threads = 32 * min(4, (G + 31) // 32)      # one thread per block of 32 weights, whole warps, at most 128
+        kernel((OUT, N), (threads,), (xr, cupy.ascontiguousarray(blocks), y, np.int32(G), np.int32(OUT)))
     return y.reshape(lead + (OUT,))
 
 
@@ -418,3 +433,65 @@ def quantize_blocks(w: np.ndarray, qtype: str) -> np.ndarray:
         qs = q[..., :QK // 2] | (q[..., QK // 2:] << 4)                  # (OUT, G, 16)
         parts = [d.astype(np.float16).view(np.uint8), lo.astype(np.float16).view(np.uint8), qs]
     return np.concatenate(parts, axis=-1).reshape(OUT, -1)
+
+
+class QuantizedMatrix:
+    """A weight ``W`` (IN, OUT) kept as GGML blocks, usable wherever model code writes ``x @ W``.
+
+    ``blocks`` (OUT, IN/32 * bytes) uint8 hold the rows of ``W.T``: the layout of a GGUF
+    file and of :func:`q_matvec`, so ``x @ qm == q_matvec(x, blocks, qtype)``. On the GPU
+    that is the fused dequantise-and-multiply kernel, which reads 0.625 (Q4_1) or 1.06
+    (Q8_0) bytes per weight instead of 4; on NumPy it is the reference (dequantise,
+    then one matrix product). With more than ``MATVEC_ROWS`` rows (a prompt being
+    prefilled) the GPU also dequantises once and runs one matrix product, since the
+    matvec kernel would read the blocks again for every row.
+
+    How ``h @ qm`` gets here without a branch in the model: the class sets
+    ``__array_ufunc__ = None``. NumPy's ``ndarray.__matmul__`` and CuPy's both treat
+    that as "this operand handles the operator itself" (NEP 13) and return
+    ``NotImplemented``, so Python calls ``qm.__rmatmul__(h)``.
+    """
+
+    __array_ufunc__ = None       # NumPy and CuPy: defer ``h @ self`` to ``self.__rmatmul__``
+    __array_priority__ = 1000.0  # older CuPy decides by priority instead
+    MATVEC_ROWS = 8
+    ndim = 2
+
+    def __init__(self, blocks: Any, qtype: str):
+        OUT, IN = _check_blocks(blocks, qtype)
+        self.blocks, self.qtype = blocks, qtype                          # (OUT, IN/32 * bytes) uint8
+        self.shape = (IN, OUT)
+        self.dtype = np.dtype(np.float32)
+
+    @classmethod
+    def quantize(cls, w: Any, qtype: str = "Q4_1") -> "QuantizedMatrix":
+        """Round-to-nearest GGML quantisation (``tinyllm.compress.ggml_blocks``) of ``w`` (IN, OUT), kept on w's device."""
+        from tinyllm.backend import to_numpy
+        from tinyllm.compress import ggml_blocks  # noqa: PLC0415 - the library's quantiser
+
+        if qtype not in BLOCK_BYTES:
+            raise ValueError(f"type must be one of {', '.join(QUANT_TYPES)}, got {qtype!r}")
+        blocks = ggml_blocks.quantize(np.ascontiguousarray(to_numpy(w).T), qtype)   # (OUT, IN/32 * bytes)
+        return cls(get_array_module(w).asarray(blocks), qtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.blocks.nbytes)
+
+    def dequantize(self):
+        """The float32 matrix ``W`` (IN, OUT) (a transposed view of the (OUT, IN) rows)."""
+        return dequantize_blocks(self.blocks, self.qtype).T
+
+    def to(self, device: str) -> "QuantizedMatrix":
+        from tinyllm.backend import to_device
+
+        return QuantizedMatrix(to_device(self.blocks, device), self.qtype)
+
+    def __rmatmul__(self, x: Any):
+        """``x @ W``.  (..., IN) -> (..., OUT)"""
+        if is_gpu_array(x) and x.size > self.MATVEC_ROWS * x.shape[-1]:
+            return x @ self.dequantize().astype(x.dtype, copy=False)     # prefill: one GEMM
+        return q_matvec(x, self.blocks, self.qtype)
+
+    def __repr__(self) -> str:
+        return f"QuantizedMatrix({self.qtype}, shape={self.shape}, {self.nbytes:,} bytes)"

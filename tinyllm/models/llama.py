@@ -56,7 +56,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tinyllm.backend import get_array_module, to_device
+from tinyllm import kernels
+from tinyllm.backend import get_array_module, is_gpu_array, to_device
 from tinyllm.nn.module import Module, Parameter
 
 _NEG = -3.0e38  # "minus infinity" that stays finite, so a fully masked row gives no NaN
@@ -130,17 +131,12 @@ class LlamaConfig:
 # ---------------------------------------------------------------------------
 # pure functions (forward only)
 # ---------------------------------------------------------------------------
-def rms_norm(x, w, eps: float):
-    """``x / sqrt(mean(x^2, -1) + eps) * w``, in the dtype of ``x``.  (..., C) -> (..., C)"""
-    xp = get_array_module(x)
-    ms = (x * x).mean(axis=-1, keepdims=True)                  # (..., 1)
-    return x * (1.0 / xp.sqrt(ms + eps)) * w
-
-
-def silu(z):
-    """``z * sigmoid(z)`` without overflow warnings for large negative z."""
-    xp = get_array_module(z)
-    return z / (1.0 + xp.exp(-xp.clip(z, -80.0, 80.0)))
+# The elementwise pieces live in tinyllm.kernels: one function each, a NumPy reference
+# that is the definition, and a fused CuPy kernel used on float32 GPU arrays. The model
+# calls them directly, so CPU and GPU run the same code. ``rms_norm`` and ``apply_rope``
+# are the names this module has always taught; they *are* the kernels' functions.
+rms_norm = kernels.rms_norm      # x / sqrt(mean(x^2) + eps) * w               (..., C) -> (..., C)
+apply_rope = kernels.rope        # rotate the two halves of each head     x (B, T, n, D), cos/sin (B, T, 1, D/2)
 
 
 def rope_tables(head_dim: int, base: float, length: int, dtype=np.float32):
@@ -150,14 +146,6 @@ def rope_tables(head_dim: int, base: float, length: int, dtype=np.float32):
     inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
     angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]      # (length, D/2)
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
-
-
-def apply_rope(x, cos, sin):
-    """Rotate the two halves of each head (HF layout).  x (B, T, n, D), cos/sin (B, T, 1, D/2)."""
-    xp = get_array_module(x)
-    half = x.shape[-1] // 2
-    a, b = x[..., :half], x[..., half:]
-    return xp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
 def unpermute_qk(w, n_heads: int):
@@ -186,9 +174,19 @@ class KVCache:
 
     ``length`` slots are filled. ``valid`` (B, S_max) marks slots holding real
     tokens (False for left padding); positions for RoPE are the running count
-    of valid slots. Nothing is reallocated while generating."""
+    of valid slots. Nothing is reallocated while generating.
+
+    The write position is normally the Python int ``length``, so each decode
+    step attends over ``length + 1`` slots: array shapes grow by one every step.
+    :meth:`track_slot_on_device` keeps it in device memory instead (``slot``,
+    (1,) int64): decode steps then attend over all ``S_max`` slots (the empty ones
+    masked) and every shape and pointer is the same from step to step, which is
+    what capturing a step as a CUDA graph needs (:class:`tinyllm.generate.CudaGraphDecoder`)."""
 
     def __init__(self, config: LlamaConfig, batch_size: int, max_len: int, xp=np, dtype=np.float32):
+        for name, value in (("batch_size", batch_size), ("max_len", max_len)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_len > config.context_length:
             raise ValueError(f"max_len={max_len} exceeds the model's context length {config.context_length}")
         shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
@@ -199,6 +197,7 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
         self.has_padding = False
+        self.slot = None                               # (1,) int64 on the device, see track_slot_on_device
 
     @property
     def batch_size(self) -> int:
@@ -207,6 +206,11 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return int(self.k.nbytes + self.v.nbytes)
+
+    def track_slot_on_device(self) -> "KVCache":
+        """From now on keep the write position in device memory (``slot``), for static-shape decoding."""
+        self.slot = get_array_module(self.k).full((1,), self.length, dtype=np.int64)  # (1,)
+        return self
 
 
 # ---------------------------------------------------------------------------
@@ -256,8 +260,8 @@ class Llama(Module):
                 setattr(b, name, _NoGrad(weights[f"blk.{i}.{name}"]))
             self.blocks.append(b)
         self.norm = _NoGrad(weights["norm"])                       # (C,)
-        # the head: tied -> E^T as a view (no copy); untied -> its own (C, V) matrix
-        self.head = None if c.tie_embeddings else _NoGrad(weights["head"])
+        # the head: tied -> E^T as a view (no copy); untied (or a quantised copy of E^T) -> its own (C, V)
+        self.head = _NoGrad(weights["head"]) if "head" in weights or not c.tie_embeddings else None
         self._rope_len = 0
         self._ensure_rope(min(c.context_length, 4096))
         self.eval()
@@ -266,6 +270,12 @@ class Llama(Module):
     @classmethod
     def from_weights(cls, config: LlamaConfig, weights: dict) -> "Llama":
         return cls(config, weights=weights)
+
+    @classmethod
+    def from_gguf_quantized(cls, reader) -> "Llama":
+        """Build from a GGUF reader keeping the file's Q8_0 / Q4_1 blocks (see :func:`quantized_weights_from_gguf`)."""
+        config = LlamaConfig.from_gguf_metadata(reader.metadata)
+        return cls(config, weights=quantized_weights_from_gguf(config, reader))
 
     @classmethod
     def from_gguf(cls, metadata: dict, get_tensor: Callable[[str], np.ndarray], *, threads: int = 2) -> "Llama":
@@ -283,9 +293,27 @@ class Llama(Module):
 
     def to(self, device: str) -> "Llama":
         for p in self.parameters():
-            p.data = to_device(p.data, device)
+            p.data = p.data.to(device) if isinstance(p.data, kernels.QuantizedMatrix) else to_device(p.data, device)
         self.rope_cos = to_device(self.rope_cos, device)
         self.rope_sin = to_device(self.rope_sin, device)
+        return self
+
+    def quantize_weights(self, qtype: str = "Q4_1", *, head: str | None = "Q8_0") -> "Llama":
+        """Keep the block matrices (wqkv, wo, wgu, wdown) as GGML blocks (:class:`tinyllm.kernels.QuantizedMatrix`).
+
+        Round-to-nearest ``qtype`` (Q8_0 or Q4_1), in place. ``head`` (a type or None): also
+        a quantised copy of the tied head ``E^T`` (the embedding stays float32 for the
+        lookup). The forward code does not change: ``h @ W`` reaches the quantised
+        matrix-vector product (the fused kernel on the GPU). Returns the model."""
+        for blk in self.blocks:
+            for name in ("wqkv", "wo", "wgu", "wdown"):
+                p = getattr(blk, name)
+                if not isinstance(p.data, kernels.QuantizedMatrix):
+                    p.data = kernels.QuantizedMatrix.quantize(p.data, qtype)   # (IN, OUT) as blocks
+        if head is not None and self.head is None:                           # tied: a quantised copy of E^T
+            self.head = _NoGrad(kernels.QuantizedMatrix.quantize(self.tok_embd.data.T, head))  # (C, V) as blocks
+        elif head is not None and not isinstance(self.head.data, kernels.QuantizedMatrix):
+            self.head.data = kernels.QuantizedMatrix.quantize(self.head.data, head)             # untied (C, V)
         return self
 
     @property
@@ -322,41 +350,52 @@ class Llama(Module):
         if ids.ndim != 2 or not np.issubdtype(np.dtype(ids.dtype), np.integer):
             raise ValueError(f"ids must be an integer array of shape (B, T), got {getattr(ids, 'dtype', None)} {tuple(ids.shape)}")
         B, T = ids.shape
+        # Whether there is padding is decided on the host: a NumPy mask is checked here, a mask
+        # already on the GPU is assumed to pad (reading it back would stall the GPU every call).
+        pad = attention_mask is not None and (is_gpu_array(attention_mask) or not np.all(attention_mask))
         if attention_mask is not None:
             attention_mask = xp.asarray(attention_mask).astype(bool)
             if attention_mask.shape != (B, T):
                 raise ValueError(f"attention_mask must have shape {(B, T)} like ids, got {tuple(attention_mask.shape)}")
         if cache is None:
-            cache_start = 0
-            valid = attention_mask if attention_mask is not None else None     # (B, T)
-            pad = valid is not None and not bool(valid.all())
+            start = 0
+            valid = attention_mask                                            # (B, T) or None
             if valid is None:
                 positions = xp.broadcast_to(xp.arange(T), (B, T))
             else:
-                positions = xp.maximum(xp.cumsum(valid, axis=1) - 1, 0)        # (B, T)
+                positions = xp.maximum(xp.cumsum(valid, axis=1) - 1, 0)        # (B, T), all < T
             S = T
+            self._ensure_rope(T)
         else:
             if cache.batch_size != B:
                 raise ValueError(f"ids have batch {B} but the cache was made for batch {cache.batch_size}")
-            cache_start = cache.length
-            if cache_start + T > cache.max_len:
-                raise ValueError(f"the cache holds {cache.max_len} positions; {cache_start} used + {T} new is too many")
+            if cache.length + T > cache.max_len:
+                raise ValueError(f"the cache holds {cache.max_len} positions; {cache.length} used + {T} new is too many")
+            self._ensure_rope(cache.max_len)       # a no-op for caches from new_cache (sized there)
+            if cache.slot is None:                 # write slots [length, length + T), attend over the filled ones
+                start = cache.length
+                where = slice(start, start + T)
+                S = start + T
+            else:                                  # write at the device-side slot, attend over all S_max slots
+                if T != 1:
+                    raise ValueError(f"a cache that tracks its slot on the device decodes one token at a time, got T={T}")
+                start = where = cache.slot                                    # (1,) on the device
+                S = cache.max_len
             new_valid = attention_mask if attention_mask is not None else xp.ones((B, T), dtype=bool)
-            cache.valid[:, cache_start:cache_start + T] = new_valid
-            positions = cache.n_valid[:, None] + xp.maximum(xp.cumsum(new_valid, axis=1) - 1, 0)  # (B, T)
+            cache.valid[:, where] = new_valid
+            offsets = xp.maximum(xp.cumsum(new_valid, axis=1) - 1, 0) if T > 1 else 0  # (B, T): 0 for one token
+            positions = cache.n_valid[:, None] + offsets                      # (B, T)
             cache.n_valid += new_valid.sum(axis=1)
-            if attention_mask is not None and not bool(new_valid.all()):
-                cache.has_padding = True
+            cache.has_padding = cache.has_padding or pad
             pad = cache.has_padding
-            S = cache_start + T
             valid = cache.valid[:, :S]                                        # (B, S)
-        if int(positions.max()) + 1 > self._rope_len:
-            self._ensure_rope(int(positions.max()) + 1)
 
-        # mask (B, 1, T, S): causal (query slot cache_start + t sees key slots <= it) and key validity
+        # mask (B, 1, T, S): causal (query slot start + t sees key slots <= it) and key validity.
+        # A single new token attending over the filled slots needs none, unless there is padding
+        # or the cache attends over all S_max slots (device-side slot: the empty ones are masked).
         mask = None
-        if T > 1 or pad:
-            causal = xp.arange(S)[None, :] <= (cache_start + xp.arange(T))[:, None]   # (T, S)
+        if T > 1 or pad or (cache is not None and cache.slot is not None):
+            causal = xp.arange(S)[None, :] <= (start + xp.arange(T))[:, None]   # (T, S)
             mask = causal[None, None] if not pad else causal[None, None] & valid[:, None, None, :]
 
         cos = self.rope_cos[positions][:, :, None, :]                  # (B, T, 1, D/2)
@@ -366,37 +405,37 @@ class Llama(Module):
         G = H // KV
         scale = 1.0 / math.sqrt(D)                                     # Python float: keeps float32
         for li, blk in enumerate(self.blocks):
-            h = rms_norm(x, blk.attn_norm.data, c.norm_eps)            # (B, T, C)
+            h = kernels.rms_norm(x, blk.attn_norm.data, c.norm_eps)    # (B, T, C)
             qkv = h @ blk.wqkv.data                                    # (B, T, (H + 2KV) D)
-            qk = apply_rope(qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D), cos, sin)  # (B, T, H+KV, D)
+            qk = kernels.rope(qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D), cos, sin)  # (B, T, H+KV, D)
             q = qk[:, :, :H] * scale                                   # (B, T, H, D)
             k = qk[:, :, H:].transpose(0, 2, 1, 3)                     # (B, KV, T, D)
             v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D).transpose(0, 2, 1, 3)  # (B, KV, T, D)
             if cache is not None:
-                cache.k[li, :, :, cache_start:S] = k
-                cache.v[li, :, :, cache_start:S] = v
-                k = cache.k[li, :, :, :S]                              # (B, KV, S, D) a view
-                v = cache.v[li, :, :, :S]
+                k_all, v_all = cache.k[li], cache.v[li]                # (B, KV, S_max, D) views
+                k_all[:, :, where] = k
+                v_all[:, :, where] = v
+                k, v = k_all[:, :, :S], v_all[:, :, :S]                # (B, KV, S, D) views
             # queries of one group stacked: (B, KV, G*T, D); K is never repeated
             qg = q.reshape(B, T, KV, G, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, D)
             att = qg @ k.swapaxes(-1, -2)                              # (B, KV, G*T, S)
             att = att.reshape(B, KV, G, T, S)
             if mask is not None:
                 att = xp.where(mask[:, :, None], att, _NEG)            # mask (B, 1, 1, T, S)
-            att = att - att.max(axis=-1, keepdims=True)
-            att = xp.exp(att)
-            att /= att.sum(axis=-1, keepdims=True)
+            att = kernels.softmax(att)                                 # over the S keys
             y = att.reshape(B, KV, G * T, S) @ v                       # (B, KV, G*T, D)
             y = y.reshape(B, KV, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)  # (B, T, H D)
             x = x + y @ blk.wo.data                                    # (B, T, C)
-            h = rms_norm(x, blk.ffn_norm.data, c.norm_eps)
+            h = kernels.rms_norm(x, blk.ffn_norm.data, c.norm_eps)
             gu = h @ blk.wgu.data                                      # (B, T, 2F)
-            x = x + (silu(gu[..., :c.ffn_dim]) * gu[..., c.ffn_dim:]) @ blk.wdown.data
+            x = x + kernels.swiglu(gu[..., :c.ffn_dim], gu[..., c.ffn_dim:]) @ blk.wdown.data
         if cache is not None:
-            cache.length = S
+            cache.length += T
+            if cache.slot is not None:
+                cache.slot += T                                        # on the device: part of a captured graph
         if last_only:
             x = x[:, -1:]                                              # (B, 1, C)
-        x = rms_norm(x, self.norm.data, c.norm_eps)
+        x = kernels.rms_norm(x, self.norm.data, c.norm_eps)
         head = self.tok_embd.data.T if self.head is None else self.head.data  # (C, V)
         return x @ head                                                # (B, T, V)
 
@@ -520,4 +559,59 @@ def weights_from_gguf(config: LlamaConfig, get_tensor: Callable[[str], np.ndarra
     for k, v in weights.items():
         if v.dtype != np.float32:
             weights[k] = v.astype(np.float32)
+    return weights
+
+
+def quantized_weights_from_gguf(config: LlamaConfig, reader) -> dict:
+    """Like :func:`weights_from_gguf`, but the block matrices keep the file's GGML blocks.
+
+    ``reader`` is a :class:`tinyllm.io.gguf.GGUFReader`. A tensor stored (OUT, IN) is
+    ``IN/32`` blocks per row, and its rows are what :class:`tinyllm.kernels.QuantizedMatrix`
+    holds, so the fused matrices are assembled by stacking rows: ``[q; k; v]`` (q and k
+    rows un-permuted, :func:`unpermute_qk` works on rows of bytes as on rows of floats)
+    and ``[gate; up]``. The tied head gets the embedding's own blocks; the embedding is
+    dequantised to float32 for the lookup; the norms are float32 in the file.
+    """
+    from tinyllm.errors import GGUFError
+
+    c = config
+    H, KV, D, C, F = c.n_heads, c.n_kv_heads, c.head_dim, c.dim, c.ffn_dim
+
+    def blocks(name, shape):
+        info = reader.tensors.get(name)
+        if info is None:
+            raise GGUFError(f"tensor {name!r} is missing from the file")
+        if tuple(info.shape) != shape:
+            raise GGUFError(f"tensor {name!r} has shape {tuple(info.shape)}, expected {shape} for this config")
+        qtype = info.ggml_type.name
+        if qtype not in kernels.QUANT_TYPES:
+            raise GGUFError(f"tensor {name!r} is {qtype}; kept-quantised weights must be one of "
+                            f"{', '.join(kernels.QUANT_TYPES)} (load it dequantised with Llama.from_gguf instead)")
+        return np.asarray(reader.raw(name)).reshape(shape[0], -1), qtype          # (OUT, IN/32 * bytes)
+
+    def stacked(parts):
+        types = {t for _, t in parts}
+        if len(types) != 1:
+            raise GGUFError(f"tensors fused into one matrix must share a type, got {sorted(types)}")
+        return kernels.QuantizedMatrix(np.concatenate([b for b, _ in parts], axis=0), types.pop())
+
+    weights: dict[str, Any] = {}
+    for i in range(c.n_layers):
+        p = f"blk.{i}."
+        q, tq = blocks(p + "attn_q.weight", (H * D, C))
+        k, tk = blocks(p + "attn_k.weight", (KV * D, C))
+        weights[p + "wqkv"] = stacked([(unpermute_qk(q, H), tq), (unpermute_qk(k, KV), tk),
+                                       blocks(p + "attn_v.weight", (KV * D, C))])          # (C, (H+2KV) D)
+        o, to = blocks(p + "attn_output.weight", (C, H * D))
+        weights[p + "wo"] = kernels.QuantizedMatrix(np.copy(o), to)                        # (H D, C)
+        weights[p + "wgu"] = stacked([blocks(p + "ffn_gate.weight", (F, C)), blocks(p + "ffn_up.weight", (F, C))])
+        down, tdown = blocks(p + "ffn_down.weight", (C, F))
+        weights[p + "wdown"] = kernels.QuantizedMatrix(np.copy(down), tdown)                # (F, C)
+        for norm in ("attn_norm", "ffn_norm"):
+            weights[p + norm] = np.asarray(reader.dequantize(p + norm + ".weight"), dtype=np.float32).reshape(C)
+    weights["tok_embd"] = reader.dequantize("token_embd.weight")                            # (V, C) float32
+    weights["norm"] = np.asarray(reader.dequantize("output_norm.weight"), dtype=np.float32).reshape(C)
+    if c.tie_embeddings and reader.tensors["token_embd.weight"].ggml_type.name in kernels.QUANT_TYPES:
+        e, te = blocks("token_embd.weight", (c.vocab_size, C))
+        weights["head"] = kernels.QuantizedMatrix(np.copy(e), te)                           # (C, V)
     return weights
