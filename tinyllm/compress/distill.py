@@ -163,7 +163,9 @@ def train_student(
 
     student.train()
     record_eval(0)
-    for step in tqdm(range(steps), disable=not progress, desc="distilled" if teacher is not None else "baseline"):
+    bar = tqdm(range(steps), disable=not progress, desc="distilled" if teacher is not None else "baseline",
+               unit="step", mininterval=0.5)                                 # few redraws: small saved notebooks
+    for step in bar:
         x, y = get_batch(tokens, block_size, batch_size, rng)               # (B, T), (B, T)
         logits = student.forward(x)                                          # (B, T, V)
         ce, dlogits = distillation_loss(logits, logits, y, alpha=0.0)        # hard-label CE and its gradient
