@@ -88,6 +88,25 @@ def distillation_loss(
     return loss, grad.reshape(student_logits.shape).astype(student_logits.dtype)
 
 
+def heldout_loss(model: Any, tokens: Any, *, batch_size: int = 8, batches: int = 4,
+                 block_size: int | None = None, seed: int = 1234, get_batch: Callable | None = None) -> float:
+    """Mean next-token cross-entropy (nats) of ``model`` on ``batches`` random windows of ``tokens`` (N,).
+
+    The windows come from their own generator seeded by ``seed``, so every call, and every model,
+    is scored on the same text: curves of different runs are comparable point by point.
+    """
+    if get_batch is None:
+        from tinyllm.data import get_batch  # noqa: PLC0415
+    block_size = block_size or model.config.block_size
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(batches):
+        x, y = get_batch(tokens, block_size, batch_size, rng)               # (B, T), (B, T)
+        z = model.forward(x)                                                 # (B, T, V)
+        total += distillation_loss(z, z, y, alpha=0.0)[0]
+    return total / batches
+
+
 def train_student(
     student: Any,
     tokens: Any,
@@ -102,18 +121,23 @@ def train_student(
     seed: int = 0,
     eval_tokens: Any | None = None,
     eval_every: int = 0,
+    eval_batches: int = 4,
     progress: bool = True,
     get_batch: Callable | None = None,
 ) -> dict[str, list[float]]:
-    """Train a tinyllm GPT ``student`` on ``tokens``, from ``teacher``'s logits when given.
+    """Train a tinyllm GPT ``student`` on ``tokens`` (N,), from ``teacher``'s logits when given.
 
     With ``teacher=None`` this is ordinary next-token training (the baseline), with
     the *same* batches (same ``seed``), optimiser and schedule, so the two runs
-    differ only in the loss. Both models need ``forward(idx (B, T)) -> (B, T, V)``;
-    the student also ``backward(dlogits)`` and ``parameters()``. AdamW with
-    gradient clipping at 1.0. Returns ``{"step", "train_loss", "eval_step", "eval_loss"}``
-    where ``train_loss`` is the hard-label cross-entropy (comparable between runs) and
-    ``eval_loss`` the cross-entropy on ``eval_tokens``.
+    differ only in the loss (Hinton et al. 2015, section 3, compare a distilled and a
+    plain model trained on the same small data set). Both models need
+    ``forward(idx (B, T)) -> (B, T, V)``; the student also ``backward(dlogits)`` and
+    ``parameters()``. The teacher is put in eval mode and never updated; its logits are
+    computed on the student's batch at every step. AdamW at a constant ``lr``, gradient
+    clipping at 1.0. Returns ``{"step", "train_loss", "eval_step", "eval_loss"}`` where
+    ``train_loss`` is the hard-label cross-entropy of each batch (comparable between runs) and
+    ``eval_loss`` the cross-entropy on ``eval_tokens`` (:func:`heldout_loss`, ``eval_batches``
+    fixed batches) at step 0, every ``eval_every`` steps and at the end.
     """
     from tqdm.auto import tqdm
 
@@ -125,36 +149,36 @@ def train_student(
         from tinyllm.data import get_batch  # noqa: PLC0415
     opt = AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     hist: dict[str, list[float]] = {"step": [], "train_loss": [], "eval_step": [], "eval_loss": []}
+    if teacher is not None:
+        teacher.eval()
 
-    def eval_loss() -> float:
-        erng = np.random.default_rng(1234)
-        tot = 0.0
-        for _ in range(4):
-            x, y = get_batch(eval_tokens, block_size, batch_size, erng)
-            z = student.forward(x)
-            tot += distillation_loss(z, z, y, alpha=0.0)[0]
-        return tot / 4
+    def record_eval(step: int) -> None:
+        if eval_tokens is None or not eval_every:
+            return
+        student.eval()
+        hist["eval_step"].append(step)
+        hist["eval_loss"].append(heldout_loss(student, eval_tokens, batch_size=batch_size, batches=eval_batches,
+                                              block_size=block_size, get_batch=get_batch))
+        student.train()
 
     student.train()
-    for step in tqdm(range(steps), disable=not progress, desc="distill" if teacher is not None else "baseline"):
+    record_eval(0)
+    bar = tqdm(range(steps), disable=not progress, desc="distilled" if teacher is not None else "baseline",
+               unit="step", mininterval=0.5)                                 # few redraws: small saved notebooks
+    for step in bar:
         x, y = get_batch(tokens, block_size, batch_size, rng)               # (B, T), (B, T)
         logits = student.forward(x)                                          # (B, T, V)
+        ce, dlogits = distillation_loss(logits, logits, y, alpha=0.0)        # hard-label CE and its gradient
         if teacher is not None:
             t_logits = teacher.forward(x)                                    # (B, T, V)
             _, dlogits = distillation_loss(logits, t_logits, y, temperature=temperature, alpha=alpha)
-        else:
-            _, dlogits = distillation_loss(logits, logits, y, alpha=0.0)
-        ce = distillation_loss(logits, logits, y, alpha=0.0)[0]
         student.zero_grad()
         student.backward(dlogits)
         clip_grad_norm(student.parameters(), 1.0)
         opt.step()
         hist["step"].append(step)
         hist["train_loss"].append(ce)
-        if eval_tokens is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            student.eval()
-            hist["eval_step"].append(step + 1)
-            hist["eval_loss"].append(eval_loss())
-            student.train()
+        if (step + 1) % max(eval_every, 1) == 0 or step + 1 == steps:
+            record_eval(step + 1)
     student.eval()
     return hist
