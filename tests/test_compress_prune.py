@@ -140,3 +140,17 @@ def test_plan_ranks_leaves_full_rank_dense():
     assert rows["low"]["factor"] and rows["low"]["rank"] <= 2 and rows["low"]["saved"] == 32 * 32 - 2 * 64
     assert not rows["full"]["factor"] and rows["full"]["saved"] == 0
     assert break_even_rank(32, 32) == 15
+
+
+def test_head_importance_from_second_moments_is_rms_contribution():
+    rng = np.random.default_rng(5)
+    H, D, C = 6, 4, 10
+    wo = rng.standard_normal((H * D, C))
+    o = rng.standard_normal((50, H, D)) * np.arange(1, H + 1)[None, :, None]   # (N, H, D)
+    flat = o.reshape(50, H * D)
+    got = head_importance(wo, H, xtx=flat.T @ flat, n_rows=50)
+    contrib = np.einsum("nhd,hdc->nhc", o, wo.reshape(H, D, C))                 # (N, H, C)
+    want = np.sqrt((np.linalg.norm(contrib, axis=-1) ** 2).mean(axis=0))
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    with pytest.raises(ValueError, match="xtx must have shape"):
+        head_importance(wo, H, xtx=np.eye(5), n_rows=50)

@@ -137,8 +137,7 @@ def prefill(model, ids, attention_mask=None, max_len: int | None = None, *, max_
     ids = np.asarray(ids) if not hasattr(ids, "__cuda_array_interface__") else ids
     B, T = ids.shape
     cache = model.new_cache(B, max_len or T + max_new_tokens)
-    with _blas_limit(decode_threads() if model.xp is np else 0):
-        logits = model.forward(ids, cache=cache, attention_mask=attention_mask, last_only=True)  # (B, 1, V)
+    logits = model.forward(ids, cache=cache, attention_mask=attention_mask, last_only=True)  # (B, 1, V)
     return logits[:, -1], cache
 
 
@@ -146,13 +145,14 @@ _BLAS_CONTROLLER = None
 
 
 def decode_threads() -> int:
-    """BLAS threads for prefill and decode: ``TINYLLM_DECODE_THREADS`` (default 1; 0 = no limit).
+    """BLAS threads for a decode step: ``TINYLLM_DECODE_THREADS`` (default 1; 0 = no limit).
 
     A decode step is ~120 small matrix-vector products (2-7 MB each). Waking a
     second OpenBLAS thread for each costs more than it gains as soon as the
     CPU is shared: measured on the course's 2-core machine with other jobs
-    running, 17 tokens/s with one thread against 2-3 with two (prefill too
-    was faster on one thread there)."""
+    running, 17 tokens/s with one thread against 2-3 with two. Prefill is a
+    matrix product and keeps all threads (1.6 s against 2.7 s for a 376-token
+    perplexity with two threads against one on the idle machine)."""
     import os
 
     value = os.environ.get("TINYLLM_DECODE_THREADS", "1")
@@ -184,8 +184,7 @@ def decode_step(model, cache, next_ids):
     """Phase 2: feed one new token per row (B,) and get the next logits (B, V)."""
     xp = model.xp
     ids = xp.asarray(next_ids).reshape(-1, 1)                          # (B, 1)
-    with _blas_limit(decode_threads() if xp is np else 0):
-        return model.forward(ids, cache=cache, last_only=True)[:, -1]  # (B, V)
+    return model.forward(ids, cache=cache, last_only=True)[:, -1]      # (B, V)
 
 
 class CudaGraphDecoder:

@@ -63,9 +63,9 @@ class InputRecorder(MatmulWeight):
         rows = x.reshape(-1, x.shape[-1])                                   # (N, IN)
         if self.keep_inputs:
             self.inputs.append(rows.copy())
-        r64 = rows.astype(np.float64)
-        self.xtx += r64.T @ r64
-        self.abs_sum += np.abs(r64).sum(axis=0)
+        r32 = rows.astype(np.float32)                                       # float32 BLAS, float64 running sums
+        self.xtx += r32.T @ r32
+        self.abs_sum += np.abs(r32).sum(axis=0, dtype=np.float64)
         self.rows += rows.shape[0]
         return x @ self.w
 

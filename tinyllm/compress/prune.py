@@ -127,19 +127,31 @@ def prune_mlp_neurons(w_in: Sequence[Any], w_out: Any, keep_idx: Any,
 # ---------------------------------------------------------------------------
 # Structured: attention heads
 # ---------------------------------------------------------------------------
-def head_importance(wo: Any, n_head: int, head_outputs: Any | None = None) -> Any:
+def head_importance(wo: Any, n_head: int, head_outputs: Any | None = None, *, xtx: Any | None = None,
+                    n_rows: int | None = None) -> Any:
     """Importance of each query head, shape ``(H,)``.
 
     ``wo`` is the ``(H*D, C)`` output projection. With calibration ``head_outputs``
     (each head's attention output before ``wo``, shape ``(..., H, D)``) the score is
     the mean norm of what the head adds to the residual stream,
-    ``E || o_h @ wo_h ||``; without, the Frobenius norm of ``wo_h``.
+    ``E || o_h @ wo_h ||``. With only their second moments ``xtx = sum o^T o``
+    (``(H*D, H*D)``, as :class:`~tinyllm.compress.patch.InputRecorder` keeps) over
+    ``n_rows`` rows, it is the root mean square of that norm,
+    ``sqrt(tr(wo_h^T xtx_hh wo_h) / n_rows)``. Without either, the Frobenius norm of ``wo_h``.
     """
     xp = get_array_module(wo)
     hd, c = wo.shape
     if hd % n_head:
         raise ValueError(f"wo has {hd} rows, not a multiple of n_head={n_head}")
-    wo_h = wo.reshape(n_head, hd // n_head, c)                              # (H, D, C)
+    D = hd // n_head
+    wo_h = wo.reshape(n_head, D, c)                                         # (H, D, C)
+    if xtx is not None:
+        if tuple(xtx.shape) != (hd, hd) or not n_rows:
+            raise ValueError(f"xtx must have shape ({hd}, {hd}) and n_rows must be > 0, "
+                             f"got {tuple(xtx.shape)} and {n_rows}")
+        blocks = xtx.reshape(n_head, D, n_head, D)[xp.arange(n_head), :, xp.arange(n_head)]  # (H, D, D)
+        energy = xp.einsum("hdc,hde,hec->h", wo_h, blocks.astype(wo_h.dtype), wo_h)
+        return xp.sqrt(xp.maximum(energy, 0) / n_rows)
     if head_outputs is None:
         return xp.sqrt((wo_h ** 2).sum(axis=(1, 2)))
     o = head_outputs.reshape(-1, n_head, hd // n_head)                      # (N, H, D)

@@ -327,11 +327,13 @@ class Llama(Module):
 
     # ---- forward ------------------------------------------------------------
     def forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
-        """Logits for token ids (B, T); see :meth:`_forward`. On the CPU, BLAS runs on
-        ``TINYLLM_DECODE_THREADS`` threads (default 1, see :func:`tinyllm.generate.decode_threads`)."""
+        """Logits for token ids (B, T); see :meth:`_forward`. On the CPU a decode step
+        (T = 1: matrix-vector products) runs BLAS on ``TINYLLM_DECODE_THREADS`` threads
+        (default 1, see :func:`tinyllm.generate.decode_threads`); longer inputs (prefill,
+        perplexity) are matrix products and use all of BLAS's threads."""
         from tinyllm.generate import _blas_limit, decode_threads
 
-        with _blas_limit(decode_threads() if self.xp is np else 0):
+        with _blas_limit(decode_threads() if self.xp is np and np.shape(ids)[-1] == 1 else 0):
             return self._forward(ids, cache, attention_mask, last_only=last_only)
 
     def _forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
