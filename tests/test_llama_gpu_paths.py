@@ -20,14 +20,7 @@ from tinyllm import kernels
 from tinyllm.generate import CudaGraphDecoder, decode_step, left_pad, prefill, stream_generate
 from tinyllm.models import llama
 from tinyllm.models.llama import KVCache, Llama, LlamaConfig
-
-TINY = LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=8, ffn_dim=80,
-                   rope_base=10000.0, norm_eps=1e-5, context_length=128)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return Llama(TINY, rng=0)
+from test_llama import TINY, model  # noqa: F401  (the same tiny model and its fixture)
 
 
 def test_llama_names_are_the_kernels():
