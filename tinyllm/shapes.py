@@ -7,6 +7,8 @@ The letters always mean:
 B     batch size (number of sequences processed together)
 T     sequence length (time steps / token positions) of the current input
 S     length of the keys/values attended to (cached positions + T)
+S_max positions a preallocated KV cache holds (``max_len``)
+L     number of transformer blocks (layers)
 C     model width (embedding / residual-stream channels), ``d_model``
 H     number of attention (query) heads
 KV    number of key/value heads (grouped-query attention: H % KV == 0)
@@ -16,7 +18,8 @@ V     vocabulary size
 N     number of rows of a flattened batch (``B * T``), or of a data set
 IN    input features of a Linear layer
 OUT   output features of a Linear layer
-G     number of quantisation groups / blocks along a row
+G     number of quantisation groups / blocks along a row; in attention code,
+      query heads per key/value head (``H // KV``), as the docstring says
 ====  =====================================================================
 
 Weights follow the math, ``y = x @ W + b`` with ``W`` of shape ``(IN, OUT)``,
