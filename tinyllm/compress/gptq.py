@@ -101,14 +101,17 @@ def gptq_quantize(
     H += damp * float(xp.mean(xp.diag(H))) * xp.eye(n_in)
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
     G = n_in // gs
-    static = None
+    # Per-row scales, and act-order's groups, are fixed up front from W as given;
+    # plain groups take theirs when their first column is reached (below).
+    static = group_size is None or act_order
+    if static:
+        s_all, z_all = quant_params(W.reshape(n_out, G, gs), bits, symmetric)   # (OUT, G, 1) each
+        scale_tab = xp.ascontiguousarray(s_all[..., 0].T)                        # (G, OUT)
+        inv_tab, zf_tab = _inv_and_zero(scale_tab, None if z_all is None else z_all[..., 0].T)  # (G, OUT)
+    order = xp.argsort(-xp.diag(H), kind="stable") if act_order else xp.arange(n_in)  # (IN,) largest H_jj first
     if act_order:
-        if group_size is not None:                                          # static groups, from W as given
-            s_all, z_all = quant_params(W.reshape(n_out, G, gs), bits, symmetric)  # (OUT, G, 1) each
-            static = (s_all, z_all)
-        perm = xp.argsort(-xp.diag(H), kind="stable")                       # (IN,) largest H_jj first
-        W, H = W[:, perm], H[perm][:, perm]
-        group_of = perm // gs                                               # (IN,) group of each permuted column
+        W, H = W[:, order], H[order][:, order]
+    group_of = (order // gs).tolist()                                       # group of each (permuted) column
     U = xp.linalg.cholesky(xp.linalg.inv(H)).T.astype(xp.float32)          # (IN, IN) upper, H^-1 = U^T U
 
     # Work on W^T (IN, OUT): column j of W is then the contiguous row j, so each
@@ -116,17 +119,7 @@ def gptq_quantize(
     Wt = xp.ascontiguousarray(W.T)                                         # (IN, OUT)
     Qt = xp.zeros_like(Wt)                                                 # (IN, OUT) dequantised
     codes_t = xp.zeros((n_in, n_out), dtype=xp.int8 if symmetric else xp.uint8)
-    scales, zeros = [], []
-    if group_size is None:                                                  # per-row params from the start
-        scale, zero = quant_params(W[:, None, :], bits, symmetric)          # (OUT, 1, 1)
-        scales.append(scale[:, 0])
-        zeros.append(None if zero is None else zero[:, 0])
-        inv, zf = _inv_and_zero(scale[:, 0, 0], None if zero is None else zero[:, 0, 0])  # (OUT,)
-        scale = scale[:, 0, 0]
-    if static is not None:
-        g_host = group_of.tolist() if hasattr(group_of, "tolist") else list(group_of)
-        inv_all, zf_all = _inv_and_zero(static[0][..., 0].T, None if symmetric else static[1][..., 0].T)  # (G, OUT)
-        scale_all = xp.ascontiguousarray(static[0][..., 0].T)              # (G, OUT)
+    scales, zeros = [], []                                                  # plain groups, in order
     for start in range(0, n_in, block_size):
         end = min(start + block_size, n_in)
         W1 = Wt[start:end].copy()                                           # (b, OUT)
@@ -134,10 +127,10 @@ def gptq_quantize(
         U1 = U[start:end, start:end]                                        # (b, b)
         for i in range(end - start):
             col = start + i
-            if static is not None:
-                g = g_host[col]
-                scale, inv, zf = scale_all[g], inv_all[g], zf_all[g]        # (OUT,) each
-            elif group_size is not None and col % gs == 0:
+            if static:
+                g = group_of[col]
+                scale, inv, zf = scale_tab[g], inv_tab[g], zf_tab[g]        # (OUT,) each
+            elif col % gs == 0:
                 scale, zero = quant_params(W1[i:i + gs].T[:, None, :], bits, symmetric)  # (OUT, 1, 1)
                 scales.append(scale[:, 0])
                 zeros.append(None if zero is None else zero[:, 0])
@@ -154,10 +147,10 @@ def gptq_quantize(
     Q, codes = xp.ascontiguousarray(Qt.T), codes_t.T                        # (OUT, IN)
 
     if act_order:                                                           # back to the original column order
-        inv_perm = xp.argsort(perm)
-        Q, codes = Q[:, inv_perm], codes[:, inv_perm]
-    if static is not None:
-        scale_arr, zero_arr = static[0], (None if symmetric else static[1])
+        inv_order = xp.argsort(order)
+        Q, codes = Q[:, inv_order], codes[:, inv_order]
+    if static:
+        scale_arr, zero_arr = s_all, z_all                                  # (OUT, G, 1); zero None if symmetric
     else:
         scale_arr = xp.stack(scales, axis=1)                                # (OUT, G, 1)
         zero_arr = None if symmetric else xp.stack(zeros, axis=1)           # (OUT, G, 1)
