@@ -2,7 +2,7 @@
 
     python benchmarks/compression_quality.py [--quick]
 
-Notebook 10 shows one configuration (GPTQ, asymmetric groups of 64, 2,048 calibration
+Notebook 11 shows one configuration (GPTQ, asymmetric groups of 64, 2,048 calibration
 tokens of documentation). This script measures the neighbours that the notebook only
 mentions, in one process on the same model:
 
@@ -44,7 +44,7 @@ def main() -> int:
     targets = linear_weights(model)
     fp32 = [getattr(b, k).data for b, k in targets]                         # (IN, OUT) each
     corpus = load_corpus("pydoc")
-    calib_text, eval_text = corpus[:-20_000], corpus[-20_000:]              # as in notebook 10
+    calib_text, eval_text = corpus[:-20_000], corpus[-20_000:]              # as in notebook 11
     texts = {"docs": tok.encode(eval_text)[:1024], "story": tok.encode(heldout_text())}
 
     def scores(weights=None) -> dict[str, float]:

@@ -20,7 +20,7 @@ def test_at_least_20_graded_functions_and_every_lesson_has_a_solution_and_exerci
         assert (ROOT / "solutions" / f"{lesson}.ipynb").exists()
         assert (ROOT / "exercises" / f"{lesson}.ipynb").exists()
     assert {"01_parameters_and_initialization", "02_gradient_descent", "03_backpropagation", "04_tokenization",
-            "05_transformer", "08_inference", "10_compression"} <= set(lessons())
+            "05_transformer", "09_inference", "11_compression"} <= set(lessons())
 
 
 @pytest.mark.parametrize("lesson", lessons())
@@ -145,5 +145,5 @@ def test_github_classroom_config_covers_every_exercise_with_its_points():
 def test_a_classroom_command_passes_on_the_solution(capsys):
     from tinyllm.cli import main
 
-    assert main(["grade", str(ROOT / "solutions" / "08_inference.ipynb"), "--only", "top_p_filter", "--no-execute"]) == 0
+    assert main(["grade", str(ROOT / "solutions" / "09_inference.ipynb"), "--only", "top_p_filter", "--no-execute"]) == 0
     assert "total: 4/4 points (100%)  full marks" in capsys.readouterr().out

@@ -190,7 +190,7 @@ def test_end_to_end_in_a_kernel_a_solution_and_a_broken_notebook(tmp_path):
 def test_table_output(capsys):
     from tinyllm.cli import main
 
-    assert main(["grade", str(ROOT / "exercises" / "10_compression.ipynb"), "--no-execute"]) == 1
+    assert main(["grade", str(ROOT / "exercises" / "11_compression.ipynb"), "--no-execute"]) == 1
     out = capsys.readouterr().out
     assert "quantize_q8_0: Q8_0 quantisation: blocks of 32, one float16 scale each   0/4" in out
     assert "!! not implemented yet" in out and "FAIL  keeps the 2 largest |w| of every 4" in out

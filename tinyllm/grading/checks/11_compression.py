@@ -1,4 +1,4 @@
-"""Graded checks for exercises/10_compression.ipynb.
+"""Graded checks for exercises/11_compression.ipynb.
 
 References: GGML's Q8_0 block format (blocks of 32, d = max|x| / 127 stored as
 float16, q = round(x / d) as int8) from ``tinyllm.compress.ggml_blocks`` (bit-exact

@@ -1,4 +1,4 @@
-"""Graded checks for exercises/09_gpu_and_parallelism.ipynb.
+"""Graded checks for exercises/10_gpu_and_parallelism.ipynb.
 
 References are the definitions (the library's ``tinyllm.parallel.DataParallel.allreduce_gradients``
 needs a live MPI communicator, so it is not called here): the all-reduce mean of data parallelism,

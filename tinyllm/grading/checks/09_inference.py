@@ -1,4 +1,4 @@
-"""Graded checks for exercises/08_inference.ipynb.
+"""Graded checks for exercises/09_inference.ipynb.
 
 References: top-p from ``tinyllm.generate.top_p_filter`` (the library's nucleus
 filter) and RMSNorm (Zhang & Sennrich, 2019) from ``tinyllm.nn.functional.rms_norm``

@@ -1,4 +1,4 @@
-"""Graded checks for exercises/11_performance_evaluation.ipynb.
+"""Graded checks for exercises/12_performance_evaluation.ipynb.
 
 References: latency percentiles from ``tinyllm.evaluate.latency_percentiles`` (NumPy's linear
 interpolation between order statistics); the bandwidth-bound decode ceiling has no library function
