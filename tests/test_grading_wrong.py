@@ -18,7 +18,7 @@ HERE = Path(__file__).parent / "wrong_impls"
 EXPECTED = {
     "count_parameters__weights_only": "counts only the weights",
     "normal_init__var_as_std": "sqrt(0.1) = 0.316",
-    "normal_init__global_rng": "draw from the rng argument",
+    "normal_init__global_rng": "draw every number from the rng argument",
     "kaiming_normal__no_gain": "gain of 2 for ReLU is missing",
     "kaiming_normal__float64": "dtype float64, expected float32",
     "xavier_uniform__positive_only": "symmetric around 0",
@@ -38,7 +38,7 @@ EXPECTED = {
     "relu_backward__mask_only": "returned the mask itself",
     "softmax__no_max": "softmax overflows for inputs near 1000: subtract the row maximum first",
     "softmax__axis_zero": "row sums",
-    "cross_entropy__log_of_softmax": "log-sum-exp",
+    "cross_entropy__log_of_softmax": "instead of log(softmax(z))",
     "cross_entropy__sum": "return the mean",
     "cross_entropy_backward__no_mean": "divide by the batch size N",
     "text_to_bytes__code_points": "code points",

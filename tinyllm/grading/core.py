@@ -140,3 +140,56 @@ def _kind(r: Any) -> str:
     if r is None:
         return "None (did you forget `return`?)"
     return f"a {type(r).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------
+# side effects and diagnoses
+# ---------------------------------------------------------------------------------------------
+
+def call_seeing_args(*args: Any, **kwargs: Any) -> tuple:
+    """A call whose positional arguments come back as they are after it (see :func:`with_args`), to judge
+    side effects: an input that must stay unchanged, or a buffer that must be written in place."""
+    return args, kwargs, {"send_args": True}
+
+
+def with_args(r: Any) -> tuple[Any, list | None]:
+    """(the returned value, the positional arguments after the call) of a :func:`call_seeing_args` call;
+    the arguments are None when the call raised (the value is then its :class:`CallError`)."""
+    from tinyllm.grading.sandbox import ARGS_MARK
+
+    if isinstance(r, tuple) and len(r) == 3 and isinstance(r[0], str) and r[0] == ARGS_MARK:
+        return r[1], (list(r[2]) if isinstance(r[2], (list, tuple)) else None)
+    return r, None
+
+
+def unchanged(after: Any, before: Any, what: str, fix: str = "work on a copy") -> None:
+    """Fail when the call changed an input that the exercise says it returns new values for."""
+    if after is None:
+        return
+    if isinstance(before, np.ndarray):
+        same = (isinstance(after, np.ndarray) and after.shape == before.shape
+                and np.array_equal(after, before, equal_nan=np.issubdtype(before.dtype, np.floating)))
+    else:
+        same = after == before
+    if not same:
+        raise Fail(f"the call changed its input {what}: return a new result and leave the input as it was ({fix})")
+
+
+def matches(got: Any, want: Any, *, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+    """Whether ``got`` equals ``want`` within tolerance (same shape; NaN matches NaN, inf matches inf)."""
+    try:
+        g = np.asarray(got, dtype=np.float64)
+        w = np.asarray(want, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return g.shape == w.shape and bool(np.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True))
+
+
+def diagnose(got: Any, want: Any, variants: list[tuple[str, Any]], *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Fail with the message of the first typical mistake whose result ``got`` reproduces, when ``got``
+    is not the right answer and that mistake's result differs from it: evidence, not a guess."""
+    if matches(got, want, rtol=rtol, atol=atol):
+        return
+    for message, wrong in variants:
+        if not matches(wrong, want, rtol=rtol, atol=atol) and matches(got, wrong, rtol=rtol, atol=atol):
+            raise Fail(message)

@@ -9,7 +9,7 @@ this process only ever sees the *inputs* of each call.
 Protocol. stdin: one pickle from the grader (trusted direction)::
 
     {"chunks": [(cell, code), ...],          # top-level defs/imports of the notebook, in order
-     "jobs": [{"key": str, "attr": str, "tests": [[(args, kwargs), ...], ...]}, ...],
+     "jobs": [{"key": str, "attr": str, "tests": [[(args, kwargs[, {"send_args": True}]), ...], ...]}, ...],
      "time_limit": float, "print_cap": int}
 
 Output: JSON lines on a private copy of the original stdout (the learner's
@@ -18,6 +18,9 @@ prints go to a capped sink, file descriptors 1 and 2 to /dev/null)::
     {"kind": "loaded", "errors": [{"cell": int, "error": str}, ...]}
     {"kind": "start", "key": str}
     {"kind": "done", "key": str, "results": [[encoded, ...], ...], "printed": int}
+
+A call with ``{"send_args": True}`` that returns comes back as the tuple ``(ARGS_MARK, value, [args after
+the call])``, so that the grader can see what the function did to its arguments.
 
 Values travel back as JSON (arrays as dtype/shape/base64), never as pickles, so
 a learner's return value cannot run code in the grader.
@@ -36,6 +39,7 @@ import time
 import traceback
 
 MAX_ARRAY_BYTES = 64 * 2**20
+ARGS_MARK = "__tinyllm_args_after_call__"   # tags a result sent with the arguments after the call
 
 
 class _TimeLimit(BaseException):
@@ -158,7 +162,7 @@ def main():
         deadline = time.monotonic() + limit            # one time budget for all calls of a function
         for calls in job["tests"]:
             row = []
-            for args, kwargs in calls:
+            for args, kwargs, *opts in calls:
                 if not callable(fn):
                     row.append({"t": "missing"})
                     continue
@@ -172,6 +176,13 @@ def main():
                     row.append(_encode(value))
                 except BaseException as exc:  # noqa: BLE001
                     row.append(_error(exc))
+                    continue
+                if opts and opts[0].get("send_args"):          # a returned value travels with the arguments
+                    try:                                        # as they are after the call (side effects)
+                        after = _encode(list(args))
+                    except BaseException:  # noqa: BLE001
+                        after = {"t": "other", "type": "arguments that cannot be sent back"}
+                    row[-1] = {"t": "tuple", "v": [{"t": "py", "v": ARGS_MARK}, row[-1], after]}
             results.append(row)
         try:
             send({"kind": "done", "key": job["key"], "results": results, "printed": sink.count - before})

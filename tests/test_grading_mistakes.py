@@ -1,0 +1,90 @@
+"""A catalogue of typical learner mistakes: nearly all lose points, most get feedback that names the bug.
+
+Each file in tests/mistakes/ holds wrong versions of one lesson's graded functions, written
+``<exercise>__<mistake>``, each with a docstring: the piece of feedback that names the bug, or
+``None`` where the grader cannot tell the cause (it must still say what is wrong and where). One
+sandbox process grades a whole file. The catch rate is the share that lose points, the naming rate the
+share whose feedback contains their docstring (a ``None`` counts as not named).
+
+Run as a script to see every miss: ``python tests/test_grading_mistakes.py [lesson ...]``.
+"""
+from __future__ import annotations
+
+import ast
+import sys
+import time
+from pathlib import Path
+
+from tinyllm.grading.runner import grade_source, lessons, load_exercises
+
+HERE = Path(__file__).parent / "mistakes"
+CATCH_GOAL, NAMING_GOAL = 0.95, 0.75
+NOT_HERE = {"apply_rope"}       # moving to lesson 08 with its own catalogue
+
+
+def mistakes(path: Path) -> dict[str, str | None]:
+    """``{function name: expected feedback or None}`` of a catalogue file."""
+    tree = ast.parse(path.read_text())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and "__" in node.name:
+            doc = (ast.get_docstring(node) or "").strip()
+            out[node.name] = None if doc in ("", "None") else doc
+    return out
+
+
+def grade_catalogue(lesson: str) -> list[tuple[str, bool, bool, str]]:
+    """(name, lost points, feedback names the bug, feedback) for every mistake of a lesson."""
+    path = HERE / f"{lesson}.py"
+    expected = mistakes(path)
+    report = grade_source(lesson, path.read_text(), implementations={n: n.split("__")[0] for n in expected},
+                          time_limit=20)
+    assert report.error is None, report.error
+    rows = []
+    for ex in report.exercises:
+        name = ex.function.split("@")[1]
+        text = " ".join([ex.message] + [t.feedback for t in ex.tests])
+        want = expected[name]
+        rows.append((name, ex.score < ex.max_score, want is not None and want in text, text))
+    return rows
+
+
+def catalogue_lessons() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("[0-9][0-9]_*.py"))
+
+
+def test_every_graded_function_has_at_least_three_mistakes():
+    for lesson in catalogue_lessons():
+        assert lesson in lessons(), f"{lesson}: no graded checks"
+        names = mistakes(HERE / f"{lesson}.py")
+        graded = {e.function for e in load_exercises(lesson)} - NOT_HERE
+        counts = {f: sum(n.split("__")[0] == f for n in names) for f in graded}
+        assert all(c >= 3 for c in counts.values()), f"{lesson}: {counts}"
+        assert {n.split("__")[0] for n in names} <= graded, f"{lesson}: mistakes of unknown exercises"
+
+
+def test_catch_rate_and_naming_rate_reach_their_goals():
+    rows = []
+    for lesson in catalogue_lessons():
+        rows += [(lesson, *r) for r in grade_catalogue(lesson)]
+    caught = sum(r[2] for r in rows) / len(rows)
+    named = sum(r[3] for r in rows) / len(rows)
+    print(f"\n{len(rows)} mistakes: catch rate {caught:.1%}, naming rate {named:.1%}")
+    missed = [f"{r[0]}: {r[1]}" + (" (full marks)" if not r[2] else f" (feedback: {r[4][:200]!r})")
+              for r in rows if not (r[2] and r[3])]
+    assert caught >= CATCH_GOAL and named >= NAMING_GOAL, "\n".join(missed)
+
+
+if __name__ == "__main__":
+    total = []
+    for lesson in sys.argv[1:] or catalogue_lessons():
+        t0 = time.perf_counter()
+        rows = grade_catalogue(lesson)
+        total += rows
+        print(f"{lesson}: {len(rows)} mistakes, {sum(r[1] for r in rows)} caught, {sum(r[2] for r in rows)} named "
+              f"({time.perf_counter() - t0:.1f} s)")
+        for name, lost, named, text in rows:
+            if not (lost and named):
+                print(f"   {'MISSED' if not lost else 'unnamed'} {name}: {text[:300]!r}")
+    if total:
+        print(f"overall: catch {sum(r[1] for r in total) / len(total):.1%}, naming {sum(r[2] for r in total) / len(total):.1%}")
