@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from tinyllm.generate import top_p_filter as lib_top_p
-from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, value
+from tinyllm.grading.core import (CallError, Exercise, Fail, array, call, call_seeing_args, close, diagnose,
+                                  matches, value, with_args)
 from tinyllm.models.llama import apply_rope as lib_apply_rope
 from tinyllm.models.llama import Llama, LlamaConfig, rope_tables
 from tinyllm.nn import functional as F
@@ -21,44 +22,94 @@ EXERCISES: list[Exercise] = []
 
 # --- top-p -------------------------------------------------------------------------------------
 ex = Exercise("top_p_filter", "Nucleus (top-p) filtering")
-probs = np.array([[0.5, 0.3, 0.2, 0.0001], [0.1, 0.6, 0.25, 0.05]])
+probs = np.array([[0.5, 0.3, 0.2, 0.0001], [0.1, 0.6, 0.25, 0.05], [0.28, 0.26, 0.24, 0.22]])
 small = np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float64)
 rand = (2.0 * rng.standard_normal((3, 50))).astype(np.float64)
+wide = (3.0 * rng.standard_normal((2, 2000))).astype(np.float32)   # a large vocabulary, float32 logits
+TOPP_MAIN = [(small, 0.7)]
+TOPP_MORE = [(rand, 0.9), (rand, 0.5), (rand, 1.0), (wide, 0.95), (rand, 0.05)]
 
 
 def _kept(a):
     return np.isfinite(a)
 
 
-def _judge_topp_threshold(rs):
-    out = array(rs[0], "top_p_filter(logits, 0.7)", shape=small.shape, floating=True)
-    want = lib_top_p(small, 0.7)
-    if np.array_equal(_kept(out), _kept(lib_top_p(small, 0.7)) & (small >= np.sort(small, axis=1)[:, -1:])):
-        raise Fail("top-p drops the token that crosses the threshold: with probabilities [0.5, 0.3, 0.2] and p = 0.7, "
-                   "keep 0.5 AND 0.3 (the smallest set whose mass reaches p), not just 0.5")
-    if not np.array_equal(_kept(out), _kept(want)):
-        raise Fail(f"top_p_filter kept tokens {np.argwhere(_kept(out)).tolist()}, expected {np.argwhere(_kept(want)).tolist()}: "
-                   "keep the most probable tokens until their mass reaches p (the crossing token stays)")
-    if (out[_kept(out)] != small[_kept(out)]).any():
-        raise Fail("kept logits must be returned unchanged (filter, do not renormalise)")
-    if not np.all(out[~_kept(out)] == -np.inf):
-        raise Fail("removed tokens must be set to -inf")
+def _keep_by(logits, p, score, rule, descending=True):
+    """The kept tokens of a top-p variant: ``score`` turns sorted logits into per-token masses, ``rule`` turns
+    the masses into a keep mask (both over the sorted row)."""
+    x = np.asarray(logits, dtype=np.float64)
+    order = np.argsort(-x if descending else x, axis=-1, kind="stable")
+    keep_sorted = rule(score(np.take_along_axis(x, order, axis=-1)), p)
+    keep = np.zeros(x.shape, dtype=bool)
+    np.put_along_axis(keep, order, keep_sorted, axis=-1)
+    return keep
 
 
-def _judge_topp_random(rs):
-    for p, r in zip((0.9, 0.5, 1.0), rs):
-        out = array(r, f"top_p_filter(logits, {p})", shape=rand.shape, floating=True)
-        want = lib_top_p(rand, p)
-        if not np.array_equal(_kept(out), _kept(want)):
-            raise Fail(f"top_p_filter(logits, {p}) keeps {int(_kept(out).sum())} tokens, expected {int(_kept(want).sum())}"
-                       + (": p = 1.0 keeps every token" if p == 1.0 else ": sort by probability (softmax of the logits, "
-                          "highest first) and keep tokens while the mass of the better ones is below p"))
-        close(np.where(_kept(out), out, 0), np.where(_kept(want), want, 0), f"the kept logits for p = {p}")
+def _probs(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
-ex.test("keeps the token that crosses the threshold", 2, [call(small, 0.7)], _judge_topp_threshold)
-ex.test("matches the library on random logits (p = 0.9, 0.5, 1.0)", 2,
-        [call(rand, 0.9), call(rand, 0.5), call(rand, 1.0)], _judge_topp_random)
+def _before(m, p):
+    return (np.cumsum(m, axis=-1) - m) < p
+
+
+def _through(m, p):
+    keep = np.cumsum(m, axis=-1) < p
+    keep[..., 0] = True
+    return keep
+
+
+TOPP_MISTAKES = [
+    (lambda x, p: _keep_by(x, p, _probs, _through),
+     "top-p drops the token that crosses the threshold: with probabilities [0.5, 0.3, 0.2] and p = 0.7, keep 0.5 "
+     "AND 0.3 (the smallest set whose mass reaches p), not just 0.5"),
+    (lambda x, p: _keep_by(x, p, lambda z: np.exp(z - z.max(axis=-1, keepdims=True)), _before),
+     "the probabilities are not normalised (exp(z - max) without dividing by its sum): the running total "
+     "reaches p too early and too few tokens are kept"),
+    (lambda x, p: _keep_by(x, p, _probs, _before, descending=False),
+     "the least probable tokens are kept: sort by probability from the highest down"),
+    (lambda x, p: _before(_probs(np.asarray(x, np.float64)), p),
+     "the running total is taken in the original token order: sort the tokens by probability first"),
+]
+
+
+def _judge_topp(cases):
+    def judge(rs):
+        outs = []
+        for (x, p), r in zip(cases, rs):
+            outs.append(array(r, f"top_p_filter(logits {x.shape}, {p})", shape=x.shape, floating=True))
+        wants = [lib_top_p(x.astype(np.float64), p) for x, p in cases]
+        for (x, p), out, want in zip(cases, outs, wants):
+            what = f"top_p_filter(logits {x.shape}, {p})"
+            if np.array_equal(_kept(out), _kept(want)):
+                continue
+            if np.all(_kept(out)) and matches(out, np.where(_kept(want), x, 0.0)):
+                raise Fail(f"{what} sets the removed tokens to 0: set them to -inf, so that softmax gives them "
+                           "probability 0")
+            for fn, why in TOPP_MISTAKES:                   # named only when every call shows the same mistake
+                if all(np.array_equal(_kept(o), fn(xx, pp)) for (xx, pp), o in zip(cases, outs)):
+                    raise Fail(why)
+            row = int(np.argmax((_kept(out) != _kept(want)).any(axis=-1)))
+            got_k, want_k = np.flatnonzero(_kept(out)[row]), np.flatnonzero(_kept(want)[row])
+            show = (lambda a: str(a.tolist()) if len(a) <= 12 else f"{len(a)} tokens")
+            raise Fail(f"{what} keeps {show(got_k)} in row {row}, expected {show(want_k)}: keep the most probable "
+                       "tokens until their mass reaches p (the crossing token stays)")
+        for (x, p), out, want in zip(cases, outs, wants):
+            what = f"top_p_filter(logits {x.shape}, {p})"
+            kept = _kept(want)
+            if not np.all(out[~kept] == -np.inf):
+                raise Fail(f"{what}: removed tokens must be set to -inf")
+            if matches(out[kept], _probs(x.astype(np.float64))[kept], rtol=1e-5, atol=1e-7):
+                raise Fail(f"{what} returns probabilities where tokens are kept: return the kept logits unchanged")
+            close(out[kept], x[kept], f"the kept logits of {what}", rtol=1e-6, atol=1e-6,
+                  hint="return the kept logits unchanged (filter, do not rescale or renormalise)")
+    return judge
+
+
+ex.test("keeps the token that crosses the threshold", 2, [call(x, p) for x, p in TOPP_MAIN], _judge_topp(TOPP_MAIN))
+ex.test("matches the library on random logits (p = 0.9, 0.5, 1.0, 0.05; 2000 tokens)", 2,
+        [call(x, p) for x, p in TOPP_MORE], _judge_topp(TOPP_MORE))
 EXERCISES.append(ex)
 
 # --- KV cache ----------------------------------------------------------------------------------
@@ -86,50 +137,92 @@ except ValueError:
 assert np.allclose(ck, 0) and not np.allclose(kn, 0) and not np.allclose(k1, 0)
 
 
-def _caches(r, what):
-    r = value(r, what)
-    if not isinstance(r, (tuple, list)) or len(r) != 2:
+# other sizes, filled exactly to capacity: the reference is the definition, cache[:, :, pos:pos + T] = new
+TMAX2 = 11
+ck2, cv2 = (rng.standard_normal((2, 3, TMAX2, 5)).astype(np.float32) for _ in range(2))
+kn2, vn2 = (rng.standard_normal((2, 3, 3, 5)).astype(np.float32) for _ in range(2))
+
+
+def _caches(r, what, shape):
+    got, after = with_args(r)
+    got = value(got, what)
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
         raise Fail(f"{what} must return the tuple (cache_k, cache_v)")
     out = []
-    for name, c in zip(("cache_k", "cache_v"), r):
-        c = array(c, f"the returned {name}", floating=True)
-        if c.shape != ck.shape:
-            raise Fail(f"the cache changed shape from {ck.shape} to {c.shape}: write into the preallocated slots "
+    for name, c in zip(("cache_k", "cache_v"), got):
+        c = array(c, f"the returned {name} of {what}", floating=True)
+        if c.shape != shape:
+            raise Fail(f"{what}: the cache changed shape from {shape} to {c.shape}: write into the preallocated slots "
                        "cache[:, :, pos:pos + T] instead of concatenating")
         out.append(c)
-    return out
+    return out, after
 
 
-def _judge_prefill(rs):
-    k_out, v_out = _caches(rs[0], "kv_cache_update(cache_k, cache_v, k, v, pos=0)")
-    close(k_out, prefilled_k, "cache_k after the prefill of 3 positions", hint="cache_k[:, :, pos:pos + T] = k_new")
-    close(v_out, prefilled_v, "cache_v after the prefill of 3 positions", hint="cache_v[:, :, pos:pos + T] = v_new")
+def _judge_write(before_k, before_v, new_k, new_v, pos, want_k, want_v, what):
+    def judge(rs):
+        (k_out, v_out), after = _caches(rs[0], what, before_k.shape)
+        T = new_k.shape[2]
+
+        def written(at, k_src, v_src, width):
+            kk, vv = before_k.astype(np.float64).copy(), before_v.astype(np.float64).copy()
+            kk[:, :, at:at + width] = k_src[:, :, :width]
+            vv[:, :, at:at + width] = v_src[:, :, :width]
+            return np.concatenate([kk.ravel(), vv.ravel()])
+
+        got, want = np.concatenate([k_out.ravel(), v_out.ravel()]), np.concatenate([want_k.ravel(), want_v.ravel()])
+        variants = [("the new keys and values were written at position pos + 1: position pos is the next free slot",
+                     written(pos + 1, new_k, new_v, min(T, before_k.shape[2] - pos - 1)))]
+        if pos > 0:
+            variants += [("the new keys and values were written at pos - 1, overwriting the last cached position: "
+                          "write at pos, the next free slot", written(pos - 1, new_k, new_v, T)),
+                         ("the new keys and values were written at position 0 whatever pos is: write at "
+                          "cache[:, :, pos:pos + T]", written(0, new_k, new_v, T))]
+        if T > 1:
+            variants.append(("only position pos was written: write all T new positions, cache[:, :, pos:pos + T]",
+                             written(pos, new_k, new_v, 1)))
+        variants.append(("the keys were written into both caches: cache_v gets v_new",
+                         written(pos, new_k, new_k, T)))
+        diagnose(got, want, variants, atol=1e-6)
+        close(k_out, want_k, f"cache_k after {what}", hint="cache_k[:, :, pos:pos + T] = k_new; the other slots keep their values")
+        close(v_out, want_v, f"cache_v after {what}", hint="cache_v[:, :, pos:pos + T] = v_new")
+        if after is not None:
+            for name, a, w in (("cache_k", after[0], want_k), ("cache_v", after[1], want_v)):
+                if not (isinstance(a, np.ndarray) and a.shape == w.shape and np.allclose(a, w, atol=1e-6)):
+                    raise Fail(f"{what}: the caller's {name} was not written: write into {name} itself "
+                               f"({name}[:, :, pos:pos + T] = ...), in place, and return it")
+    return judge
 
 
-def _judge_decode(rs):
-    k_out, v_out = _caches(rs[0], "kv_cache_update(..., pos=3)")
-    want_k, want_v = decoded_k, decoded_v
-    if np.allclose(k_out[:, :, 4:5], k1):
-        raise Fail("the decode step wrote the new key at position pos + 1: position pos is the next free slot")
-    if np.allclose(k_out[:, :, 2:3], k1):
-        raise Fail("the decode step overwrote position pos - 1: write at pos, the next free slot")
-    close(k_out, want_k, "cache_k after a decode step at pos=3", hint="only slot 3 changes; slots 0-2 keep the prefill")
-    close(v_out, want_v, "cache_v after a decode step at pos=3")
-
-
-def _judge_overflow(rs):
+def _judge_capacity(rs):
+    fit = "kv_cache_update writing 3 positions at pos=8 into a cache of 11 (an exact fit)"
     r = rs[0]
     if isinstance(r, CallError) and r.type == "ValueError":
-        return
-    if isinstance(r, CallError) and r.type == "NotImplementedError":
-        value(r, "")
-    raise Fail("writing 3 positions at pos=7 into a cache of 8 must raise ValueError (the cache is full), "
-               "not " + (f"raise {r.type}" if isinstance(r, CallError) else "return silently"))
+        raise Fail(f"{fit} raised ValueError ({r.message}): positions pos .. pos + T - 1 fit when pos + T == T_max; "
+                   "raise only when pos + T > T_max")
+    _judge_write(ck2, cv2, kn2, vn2, 8, *_definition(ck2, cv2, kn2, vn2, 8), fit)([r])
+    for k, (what, r) in enumerate(zip(("3 positions at pos=7 into a cache of 8", "3 positions at pos=9 into a cache of 11"),
+                                      rs[1:])):
+        if isinstance(r, CallError) and r.type == "ValueError":
+            continue
+        if isinstance(r, CallError) and r.type == "NotImplementedError":
+            value(r, "")
+        raise Fail(f"writing {what} must raise ValueError (they do not fit), not "
+                   + (f"raise {r.type}" if isinstance(r, CallError) else "return"))
 
 
-ex.test("prefill writes positions 0..T-1", 2, [call(ck, cv, kn, vn, 0)], _judge_prefill)
-ex.test("a decode step writes position pos only", 2, [call(prefilled_k, prefilled_v, k1, v1, 3)], _judge_decode)
-ex.test("a full cache raises ValueError", 1, [call(ck, cv, kn, vn, 7)], _judge_overflow)
+def _definition(ck_, cv_, kn_, vn_, pos_):
+    k_, v_ = ck_.astype(np.float64).copy(), cv_.astype(np.float64).copy()
+    k_[:, :, pos_:pos_ + kn_.shape[2]] = kn_
+    v_[:, :, pos_:pos_ + vn_.shape[2]] = vn_
+    return k_, v_
+
+
+ex.test("prefill writes positions 0..T-1 in place", 2, [call_seeing_args(ck, cv, kn, vn, 0)],
+        _judge_write(ck, cv, kn, vn, 0, prefilled_k, prefilled_v, "kv_cache_update(cache_k, cache_v, k, v, pos=0)"))
+ex.test("a decode step writes position pos only, in place", 2, [call_seeing_args(prefilled_k, prefilled_v, k1, v1, 3)],
+        _judge_write(prefilled_k, prefilled_v, k1, v1, 3, decoded_k, decoded_v, "kv_cache_update(..., pos=3)"))
+ex.test("fills the cache exactly to capacity; raises ValueError beyond it", 1,
+        [call_seeing_args(ck2, cv2, kn2, vn2, 8), call(ck, cv, kn, vn, 7), call(ck2, cv2, kn2, vn2, 9)], _judge_capacity)
 EXERCISES.append(ex)
 
 # --- RoPE --------------------------------------------------------------------------------------
@@ -184,31 +277,54 @@ EXERCISES.append(ex)
 # --- RMSNorm -----------------------------------------------------------------------------------
 ex = Exercise("rms_norm", "RMSNorm")
 xn = (1.0 + rng.standard_normal((3, 4, 16))).astype(np.float32)
+xn *= np.array([1e-2, 1.0, 50.0], dtype=np.float32)[:, None, None]    # several scales
 wn = rng.standard_normal(16).astype(np.float32)
 xtiny = (1e-3 * rng.standard_normal((2, 16))).astype(np.float32)
+xe = (0.05 * rng.standard_normal((3, 40))).astype(np.float32)        # mean(x^2) near eps = 1e-2
+we = rng.standard_normal(40).astype(np.float32)
 
 
 def ref_rms(x, w, eps=1e-5):
     return F.rms_norm(x.astype(np.float64), np.asarray(w, dtype=np.float64), eps)
 
 
+def _rms_mistakes(x, w, eps):
+    x64 = x.astype(np.float64)
+    ms = np.mean(x64 ** 2, axis=-1, keepdims=True)
+    xc = x64 - x64.mean(axis=-1, keepdims=True)
+    return [
+        ("you subtract the mean: that is LayerNorm; RMSNorm divides by sqrt(mean(x^2) + eps) without centring",
+         ref_rms(xc, w, eps)),
+        ("eps is added outside the square root: use sqrt(mean(x^2) + eps)", x64 / (np.sqrt(ms) + eps) * w),
+        ("the square root is missing: divide by sqrt(mean(x^2) + eps), not by mean(x^2) + eps", x64 / (ms + eps) * w),
+        ("the weight w is not applied: multiply the normalised x by w", ref_rms(x, np.ones_like(w), eps)),
+        ("x is divided by its norm sqrt(sum(x^2)): RMSNorm uses the mean, sqrt(mean(x^2) + eps)",
+         x64 / np.sqrt(np.sum(x64 ** 2, axis=-1, keepdims=True) + eps) * w),
+        ("the mean square is taken over the whole array: take it over the last axis (axis=-1, keepdims=True)",
+         x64 / np.sqrt(np.mean(x64 ** 2) + eps) * w),
+        ("the result does not depend on eps: use the eps argument (its default is 1e-5)", ref_rms(x, w, 1e-5)),
+    ]
+
+
+def _judge_rms_case(x, w, eps, what, rtol=1e-4, atol=1e-5):
+    def judge(r):
+        y = array(r, what, shape=x.shape, floating=True)
+        want = ref_rms(x, w, eps)
+        diagnose(y, want, _rms_mistakes(x, w, eps), rtol=rtol, atol=atol)
+        array(y, what, dtype=np.float32)
+        close(y, want, what, rtol=rtol, atol=atol, hint="x / sqrt(mean(x**2, axis=-1, keepdims=True) + eps) * w")
+    return judge
+
+
 def _judge_rms(rs):
-    y = array(rs[0], "rms_norm(x, w)", shape=xn.shape, dtype=np.float32)
-    xc = xn - xn.mean(axis=-1, keepdims=True)
-    if np.allclose(y, ref_rms(xc, wn), atol=1e-4):
-        raise Fail("you subtract the mean: that is LayerNorm; RMSNorm divides by sqrt(mean(x^2) + eps) without centring")
-    close(y, ref_rms(xn, wn), "rms_norm(x, w)", rtol=1e-4, atol=1e-5, hint="x / sqrt(mean(x**2, axis=-1) + eps) * w")
+    _judge_rms_case(xn, wn, 1e-5, "rms_norm(x, w) at several scales")(rs[0])
 
 
 def _judge_rms_eps(rs):
-    y = array(rs[0], "rms_norm of tiny inputs", shape=xtiny.shape, floating=True)
-    rms = np.sqrt(np.mean(xtiny.astype(np.float64) ** 2, axis=-1, keepdims=True))
-    if np.allclose(y, xtiny / (rms + 1e-5) * wn, rtol=1e-3):
-        raise Fail("eps is added outside the square root: use sqrt(mean(x^2) + eps)")
-    close(y, ref_rms(xtiny, wn), "rms_norm of inputs of size 1e-3 (where eps matters)", rtol=1e-3, atol=1e-6,
-          hint="eps goes inside the square root, and the default eps is 1e-5")
+    _judge_rms_case(xtiny, wn, 1e-5, "rms_norm of inputs of size 1e-3 (where eps matters)", 1e-3, 1e-6)(rs[0])
+    _judge_rms_case(xe, we, 1e-2, "rms_norm(x, w, eps=1e-2)", 1e-4, 1e-5)(rs[1])
 
 
-ex.test("matches the reference, float32", 2, [call(xn, wn)], _judge_rms)
-ex.test("eps inside the square root", 1, [call(xtiny, wn)], _judge_rms_eps)
+ex.test("matches the reference, float32, at several scales", 2, [call(xn, wn)], _judge_rms)
+ex.test("eps inside the square root, default and eps=1e-2", 1, [call(xtiny, wn), call(xe, we, eps=1e-2)], _judge_rms_eps)
 EXERCISES.append(ex)
