@@ -62,7 +62,7 @@ EXPECTED = {
     "distillation_loss__no_t_squared": "not multiplied by T^2",
     "distillation_loss__reversed_kl": "KL divergence is reversed",
     "allreduce_mean__sum": "divide by the number of ranks",
-    "attainable_flops__always_peak": "memory bandwidth limits",
+    "attainable_flops__always_peak": "the memory bandwidth limits",
     "attainable_flops__no_cap": "exceeds the compute peak",
     "latency_percentiles__mean_as_p50": "p50 is the mean",
     "latency_percentiles__fractions": "q from 0 to 100",

@@ -193,3 +193,16 @@ def diagnose(got: Any, want: Any, variants: list[tuple[str, Any]], *, rtol: floa
     for message, wrong in variants:
         if not matches(wrong, want, rtol=rtol, atol=atol) and matches(got, wrong, rtol=rtol, atol=atol):
             raise Fail(message)
+
+
+def diagnose_cases(gots: list, wants: list, variants: list[tuple[str, list]], *, what: str = "",
+                   rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Like :func:`diagnose` over several calls: a mistake is named only when the learner's results equal that
+    mistake's results on every call (``variants``: message, one wrong result per call) and differ from the
+    right ones somewhere. ``what`` (the first failing call) starts the message."""
+    if all(matches(g, w, rtol=rtol, atol=atol) for g, w in zip(gots, wants)):
+        return
+    for message, wrongs in variants:
+        if (any(not matches(x, w, rtol=rtol, atol=atol) for x, w in zip(wrongs, wants))
+                and all(matches(g, x, rtol=rtol, atol=atol) for g, x in zip(gots, wrongs))):
+            raise Fail(f"{what}: {message}" if what else message)
