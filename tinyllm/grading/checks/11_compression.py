@@ -16,7 +16,7 @@ import numpy as np
 from tinyllm.compress import ggml_blocks
 from tinyllm.compress.distill import distillation_loss as lib_distill
 from tinyllm.compress.prune import prune_n_m
-from tinyllm.grading.core import Exercise, Fail, array, call, close, number, value
+from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, diagnose_cases, number, value
 
 rng = np.random.default_rng(1010)
 EXERCISES: list[Exercise] = []
@@ -38,46 +38,57 @@ w[2 * QK + 5] = -9.0                                                # a block wh
 w[3 * QK:] = 0.0                                                    # an all-zero block: scale 0, no division by zero
 
 
-def _q8(r, what):
+w2 = (rng.standard_normal(9 * QK) * np.repeat(10.0 ** rng.integers(-3, 4, 9), QK)).astype(np.float32)   # 9 scales
+
+
+def _q8(r, what, n):
     r = value(r, what)
     if not isinstance(r, (tuple, list)) or len(r) != 2:
         raise Fail(f"{what} must return the tuple (scales, q)")
-    d = array(r[0], "scales", shape=(len(w) // QK,))
-    q = array(r[1], "q", shape=(len(w) // QK, QK))
+    d = array(r[0], f"the scales of {what}", shape=(n // QK,))
+    q = array(r[1], f"q of {what}", shape=(n // QK, QK))
+    if d.dtype != np.float16:
+        raise Fail(f"{what}: the scales have dtype {d.dtype}: Q8_0 stores one float16 scale per block")
+    if q.dtype != np.int8:
+        raise Fail(f"{what}: q has dtype {q.dtype}: Q8_0 stores int8 values")
     return d, q
 
 
-def _judge_q8_layout(rs):
-    d, q = _q8(rs[0], "quantize_q8_0(w)")
-    if d.dtype != np.float16:
-        raise Fail(f"scales have dtype {d.dtype}: Q8_0 stores one float16 scale per block")
-    if q.dtype != np.int8:
-        raise Fail(f"q has dtype {q.dtype}: Q8_0 stores int8 values")
+def _judge_q8(x, what):
+    def judge(rs):
+        d, q = _q8(rs[0], what, x.size)
+        want_d, want_q = ref_quantize(x)
+        blocks = x.reshape(-1, QK).astype(np.float64)
+        zero = ~blocks.any(axis=1)
+        d32, wd = d.astype(np.float32), want_d.astype(np.float32)
+        if np.isnan(d32).any() or (q[zero] != 0).any():
+            raise Fail(f"{what}: the all-zero block gives NaN or non-zero values: when max|x| = 0 use scale 0 and q = 0")
+        diagnose(d32, wd, [
+            ("the scale uses the largest value, not the largest magnitude: a block whose extreme is negative needs "
+             "d = max(|x|) / 127, or it clips", blocks.max(axis=1) / 127.0),
+            ("the scale divides by 128: Q8_0 uses d = max|x| / 127 so that q stays within [-127, 127]",
+             np.abs(blocks).max(axis=1) / 128.0),
+            ("one scale serves the whole tensor: compute d = max|x| / 127 for each block of 32",
+             np.full(len(blocks), np.abs(blocks).max() / 127.0)),
+            ("the scale is the mean magnitude: d = max|x| / 127 per block", np.abs(blocks).mean(axis=1) / 127.0),
+        ], rtol=1e-3, atol=0.0)
+        close(d32, wd, f"the scales of {what}", rtol=1e-3, atol=0, hint="d = max(|x|) / 127 per block of 32")
+        diff = np.abs(q.astype(np.int32) - want_q.astype(np.int32))
+        if diff.max() > 1 or (diff > 0).mean() > 0.01:
+            safe = np.where(wd > 0, wd, 1)[:, None]
+            if (q == np.trunc(blocks / safe).astype(np.int8)).mean() > 0.98:
+                raise Fail(f"{what}: q is truncated towards zero: round to the nearest integer (np.round) before "
+                           "casting to int8")
+            if (q == np.round(blocks * wd[:, None]).astype(np.int8)).mean() > 0.98:
+                raise Fail(f"{what}: q multiplies by d: divide, q = round(x / d)")
+            i = np.unravel_index(int(np.argmax(diff)), diff.shape)
+            raise Fail(f"{what}: q[{i[0]}, {i[1]}] = {int(q[i])}, expected {int(want_q[i])}: q = round(x / d)")
+    return judge
 
 
-def _judge_q8_values(rs):
-    d, q = _q8(rs[0], "quantize_q8_0(w)")
-    want_d, want_q = ref_quantize(w)
-    if np.isnan(d.astype(np.float32)).any() or (q[3] != 0).any():
-        raise Fail("the all-zero block gives NaN or non-zero values: when max|x| = 0 use scale 0 and q = 0")
-    blocks = w.reshape(-1, QK)
-    signed = blocks.max(axis=1) / 127.0
-    if np.allclose(d[2].astype(np.float32), signed[2], rtol=1e-3) and not np.isclose(signed[2], want_d[2].astype(np.float32), rtol=1e-3):
-        raise Fail("the scale uses the largest value, not the largest magnitude: a block whose extreme is -9 "
-                   "needs d = max(|x|) / 127, or it clips")
-    if np.allclose(d.astype(np.float32), (want_d.astype(np.float32) * 127.0 / 128.0), rtol=1e-3):
-        raise Fail("the scale divides by 128: Q8_0 uses d = max|x| / 127 so that q stays within [-127, 127]")
-    close(d.astype(np.float32), want_d.astype(np.float32), "scales", rtol=1e-3, atol=0, hint="d = max(|x|) / 127 per block of 32")
-    diff = np.abs(q.astype(np.int32) - want_q.astype(np.int32))
-    if diff.max() > 1 or (diff > 0).mean() > 0.01:
-        if np.array_equal(q, np.trunc(blocks / np.where(want_d.astype(np.float32) > 0, want_d.astype(np.float32), 1)[:, None]).astype(np.int8)):
-            raise Fail("q is truncated towards zero: round to the nearest integer (np.round) before casting to int8")
-        i = np.unravel_index(int(np.argmax(diff)), diff.shape)
-        raise Fail(f"q[{i[0]}, {i[1]}] = {int(q[i])}, expected {int(want_q[i])}: q = round(x / d)")
-
-
-ex.test("layout: float16 scales (NB,), int8 values (NB, 32)", 1, [call(w)], _judge_q8_layout)
-ex.test("scales and values match the Q8_0 rule", 3, [call(w)], _judge_q8_values)
+ex.test("scales and values match the Q8_0 rule (float16 scales, int8 values)", 3, [call(w)],
+        _judge_q8(w, "quantize_q8_0(w)"))
+ex.test("nine blocks of very different scales", 1, [call(w2)], _judge_q8(w2, "quantize_q8_0 of 9 blocks"))
 EXERCISES.append(ex)
 
 # --- Q8_0 dequantise ---------------------------------------------------------------------------
@@ -85,14 +96,33 @@ ex = Exercise("dequantize_q8_0", "Q8_0 dequantisation")
 dq_d, dq_q = ref_quantize(w)
 
 
-def _judge_deq(rs):
-    x = array(rs[0], "dequantize_q8_0(scales, q)", floating=True)
-    raw = np.concatenate([dq_d.reshape(-1, 1).view(np.uint8), dq_q.view(np.uint8)], axis=1)      # (NB, 34)
-    want = ggml_blocks.dequantize(raw, "Q8_0", (dq_q.size,)).reshape(dq_q.shape)
-    if x.shape == want.shape:
-        raise Fail(f"the result has the block shape {x.shape}: flatten it back to ({want.size},)")
-    array(x, "dequantize_q8_0(scales, q)", shape=(want.size,), dtype=np.float32)
-    close(x, want.reshape(-1), "dequantize_q8_0(scales, q)", rtol=1e-6, atol=1e-7, hint="x = d * q per block")
+dq2_d = (10.0 ** rng.integers(-4, 2, 5)).astype(np.float16)        # 5 blocks, extreme values of q
+dq2_q = rng.integers(-127, 128, (5, QK)).astype(np.int8)
+dq2_q[:, 0], dq2_q[:, 1] = -127, 127
+
+
+def _judge_deq(cases):
+    def judge(rs):
+        for (d, qq), r in zip(cases, rs):
+            what = f"dequantize_q8_0(scales {d.shape}, q {qq.shape})"
+            x = array(r, what, floating=True)
+            raw = np.concatenate([d.reshape(-1, 1).view(np.uint8), qq.view(np.uint8)], axis=1)      # (NB, 34)
+            want = ggml_blocks.dequantize(raw, "Q8_0", (qq.size,)).reshape(-1).astype(np.float64)
+            if x.shape == qq.shape:
+                raise Fail(f"{what} has the block shape {x.shape}: flatten it back to ({want.size},)")
+            array(x, what, shape=(want.size,))
+            d64 = d.astype(np.float64)[:, None]
+            with np.errstate(all="ignore"):
+                divided = np.nan_to_num((qq / d64).reshape(-1))
+            diagnose(x, want, [
+                ("q is read as unsigned (uint8): negative values wrap around to 129..255; use q.astype(np.float32)",
+                 (d64 * qq.view(np.uint8)).reshape(-1)),
+                ("the scale is missing: multiply each block's q by its scale d", qq.astype(np.float64).reshape(-1)),
+                ("each block is divided by its scale: multiply, x = d * q", divided),
+            ], rtol=1e-3, atol=1e-7)
+            array(x, what, dtype=np.float32)
+            close(x, want, what, rtol=1e-6, atol=1e-7, hint="x = d * q per block")
+    return judge
 
 
 def _judge_roundtrip(rs):
@@ -104,7 +134,8 @@ def _judge_roundtrip(rs):
         raise Fail(f"block {b} comes back with error {err[b]:.3g}, more than half a step ({bound[b]:.3g})")
 
 
-ex.test("d * q, flattened, float32", 2, [call(dq_d, dq_q)], _judge_deq)
+ex.test("d * q, flattened, float32 (two tensors)", 2, [call(dq_d, dq_q), call(dq2_d, dq2_q)],
+        _judge_deq([(dq_d, dq_q), (dq2_d, dq2_q)]))
 ex.test("round trip within half a quantisation step", 1, [call(dq_d, dq_q)], _judge_roundtrip)
 EXERCISES.append(ex)
 
@@ -119,21 +150,58 @@ def ref_prune(w):
     return prune_n_m(w, 2, 4, axis=-1)[0]
 
 
+wp3 = rng.standard_normal((3, 2, 8)).astype(np.float32)           # three axes
+wp4 = rng.standard_normal((8, 4)).astype(np.float32)              # rows of exactly one group
+
+
+def _prune_mistakes(x):
+    g = x.reshape(-1, 4).astype(np.float64)
+
+    def zero(idx, groups):
+        out = groups.copy()
+        np.put_along_axis(out, idx, 0, axis=1)
+        return out
+
+    cols = None
+    if x.ndim == 2 and x.shape[0] % 4 == 0:                           # groups of 4 down the first axis
+        cols = zero(np.argsort(np.abs(x.T.reshape(-1, 4)), axis=1, kind="stable")[:, :2],
+                    x.T.reshape(-1, 4).astype(np.float64)).reshape(x.T.shape).T
+    out = [
+        ("large negative weights were pruned: rank by magnitude |w|, not by the signed value",
+         zero(np.argsort(g, axis=1, kind="stable")[:, :2], g).reshape(x.shape)),
+        ("the 2 largest |w| of each group were zeroed: keep them and zero the 2 smallest",
+         zero(np.argsort(np.abs(g), axis=1, kind="stable")[:, 2:], g).reshape(x.shape)),
+        ("3 of every 4 weights were zeroed: 2:4 keeps exactly 2 of every 4 consecutive weights",
+         zero(np.argsort(np.abs(g), axis=1, kind="stable")[:, :3], g).reshape(x.shape)),
+        ("a global threshold (the median |w|) was used: choose the 2 largest |w| within each group of 4",
+         np.where(np.abs(x) >= np.median(np.abs(x)), x, 0.0)),
+        ("returned the mask: return the weights with the pruned ones set to 0",
+         (zero(np.argsort(np.abs(g), axis=1, kind="stable")[:, :2], g).reshape(x.shape) != 0).astype(np.float64)),
+    ]
+    if cols is not None:
+        out.append(("the groups of 4 run along the first axis: group 4 consecutive weights along the last axis", cols))
+    return out
+
+
 def _judge_prune(rs):
-    p = array(rs[0], "prune_2_4(w)", shape=wp.shape, dtype=np.float32)
-    groups = p.reshape(-1, 4)
-    nz = (groups != 0).sum(axis=1)
-    if (nz > 2).any():
-        raise Fail(f"a group of 4 keeps {int(nz.max())} non-zeros: 2:4 keeps exactly 2 of every 4 consecutive weights")
-    if p[0, 0] == 0 or p[0, 2] == 0:
-        raise Fail("large negative weights were pruned: rank by magnitude |w|, not by the signed value")
-    kept_ok = (groups == 0) | (groups == wp.reshape(-1, 4))
-    if not kept_ok.all():
-        raise Fail("kept weights changed value: pruning only zeroes weights")
-    close(p, ref_prune(wp), "prune_2_4(w)", hint="in each group of 4 along the last axis, zero the 2 smallest |w|")
+    for x, r in zip((wp, wp3, wp4), rs):
+        what = f"prune_2_4(w) for w {x.shape}"
+        p = array(r, what, shape=x.shape, floating=True)
+        want = ref_prune(x)
+        diagnose(p, want, _prune_mistakes(x), atol=0.0, rtol=0.0)
+        groups = p.reshape(-1, 4)
+        nz = (groups != 0).sum(axis=1)
+        if (nz > 2).any():
+            raise Fail(f"{what}: a group of 4 keeps {int(nz.max())} non-zeros: 2:4 keeps exactly 2 of every 4 "
+                       "consecutive weights")
+        kept_ok = (groups == 0) | (groups == x.reshape(-1, 4))
+        if not kept_ok.all():
+            raise Fail(f"{what}: kept weights changed value: pruning only zeroes weights")
+        array(p, what, dtype=np.float32)
+        close(p, want, what, hint="in each group of 4 along the last axis, zero the 2 smallest |w|")
 
 
-ex.test("keeps the 2 largest |w| of every 4", 3, [call(wp)], _judge_prune)
+ex.test("keeps the 2 largest |w| of every 4, any number of axes", 3, [call(wp), call(wp3), call(wp4)], _judge_prune)
 EXERCISES.append(ex)
 
 # --- distillation loss -------------------------------------------------------------------------
@@ -158,14 +226,52 @@ def ref_distill(s, t, y, T=2.0, alpha=0.5, t2=True, reverse=False):
     return float(alpha * soft + (1 - alpha) * hard)
 
 
+DISTILL = [(2.0, 0.5), (4.0, 0.3)]                                    # (T, alpha)
+
+
+def _soft_hard(s, t, y, T):
+    """(mean KL(p_T || q_T), mean KL(q_T || p_T), CE at temperature 1, CE at temperature T, summed KL) in float64."""
+    def logsm(z):
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    s, t = s.astype(np.float64), t.astype(np.float64)
+    lq, lp = logsm(s / T), logsm(t / T)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    rkl = (np.exp(lq) * (lq - lp)).sum(axis=-1)
+    n = np.arange(len(y))
+    return kl.mean(), rkl.mean(), -logsm(s)[n, y].mean(), -logsm(s / T)[n, y].mean(), kl.sum()
+
+
 def _judge_distill(rs):
-    got = number(rs[0], "distillation_loss(student, teacher, labels, T=2.0, alpha=0.5)")
-    if np.isclose(got, ref_distill(s_logits, t_logits, labels, t2=False), rtol=1e-5):
-        raise Fail("the soft term is not multiplied by T^2: Hinton et al. scale it by T^2 so its gradients keep their size")
-    if np.isclose(got, ref_distill(s_logits, t_logits, labels, reverse=True), rtol=1e-5):
-        raise Fail("the KL divergence is reversed: use KL(teacher || student) = sum p_teacher * (log p_teacher - log p_student)")
-    close(got, ref_distill(s_logits, t_logits, labels), "distillation_loss", rtol=1e-5, atol=1e-6,
-          hint="alpha * T^2 * mean KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * cross_entropy(s, labels)")
+    gots = [number(r, f"distillation_loss(student, teacher, labels, T={T}, alpha={a})") for (T, a), r in zip(DISTILL, rs)]
+    wants = [ref_distill(s_logits, t_logits, labels, T=T, alpha=a) for T, a in DISTILL]
+    parts = [_soft_hard(s_logits, t_logits, labels, T) for T, _ in DISTILL]
+    bad = next((k for k, (g, w) in enumerate(zip(gots, wants)) if not np.isclose(g, w, rtol=1e-5, atol=1e-6)), None)
+    if bad is None:
+        return
+    T, a = DISTILL[bad]
+    what = f"distillation_loss(..., T={T}, alpha={a}) = {gots[bad]:.6g}, expected {wants[bad]:.6g}"
+
+    def each(f):
+        return [f(T_, a_, *pp) for (T_, a_), pp in zip(DISTILL, parts)]
+
+    diagnose_cases(gots, wants, [
+        ("the soft term is not multiplied by T^2: Hinton et al. scale it by T^2 so its gradients keep their size",
+         each(lambda T_, a_, kl, rkl, ce, ceT, kls: a_ * kl + (1 - a_) * ce)),
+        ("the soft term is multiplied by T, not T^2", each(lambda T_, a_, kl, rkl, ce, ceT, kls: a_ * T_ * kl + (1 - a_) * ce)),
+        ("the KL divergence is reversed: use KL(teacher || student) = sum p_teacher * (log p_teacher - log p_student)",
+         each(lambda T_, a_, kl, rkl, ce, ceT, kls: a_ * T_ * T_ * rkl + (1 - a_) * ce)),
+        ("the cross-entropy is taken at temperature T: the hard-label term uses the student's plain logits (T = 1)",
+         each(lambda T_, a_, kl, rkl, ce, ceT, kls: a_ * T_ * T_ * kl + (1 - a_) * ceT)),
+        ("the KL divergence is summed over the batch: take its mean over the N examples",
+         each(lambda T_, a_, kl, rkl, ce, ceT, kls: a_ * T_ * T_ * kls + (1 - a_) * ce)),
+        ("alpha weighs the wrong term: alpha * T^2 * KL + (1 - alpha) * CE",
+         each(lambda T_, a_, kl, rkl, ce, ceT, kls: (1 - a_) * T_ * T_ * kl + a_ * ce)),
+        ("the temperature is 2 whatever T is: use the T argument",
+         [ref_distill(s_logits, t_logits, labels, T=2.0, alpha=a_) for _, a_ in DISTILL]),
+    ], what=what, rtol=1e-5, atol=1e-6)
+    raise Fail(f"{what}: alpha * T^2 * mean KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * cross_entropy(s, labels)")
+
 
 
 def _judge_distill_limits(rs):
@@ -177,7 +283,8 @@ def _judge_distill_limits(rs):
           hint="KL(p || p) = 0")
 
 
-ex.test("matches the reference (T = 2, alpha = 0.5)", 3, [call(s_logits, t_logits, labels, 2.0, 0.5)], _judge_distill)
+ex.test("matches the reference (T = 2, alpha = 0.5 and T = 4, alpha = 0.3)", 3,
+        [call(s_logits, t_logits, labels, T, a) for T, a in DISTILL], _judge_distill)
 ex.test("alpha = 0 is the hard-label loss; a perfect student costs 0", 1,
         [call(s_logits, t_logits, labels, 2.0, 0.0), call(t_logits, t_logits, labels, 3.0, 1.0)], _judge_distill_limits)
 EXERCISES.append(ex)

@@ -1,0 +1,143 @@
+import numpy as np
+
+
+def quantize_q8_0__divide_128(w):
+    """the scale divides by 128"""
+    blocks = w.astype(np.float32).reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1) / np.float32(128.0)
+    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
+    return d.astype(np.float16), np.round(blocks * inv[:, None]).astype(np.int8)
+
+
+def quantize_q8_0__truncate(w):
+    """q is truncated towards zero"""
+    blocks = w.astype(np.float32).reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1) / np.float32(127.0)
+    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
+    return d.astype(np.float16), (blocks * inv[:, None]).astype(np.int8)
+
+
+def quantize_q8_0__global_scale(w):
+    """one scale serves the whole tensor"""
+    blocks = w.astype(np.float32).reshape(-1, 32)
+    d = np.full(len(blocks), np.abs(blocks).max() / np.float32(127.0), dtype=np.float32)
+    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
+    return d.astype(np.float16), np.round(blocks * inv[:, None]).astype(np.int8)
+
+
+def quantize_q8_0__flat_q(w):
+    """has shape (128,), expected (4, 32)"""
+    blocks = w.astype(np.float32).reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1) / np.float32(127.0)
+    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
+    return d.astype(np.float16), np.round(blocks * inv[:, None]).astype(np.int8).reshape(-1)
+
+
+def quantize_q8_0__multiply(w):
+    """q multiplies by d"""
+    blocks = w.astype(np.float32).reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1) / np.float32(127.0)
+    return d.astype(np.float16), np.round(blocks * d[:, None]).astype(np.int8)
+
+
+def dequantize_q8_0__unsigned(scales, q):
+    """q is read as unsigned"""
+    return (scales.astype(np.float32)[:, None] * q.view(np.uint8).astype(np.float32)).reshape(-1)
+
+
+def dequantize_q8_0__float16(scales, q):
+    """expected float32"""
+    return (scales[:, None] * q.astype(np.float16)).reshape(-1)
+
+
+def dequantize_q8_0__no_scale(scales, q):
+    """the scale is missing"""
+    return q.astype(np.float32).reshape(-1)
+
+
+def dequantize_q8_0__divides(scales, q):
+    """each block is divided by its scale"""
+    d = scales.astype(np.float32)[:, None]
+    with np.errstate(all="ignore"):
+        return np.nan_to_num(q.astype(np.float32) / d).reshape(-1)
+
+
+def prune_2_4__largest(w):
+    """the 2 largest |w| of each group were zeroed"""
+    groups = w.reshape(-1, 4).copy()
+    np.put_along_axis(groups, np.argsort(np.abs(groups), axis=1)[:, 2:], 0, axis=1)
+    return groups.reshape(w.shape)
+
+
+def prune_2_4__three(w):
+    """3 of every 4 weights were zeroed"""
+    groups = w.reshape(-1, 4).copy()
+    np.put_along_axis(groups, np.argsort(np.abs(groups), axis=1)[:, :3], 0, axis=1)
+    return groups.reshape(w.shape)
+
+
+def prune_2_4__global(w):
+    """a global threshold"""
+    return np.where(np.abs(w) >= np.median(np.abs(w)), w, 0).astype(w.dtype)
+
+
+def prune_2_4__columns(w):
+    """keeps exactly 2 of every 4"""
+    t = np.swapaxes(w, 0, -1)
+    groups = t.reshape(-1, 4).copy()
+    np.put_along_axis(groups, np.argsort(np.abs(groups), axis=1)[:, :2], 0, axis=1)
+    return np.swapaxes(groups.reshape(t.shape), 0, -1)
+
+
+def prune_2_4__mask(w):
+    """returned the mask"""
+    groups = np.abs(w.reshape(-1, 4))
+    keep = np.zeros(groups.shape, dtype=np.float32)
+    np.put_along_axis(keep, np.argsort(groups, axis=1)[:, 2:], 1.0, axis=1)
+    return keep.reshape(w.shape)
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def distillation_loss__ce_at_T(student_logits, teacher_logits, labels, T=2.0, alpha=0.5):
+    """the cross-entropy is taken at temperature T"""
+    lq, lp = _log_softmax(student_logits / T), _log_softmax(teacher_logits / T)
+    kl = np.sum(np.exp(lp) * (lp - lq), axis=-1).mean()
+    ce = -lq[np.arange(len(labels)), labels].mean()
+    return float(alpha * T * T * kl + (1 - alpha) * ce)
+
+
+def distillation_loss__kl_sum(student_logits, teacher_logits, labels, T=2.0, alpha=0.5):
+    """summed over the batch"""
+    lq, lp = _log_softmax(student_logits / T), _log_softmax(teacher_logits / T)
+    kl = np.sum(np.exp(lp) * (lp - lq))
+    ce = -_log_softmax(student_logits)[np.arange(len(labels)), labels].mean()
+    return float(alpha * T * T * kl + (1 - alpha) * ce)
+
+
+def distillation_loss__alpha_swapped(student_logits, teacher_logits, labels, T=2.0, alpha=0.5):
+    """alpha weighs the wrong term"""
+    lq, lp = _log_softmax(student_logits / T), _log_softmax(teacher_logits / T)
+    kl = np.sum(np.exp(lp) * (lp - lq), axis=-1).mean()
+    ce = -_log_softmax(student_logits)[np.arange(len(labels)), labels].mean()
+    return float((1 - alpha) * T * T * kl + alpha * ce)
+
+
+def distillation_loss__fixed_T(student_logits, teacher_logits, labels, T=2.0, alpha=0.5):
+    """the temperature is 2 whatever T is"""
+    T = 2.0
+    lq, lp = _log_softmax(student_logits / T), _log_softmax(teacher_logits / T)
+    kl = np.sum(np.exp(lp) * (lp - lq), axis=-1).mean()
+    ce = -_log_softmax(student_logits)[np.arange(len(labels)), labels].mean()
+    return float(alpha * T * T * kl + (1 - alpha) * ce)
+
+
+def distillation_loss__times_T(student_logits, teacher_logits, labels, T=2.0, alpha=0.5):
+    """multiplied by T, not T^2"""
+    lq, lp = _log_softmax(student_logits / T), _log_softmax(teacher_logits / T)
+    kl = np.sum(np.exp(lp) * (lp - lq), axis=-1).mean()
+    ce = -_log_softmax(student_logits)[np.arange(len(labels)), labels].mean()
+    return float(alpha * T * kl + (1 - alpha) * ce)
