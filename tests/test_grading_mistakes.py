@@ -63,6 +63,21 @@ def test_every_graded_function_has_at_least_three_mistakes():
         assert {n.split("__")[0] for n in names} <= graded, f"{lesson}: mistakes of unknown exercises"
 
 
+def test_doing_nothing_scores_zero():
+    """A part's points need real work: returning an argument or all of them, or always raising, scores 0."""
+    stubs = {"first_arg": "return args[0]", "first_two": "return args[0], args[1]", "all_args": "return args",
+             "raises": "raise ValueError('no')"}
+    problems = []
+    for lesson in catalogue_lessons():
+        functions = [e.function for e in load_exercises(lesson) if e.function not in NOT_HERE]
+        source = "\n".join(f"def {f}__{k}(*args, **kwargs):\n    {body}\n" for f in functions for k, body in stubs.items())
+        report = grade_source(lesson, source, implementations={f"{f}__{k}": f for f in functions for k in stubs},
+                              time_limit=20)
+        assert report.error is None, report.error
+        problems += [f"{lesson} {ex.function}: {ex.score:g}/{ex.max_score:g}" for ex in report.exercises if ex.score > 0]
+    assert not problems, "\n".join(problems)
+
+
 def test_catch_rate_and_naming_rate_reach_their_goals():
     rows = []
     for lesson in catalogue_lessons():
