@@ -4,7 +4,8 @@ Each file in tests/mistakes/ holds wrong versions of one lesson's graded functio
 ``<exercise>__<mistake>``, each with a docstring: the piece of feedback that names the bug, or
 ``None`` where the grader cannot tell the cause (it must still say what is wrong and where). One
 sandbox process grades a whole file. The catch rate is the share that lose points, the naming rate the
-share whose feedback contains their docstring (a ``None`` counts as not named).
+share whose feedback contains their docstring (a ``None`` counts as not named). tests/mistakes/correct/
+holds right answers written in other styles, which must keep full marks.
 
 Run as a script to see every miss: ``python tests/test_grading_mistakes.py [lesson ...]``.
 """
@@ -75,6 +76,20 @@ def test_doing_nothing_scores_zero():
                               time_limit=20)
         assert report.error is None, report.error
         problems += [f"{lesson} {ex.function}: {ex.score:g}/{ex.max_score:g}" for ex in report.exercises if ex.score > 0]
+    assert not problems, "\n".join(problems)
+
+
+def test_correct_code_written_differently_scores_full_marks():
+    """tests/mistakes/correct/ holds right answers in other styles (loops, einsum, float32 draws, a module
+    constant...): the hidden inputs and the diagnoses must not fail them."""
+    problems = []
+    for path in sorted((HERE / "correct").glob("[0-9][0-9]_*.py")):
+        names = list(mistakes(path))
+        report = grade_source(path.stem, path.read_text(), implementations={n: n.split("__")[0] for n in names},
+                              time_limit=20)
+        assert report.error is None, report.error
+        problems += [f"{ex.function}: {ex.score:g}/{ex.max_score:g} {ex.message} {[t.feedback for t in ex.tests]}"
+                     for ex in report.exercises if ex.score < ex.max_score]
     assert not problems, "\n".join(problems)
 
 

@@ -102,3 +102,26 @@ def xavier_uniform__fixed_seed(fan_in, fan_out, rng):
     """differently seeded generators gave the same array"""
     a = math.sqrt(6.0 / (fan_in + fan_out))
     return np.random.default_rng(42).uniform(-a, a, size=(fan_in, fan_out)).astype(np.float32)
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def count_parameters__float_result(sizes):
+    """expected an int"""
+    return float(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))) + 0.5
+
+
+def normal_init__std_one(shape, var, rng):
+    """the sample standard deviation is"""
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def kaiming_normal__xavier(fan_in, fan_out, rng):
+    """that is Xavier"""
+    return rng.normal(0, math.sqrt(2 / (fan_in + fan_out)), size=(fan_in, fan_out)).astype(np.float32)
+
+
+def xavier_uniform__unit(fan_in, fan_out, rng):
+    """None"""
+    return rng.uniform(-1, 1, size=(fan_in, fan_out)).astype(np.float32)

@@ -141,3 +141,36 @@ def adam_step__v_not_squared(param, grad, m, v, t, lr=1e-3, beta1=0.9, beta2=0.9
     v = beta2 * v + (1 - beta2) * np.abs(grad)
     mh, vh = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
     return param - lr * mh / (np.sqrt(vh) + eps), m, v
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def gd_step__plus_grad_times(theta, grad, lr):
+    """None"""
+    return theta * (1 - lr) - lr * grad
+
+
+def mse_loss__wrong_residual(w, b, x, y):
+    """None"""
+    return float(np.mean((w * x - b - y) ** 2))
+
+
+def mse_grad__db_times_x(w, b, x, y):
+    """None"""
+    e = w * x + b - y
+    return float(2 * np.mean(e * x)), float(2 * np.mean(e * x))
+
+
+def sgd_momentum_step__nesterov(param, grad, velocity, lr, momentum):
+    """None"""
+    v = momentum * velocity + grad
+    return param - lr * (grad + momentum * v), v
+
+
+def adam_step__m_squared(param, grad, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """None"""
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad * grad
+    mh, vh = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+    return param - lr * mh / (vh + eps), m, v

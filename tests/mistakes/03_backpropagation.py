@@ -140,3 +140,37 @@ def cross_entropy_backward__unstable(logits, targets):
     g = e / e.sum(axis=-1, keepdims=True)
     g[np.arange(len(targets)), targets] -= 1
     return g / len(targets)
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def linear_backward__dx_W_not_T(x, W, dy):
+    """None"""
+    return dy @ W.T[::-1], x.T @ dy, dy.sum(axis=0)
+
+
+def relu_backward__leaky(x, dy):
+    """None"""
+    return np.where(x > 0, dy, 0.01 * dy)
+
+
+def softmax__log(x):
+    """None"""
+    z = x - x.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def cross_entropy__no_mean_over_batch_first(logits, targets):
+    """None"""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return float(-logp[np.arange(len(targets)), targets][0])
+
+
+def cross_entropy_backward__divide_V(logits, targets):
+    """None"""
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    g = e / e.sum(axis=-1, keepdims=True)
+    g[np.arange(len(targets)), targets] -= 1
+    return g / logits.shape[1]

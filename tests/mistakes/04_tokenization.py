@@ -106,3 +106,30 @@ def merge__keeps_length(ids, pair, new_id):
         if (ids[i], ids[i + 1]) == tuple(pair):
             out[i] = new_id
     return out
+
+
+# Written after the checks, graded once before any change to them (see the report).
+def text_to_bytes__strips(text):
+    """None"""
+    return list(text.strip().encode("utf-8"))
+
+
+def get_pair_counts__string_keys(ids):
+    """None"""
+    out = {}
+    for a, b in zip(ids, ids[1:]):
+        out[f"{a},{b}"] = out.get(f"{a},{b}", 0) + 1
+    return out
+
+
+def merge__reversed_pair(ids, pair, new_id):
+    """None"""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[1] and ids[i + 1] == pair[0]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out

@@ -110,3 +110,26 @@ def layer_norm__std_for_var(x, w, b, eps=1e-5):
     """eps is added outside the square root"""
     mu = x.mean(axis=-1, keepdims=True)
     return ((x - mu) / (x.std(axis=-1, keepdims=True) + np.float32(eps)) * w + b).astype(x.dtype)
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def causal_mask__all_true(T):
+    """None"""
+    return np.ones((T, T), dtype=bool)
+
+
+def causal_attention__k_not_transposed_scale_T(q, k, v):
+    """None"""
+    T = q.shape[-2]
+    s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(T))
+    s = np.where(np.tril(np.ones((T, T), dtype=bool)), s, -np.inf)
+    w = np.exp(s - s.max(axis=-1, keepdims=True))
+    return (w / w.sum(axis=-1, keepdims=True) @ v).astype(q.dtype)
+
+
+def layer_norm__b_times(x, w, b, eps=1e-5):
+    """None"""
+    mu = x.mean(axis=-1, keepdims=True)
+    return ((x - mu) / np.sqrt(x.var(axis=-1, keepdims=True) + np.float32(eps)) * (w + b)).astype(x.dtype)

@@ -63,3 +63,17 @@ def parse_safetensors_header__uint16(data):
     """the JSON ends early"""
     (n,) = struct.unpack("<H", data[:2])
     return json.loads(data[8:8 + n]), 8 + n
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def to_bfloat16_bits__float16(x):
+    """None"""
+    return x.astype(np.float16).view(np.uint16)
+
+
+def parse_safetensors_header__offset_8(data):
+    """None"""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), 8

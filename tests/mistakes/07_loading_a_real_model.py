@@ -87,3 +87,20 @@ def read_gguf_string__relative(data, offset):
     """relative to the string's start"""
     (n,) = struct.unpack_from("<Q", data, offset)
     return data[offset + 8:offset + 8 + n].decode("utf-8"), 8 + n
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def dequantize_q4_0__scale_float32_bytes(raw):
+    """None"""
+    b = raw.reshape(-1, 18)
+    d = b[:, :2].astype(np.float32).sum(axis=1, keepdims=True) / 256
+    qs = b[:, 2:]
+    return ((np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - 8) * d).reshape(-1)
+
+
+def read_gguf_string__strip(data, offset):
+    """None"""
+    (n,) = struct.unpack_from("<Q", data, offset)
+    return data[offset + 8:offset + 8 + n].decode("utf-8").strip(), offset + 8 + n

@@ -15,7 +15,7 @@ def _unsort(order, keep_sorted):
 
 
 def top_p_filter__unnormalised(logits, p):
-    """the probabilities are not normalised"""
+    """only the most probable token is kept in every row, whatever p"""
     order = np.argsort(-logits, axis=-1, kind="stable")
     z = np.take_along_axis(logits, order, axis=-1)
     probs = np.exp(z - z.max(axis=-1, keepdims=True))
@@ -137,3 +137,23 @@ def rms_norm__fixed_eps(x, w, eps=1e-5):
 def rms_norm__global(x, w, eps=1e-5):
     """over the whole array"""
     return (x / np.sqrt(np.mean(x * x) + np.float32(eps)) * w).astype(x.dtype)
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def top_p_filter__keep_top_k(logits, p):
+    """None"""
+    k = max(1, int(p * logits.shape[-1] / 10))
+    thr = np.sort(logits, axis=-1)[:, -k][:, None]
+    return np.where(logits >= thr, logits, -np.inf)
+
+
+def kv_cache_update__returns_new_only(cache_k, cache_v, k_new, v_new, pos):
+    """None"""
+    return k_new, v_new
+
+
+def rms_norm__var(x, w, eps=1e-5):
+    """None"""
+    return (x / np.sqrt(x.var(axis=-1, keepdims=True) + np.float32(eps)) * w).astype(x.dtype)

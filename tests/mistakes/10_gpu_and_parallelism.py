@@ -45,3 +45,16 @@ def attainable_flops__ridge_wrong_side(intensity, peak_flops, bandwidth):
     """always the compute peak"""
     ridge = bandwidth / peak_flops
     return peak_flops if intensity > ridge else intensity * bandwidth
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def allreduce_mean__median(grads):
+    """None"""
+    return np.broadcast_to(np.median(grads, axis=0), grads.shape).astype(grads.dtype)
+
+
+def attainable_flops__sum(intensity, peak_flops, bandwidth):
+    """None"""
+    return 1.0 / (1.0 / peak_flops + 1.0 / (intensity * bandwidth))

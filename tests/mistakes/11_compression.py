@@ -141,3 +141,37 @@ def distillation_loss__times_T(student_logits, teacher_logits, labels, T=2.0, al
     kl = np.sum(np.exp(lp) * (lp - lq), axis=-1).mean()
     ce = -_log_softmax(student_logits)[np.arange(len(labels)), labels].mean()
     return float(alpha * T * kl + (1 - alpha) * ce)
+
+
+# Written after the checks, graded once before any change to them (see the report).
+
+
+def quantize_q8_0__clip_127_no_round(w):
+    """None"""
+    blocks = w.astype(np.float32).reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1) / np.float32(127.0)
+    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
+    return d.astype(np.float16), np.floor(blocks * inv[:, None]).astype(np.int8)
+
+
+def dequantize_q8_0__transposed(scales, q):
+    """None"""
+    return (scales.astype(np.float32)[:, None] * q.astype(np.float32)).T.reshape(-1)
+
+
+def prune_2_4__keep_first_two(w):
+    """None"""
+    g = w.reshape(-1, 4).copy()
+    g[:, 2:] = 0
+    return g.reshape(w.shape)
+
+
+def distillation_loss__no_temperature(student_logits, teacher_logits, labels, T=2.0, alpha=0.5):
+    """None"""
+    def ls(z):
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    lq, lp = ls(student_logits), ls(teacher_logits)
+    kl = np.sum(np.exp(lp) * (lp - lq), axis=-1).mean()
+    ce = -lq[np.arange(len(labels)), labels].mean()
+    return float(alpha * T * T * kl + (1 - alpha) * ce)

@@ -80,7 +80,7 @@ def _encode(value, depth=0):
     if isinstance(value, int):
         return {"t": "py", "v": value} if abs(value) < 2**62 else {"t": "float", "v": repr(float(value))}
     if isinstance(value, float):
-        return {"t": "float", "v": repr(value)}
+        return {"t": "float", "v": repr(float(value))}   # np.float64 is a float whose repr is "np.float64(...)"
     if isinstance(value, np.generic) and not isinstance(value, np.object_):
         value = np.asarray(value)
         return {"t": "scalar", **_encode_array(value)}

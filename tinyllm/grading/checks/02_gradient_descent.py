@@ -68,8 +68,8 @@ ex = Exercise("mse_loss", "Mean squared error of the line y = w x + b")
 
 
 def _judge_mse(rs):
-    for (w, b, x, y), r in zip(MSE_CASES, rs):
-        what = f"mse_loss({w}, {b}, x, y) on {len(x)} points"
+    for k, ((w, b, x, y), r) in enumerate(zip(MSE_CASES, rs)):
+        what = "mse_loss(w, b, x, y)" + (f" at (w, b) = ({w}, {b}) on {len(x)} other points" if k else "")
         got = number(r, what)
         e = w * x + b - y
         want = float(np.mean(e ** 2))
@@ -90,8 +90,8 @@ EXERCISES.append(ex)
 ex = Exercise("mse_grad", "Analytic gradient of the MSE with respect to w and b")
 
 
-def _grad_case(w, b, x, y, r):
-    what = f"mse_grad({w}, {b}, x, y)"
+def _grad_case(w, b, x, y, r, where=""):
+    what = f"mse_grad(w, b, x, y){where}"
     dw, db = _pair(r, what)
     dw, db = number(dw, f"dw of {what}"), number(db, f"db of {what}")
     e = w * x + b - y
@@ -121,7 +121,7 @@ def _judge_mse_fd(rs):
     h = 1e-6
     f = lambda w, b: np.mean((w * xs2 + b - ys2) ** 2)  # noqa: E731
     num = np.array([(f(w1 + h, b1) - f(w1 - h, b1)) / (2 * h), (f(w1, b1 + h) - f(w1, b1 - h)) / (2 * h)])
-    _grad_case(w1, b1, xs2, ys2, rs[0])
+    _grad_case(w1, b1, xs2, ys2, rs[0], f" at (w, b) = ({w1}, {b1}) on {len(xs2)} other points")
     close(np.array([number(dw, "dw"), number(db, "db")]), num, "(dw, db) against central differences", rtol=1e-5, atol=1e-7)
 
 
@@ -150,12 +150,13 @@ def lib_momentum_step(param, grad, velocity, lr, momentum):
 
 
 def _judge_momentum(rs):
-    for (p_in, g, vel, lr, mu), r in zip(MOM_CASES, rs):
+    for k, ((p_in, g, vel, lr, mu), r) in enumerate(zip(MOM_CASES, rs)):
         what = f"sgd_momentum_step(param, grad, velocity, lr={lr}, momentum={mu})"
+        of = f" of {what}" if k else ""
         got, after = with_args(r)
         p, v = _pair(got, what, names="(param, velocity)")
-        p = array(p, f"the new param of {what}", shape=p_in.shape, floating=True)
-        v = array(v, f"the new velocity of {what}", shape=p_in.shape, floating=True)
+        p = array(p, f"the new param{of}", shape=p_in.shape, floating=True)
+        v = array(v, f"the new velocity{of}", shape=p_in.shape, floating=True)
         want_p, want_v = lib_momentum_step(p_in, g, vel, lr, mu)
         p64, g64, v64 = (a.astype(np.float64) for a in (p_in, g, vel))
         both, want = np.concatenate([p.ravel(), v.ravel()]), np.concatenate([want_p.ravel(), want_v.ravel()])

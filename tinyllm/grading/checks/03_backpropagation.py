@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, matches, number, value
+from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, number, value
 from tinyllm.nn import functional as F
 from tinyllm.nn.linear import Linear
 from tinyllm.nn.loss import CrossEntropyLoss

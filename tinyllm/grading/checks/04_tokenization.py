@@ -15,7 +15,7 @@ from tinyllm.tokenizers.bpe import BPETokenizer
 
 EXERCISES: list[Exercise] = []
 
-TEXTS = ["hello", "naïve café", "日本語 🙂", "", "a\x00b\n\t€𝔘"]
+TEXTS = ["hello", "naïve café", "日本語 🙂", "", "a\x00b\n\t€𝔘", "  spaces at both ends \n"]
 
 ex = Exercise("text_to_bytes", "Text to UTF-8 byte values")
 
@@ -46,7 +46,7 @@ def _judge_bytes(rs):
         raise Fail(f"{what} = {got[:12]}{'...' if len(got) > 12 else ''}, expected {want[:12]}{'...' if len(want) > 12 else ''}")
 
 
-ex.test("UTF-8 bytes of ASCII, accents, CJK, emoji and control characters", 2, [call(t) for t in TEXTS], _judge_bytes)
+ex.test("UTF-8 bytes of ASCII, accents, CJK, emoji, control characters and spaces", 2, [call(t) for t in TEXTS], _judge_bytes)
 EXERCISES.append(ex)
 
 ex = Exercise("get_pair_counts", "Count adjacent pairs")

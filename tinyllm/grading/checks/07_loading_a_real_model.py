@@ -73,7 +73,7 @@ EXERCISES.append(ex)
 
 # --- GGUF string -------------------------------------------------------------------------------
 ex = Exercise("read_gguf_string", "Read a string from GGUF bytes")
-STRINGS = ["llama", "tokenizer.ggml.model", "naïve 🙂", "", "x" * 300 + "é", "日本語"]
+STRINGS = ["llama", "tokenizer.ggml.model", "naïve 🙂", "", "x" * 300 + "é", "日本語", " \tpadded\n "]
 blob = b"GGUF" + b"\x07" + b"".join(struct.pack("<Q", len(s.encode())) + s.encode() for s in STRINGS)   # odd offsets
 OFFSETS = []
 _o = 5
@@ -115,6 +115,6 @@ def _judge_string(rs):
             raise Fail(f"{what}: the new offset is {int(new)}, expected {want_new}: offset + 8 + the string's length in bytes")
 
 
-ex.test("ASCII, UTF-8, empty and long strings at odd offsets, with the next offset", 2,
+ex.test("ASCII, UTF-8, empty, padded and long strings at odd offsets, with the next offset", 2,
         [call(blob, o) for o in OFFSETS], _judge_string)
 EXERCISES.append(ex)

@@ -65,8 +65,8 @@ TOPP_MISTAKES = [
      "top-p drops the token that crosses the threshold: with probabilities [0.5, 0.3, 0.2] and p = 0.7, keep 0.5 "
      "AND 0.3 (the smallest set whose mass reaches p), not just 0.5"),
     (lambda x, p: _keep_by(x, p, lambda z: np.exp(z - z.max(axis=-1, keepdims=True)), _before),
-     "the probabilities are not normalised (exp(z - max) without dividing by its sum): the running total "
-     "reaches p too early and too few tokens are kept"),
+     "only the most probable token is kept in every row, whatever p: the running total must add normalised "
+     "probabilities (softmax: exp(z - max) divided by its sum), which reach p only after several tokens"),
     (lambda x, p: _keep_by(x, p, _probs, _before, descending=False),
      "the least probable tokens are kept: sort by probability from the highest down"),
     (lambda x, p: _before(_probs(np.asarray(x, np.float64)), p),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinyllm.evaluate import latency_percentiles as lib_percentiles
-from tinyllm.grading.core import Exercise, Fail, call, close, diagnose_cases, number, value
+from tinyllm.grading.core import Exercise, Fail, call, diagnose_cases, number, value
 
 rng = np.random.default_rng(1111)
 EXERCISES: list[Exercise] = []
