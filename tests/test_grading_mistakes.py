@@ -65,9 +65,11 @@ def test_every_graded_function_has_at_least_three_mistakes():
 
 
 def test_doing_nothing_scores_zero():
-    """A part's points need real work: returning an argument or all of them, or always raising, scores 0."""
-    stubs = {"first_arg": "return args[0]", "first_two": "return args[0], args[1]", "all_args": "return args",
-             "raises": "raise ValueError('no')"}
+    """A part's points need real work: returning an argument, the inputs as the new state, or always
+    raising scores 0."""
+    stubs = {f"arg{k}": f"return args[{k}]" for k in range(5)}
+    stubs.update(first_two="return args[0], args[1]", state="return args[0], args[2]",
+                 adam_state="return args[0], args[2], args[3]", all_args="return args", raises="raise ValueError('no')")
     problems = []
     for lesson in catalogue_lessons():
         functions = [e.function for e in load_exercises(lesson) if e.function not in NOT_HERE]
