@@ -19,6 +19,7 @@ from tinyllm.compress.prune import prune_n_m
 from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, diagnose_cases, number, value
 
 rng = np.random.default_rng(1010)
+more = np.random.default_rng(10101)     # inputs added later: the ones drawn from rng stay as they were
 EXERCISES: list[Exercise] = []
 QK = 32
 
@@ -38,7 +39,7 @@ w[2 * QK + 5] = -9.0                                                # a block wh
 w[3 * QK:] = 0.0                                                    # an all-zero block: scale 0, no division by zero
 
 
-w2 = (rng.standard_normal(9 * QK) * np.repeat(10.0 ** rng.integers(-3, 4, 9), QK)).astype(np.float32)   # 9 scales
+w2 = (more.standard_normal(9 * QK) * np.repeat(10.0 ** more.integers(-3, 4, 9), QK)).astype(np.float32)   # 9 scales
 
 
 def _q8(r, what, n):
@@ -97,8 +98,8 @@ ex = Exercise("dequantize_q8_0", "Q8_0 dequantisation")
 dq_d, dq_q = ref_quantize(w)
 
 
-dq2_d = (10.0 ** rng.integers(-4, 2, 5)).astype(np.float16)        # 5 blocks, extreme values of q
-dq2_q = rng.integers(-127, 128, (5, QK)).astype(np.int8)
+dq2_d = (10.0 ** more.integers(-4, 2, 5)).astype(np.float16)        # 5 blocks, extreme values of q
+dq2_q = more.integers(-127, 128, (5, QK)).astype(np.int8)
 dq2_q[:, 0], dq2_q[:, 1] = -127, 127
 
 
@@ -151,8 +152,8 @@ def ref_prune(w):
     return prune_n_m(w, 2, 4, axis=-1)[0]
 
 
-wp3 = rng.standard_normal((3, 2, 8)).astype(np.float32)           # three axes
-wp4 = rng.standard_normal((8, 4)).astype(np.float32)              # rows of exactly one group
+wp3 = more.standard_normal((3, 2, 8)).astype(np.float32)           # three axes
+wp4 = more.standard_normal((8, 4)).astype(np.float32)              # rows of exactly one group
 
 
 def _prune_mistakes(x):
