@@ -123,7 +123,7 @@ def adam_step__default_hyper(param, grad, m, v, t, lr=1e-3, beta1=0.9, beta2=0.9
 
 
 def adam_step__no_eps(param, grad, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-    """NaN/inf where the gradient is zero"""
+    """NaN/inf where the gradient and v are zero"""
     m = beta1 * m + (1 - beta1) * grad
     v = beta2 * v + (1 - beta2) * grad * grad
     mh, vh = m / (1 - beta1 ** t), v / (1 - beta2 ** t)

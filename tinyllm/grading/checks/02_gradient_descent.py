@@ -236,7 +236,11 @@ def _judge_adam(p0_, g, m0, v0_, t, lr, kw):
 
         mh, vh = want_m / (1 - b1 ** t), want_v / (1 - b2 ** t)
         if not np.isfinite(p).all() and np.isfinite(want_p).all():
-            raise Fail(f"{what} gives NaN/inf where the gradient is zero: add eps to sqrt(v_hat) (outside the square root)")
+            bad = ~np.isfinite(p)
+            if (want_v[bad] == 0).all():
+                raise Fail(f"{what} gives NaN/inf where the gradient and v are zero: add eps to sqrt(v_hat) "
+                           "(outside the square root)")
+            raise Fail(f"{what}: the new param contains NaN or inf at index {int(np.argmax(bad))}")
         diagnose(got, want, [
             ("the step has no bias correction: divide m by (1 - beta1**t) and v by (1 - beta2**t) (m and v start "
              "at zero, so at t=1 the step is about 3x too small without it); apply bias correction",

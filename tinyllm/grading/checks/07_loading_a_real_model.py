@@ -97,8 +97,8 @@ def _judge_string(rs):
             if isinstance(text, str) and text == raw.decode("latin-1"):
                 raise Fail(f"{what} read {text[:20]!r}: the bytes are UTF-8, decode them with .decode('utf-8')")
             if isinstance(text, str) and len(raw) != len(s) and text == s[:len(text)] and len(text) < len(s):
-                raise Fail(f"{what} read {text!r}: the length counts bytes, not characters; decode "
-                           "data[start:start + n] with UTF-8")
+                raise Fail(f"{what} read {text!r}, only the first {len(text)} characters: the length n counts bytes; "
+                           "decode all n bytes, data[start:start + n].decode('utf-8')")
             if isinstance(text, str) and text == blob[off + 4:off + 4 + len(raw)].decode("utf-8", "replace"):
                 raise Fail(f"{what} read {text[:20]!r}: the text starts after the 8 length bytes (a uint64), at offset + 8")
             raise Fail(f"{what} read {str(text)[:30]!r}, expected {s[:30]!r}: the length is a little-endian "

@@ -153,8 +153,10 @@ def _caches(r, what, shape):
     for name, c in zip(("cache_k", "cache_v"), got):
         c = array(c, f"the returned {name} of {what}", floating=True)
         if c.shape != shape:
-            raise Fail(f"{what}: the cache changed shape from {shape} to {c.shape}: write into the preallocated slots "
-                       "cache[:, :, pos:pos + T] instead of concatenating")
+            grown = len(c.shape) == 4 and c.shape[:2] == shape[:2] and c.shape[3] == shape[3] and c.shape[2] > shape[2]
+            raise Fail(f"{what}: the cache changed shape from {shape} to {c.shape}: "
+                       + ("write into the preallocated slots cache[:, :, pos:pos + T] instead of concatenating" if grown
+                          else "return the preallocated caches, written at cache[:, :, pos:pos + T]"))
         out.append(c)
     return out, after
 
