@@ -2,10 +2,11 @@
 
 Each file in tests/mistakes/ holds wrong versions of one lesson's graded functions, written
 ``<exercise>__<mistake>``, each with a docstring: the piece of feedback that names the bug, or
-``None`` where the grader cannot tell the cause (it must still say what is wrong and where). One
-sandbox process grades a whole file. The catch rate is the share that lose points, the naming rate the
-share whose feedback contains their docstring (a ``None`` counts as not named). tests/mistakes/correct/
-holds right answers written in other styles, which must keep full marks.
+``None`` where the grader cannot tell the cause (it must still say what is wrong and where). The catch
+rate is the share that lose points, the naming rate the share whose feedback contains their docstring
+(a ``None`` counts as not named). tests/mistakes/correct/ holds right answers written in other styles,
+which must keep full marks, and stubs that do nothing (return an argument, return the inputs as the new
+state, always raise) must score zero. One sandbox process grades all three groups of a lesson.
 
 Run as a script to see every miss: ``python tests/test_grading_mistakes.py [lesson ...]``.
 """
@@ -14,13 +15,17 @@ from __future__ import annotations
 import ast
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
-from tinyllm.grading.runner import grade_source, lessons, load_exercises
+from tinyllm.grading.runner import ExerciseResult, grade_source, lessons, load_exercises
 
 HERE = Path(__file__).parent / "mistakes"
 CATCH_GOAL, NAMING_GOAL = 0.95, 0.75
 NOT_HERE = {"apply_rope"}       # moving to lesson 08 with its own catalogue
+STUBS = {**{f"arg{k}": f"return args[{k}]" for k in range(5)},
+         "first_two": "return args[0], args[1]", "state": "return args[0], args[2]",
+         "adam_state": "return args[0], args[2], args[3]", "all_args": "return args", "raises": "raise ValueError('no')"}
 
 
 def mistakes(path: Path) -> dict[str, str | None]:
@@ -34,71 +39,81 @@ def mistakes(path: Path) -> dict[str, str | None]:
     return out
 
 
-def grade_catalogue(lesson: str) -> list[tuple[str, bool, bool, str]]:
-    """(name, lost points, feedback names the bug, feedback) for every mistake of a lesson."""
-    path = HERE / f"{lesson}.py"
-    expected = mistakes(path)
-    report = grade_source(lesson, path.read_text(), implementations={n: n.split("__")[0] for n in expected},
-                          time_limit=20)
-    assert report.error is None, report.error
-    rows = []
-    for ex in report.exercises:
-        name = ex.function.split("@")[1]
-        text = " ".join([ex.message] + [t.feedback for t in ex.tests])
-        want = expected[name]
-        rows.append((name, ex.score < ex.max_score, want is not None and want in text, text))
-    return rows
-
-
 def catalogue_lessons() -> list[str]:
     return sorted(p.stem for p in HERE.glob("[0-9][0-9]_*.py"))
+
+
+def _top_level_names(source: str) -> list[str]:
+    out = []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            out.append(node.name)
+        elif isinstance(node, ast.Assign):
+            out += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return out
+
+
+@lru_cache(maxsize=None)
+def graded(lesson: str) -> dict[str, dict[str, ExerciseResult]]:
+    """The lesson's mistakes, right answers and do-nothing stubs, graded in one sandbox process:
+    ``{"mistakes" | "correct" | "stubs": {function name: result}}``."""
+    parts = {"mistakes": (HERE / f"{lesson}.py").read_text()}
+    if (HERE / "correct" / f"{lesson}.py").exists():
+        parts["correct"] = (HERE / "correct" / f"{lesson}.py").read_text()
+    functions = [e.function for e in load_exercises(lesson) if e.function not in NOT_HERE]
+    parts["stubs"] = "\n".join(f"def {f}__{k}(*args, **kwargs):\n    {body}\n" for f in functions for k, body in STUBS.items())
+    names = {group: _top_level_names(src) for group, src in parts.items()}
+    every = [n for ns in names.values() for n in ns]
+    assert len(every) == len(set(every)), f"{lesson}: the same top-level name in two groups"
+    impls = {n: n.split("__")[0] for ns in names.values() for n in ns if "__" in n}
+    report = grade_source(lesson, "\n\n".join(parts.values()), implementations=impls, time_limit=20)
+    assert report.error is None, report.error
+    by_name = {ex.function.split("@")[1]: ex for ex in report.exercises}
+    return {group: {n: by_name[n] for n in ns if "__" in n} for group, ns in names.items()}
+
+
+def feedback(ex: ExerciseResult) -> str:
+    return " ".join([ex.message] + [t.feedback for t in ex.tests])
+
+
+def grade_catalogue(lesson: str) -> list[tuple[str, bool, bool, str]]:
+    """(name, lost points, feedback names the bug, feedback) for every mistake of a lesson."""
+    expected = mistakes(HERE / f"{lesson}.py")
+    rows = []
+    for name, ex in graded(lesson)["mistakes"].items():
+        want = expected[name]
+        rows.append((name, ex.score < ex.max_score, want is not None and want in feedback(ex), feedback(ex)))
+    return rows
 
 
 def test_every_graded_function_has_at_least_three_mistakes():
     for lesson in catalogue_lessons():
         assert lesson in lessons(), f"{lesson}: no graded checks"
         names = mistakes(HERE / f"{lesson}.py")
-        graded = {e.function for e in load_exercises(lesson)} - NOT_HERE
-        counts = {f: sum(n.split("__")[0] == f for n in names) for f in graded}
+        graded_fns = {e.function for e in load_exercises(lesson)} - NOT_HERE
+        counts = {f: sum(n.split("__")[0] == f for n in names) for f in graded_fns}
         assert all(c >= 3 for c in counts.values()), f"{lesson}: {counts}"
-        assert {n.split("__")[0] for n in names} <= graded, f"{lesson}: mistakes of unknown exercises"
+        assert {n.split("__")[0] for n in names} <= graded_fns, f"{lesson}: mistakes of unknown exercises"
 
 
 def test_doing_nothing_scores_zero():
     """A part's points need real work: returning an argument, the inputs as the new state, or always
     raising scores 0."""
-    stubs = {f"arg{k}": f"return args[{k}]" for k in range(5)}
-    stubs.update(first_two="return args[0], args[1]", state="return args[0], args[2]",
-                 adam_state="return args[0], args[2], args[3]", all_args="return args", raises="raise ValueError('no')")
-    problems = []
-    for lesson in catalogue_lessons():
-        functions = [e.function for e in load_exercises(lesson) if e.function not in NOT_HERE]
-        source = "\n".join(f"def {f}__{k}(*args, **kwargs):\n    {body}\n" for f in functions for k, body in stubs.items())
-        report = grade_source(lesson, source, implementations={f"{f}__{k}": f for f in functions for k in stubs},
-                              time_limit=20)
-        assert report.error is None, report.error
-        problems += [f"{lesson} {ex.function}: {ex.score:g}/{ex.max_score:g}" for ex in report.exercises if ex.score > 0]
+    problems = [f"{lesson} {name}: {ex.score:g}/{ex.max_score:g}" for lesson in catalogue_lessons()
+                for name, ex in graded(lesson)["stubs"].items() if ex.score > 0]
     assert not problems, "\n".join(problems)
 
 
 def test_correct_code_written_differently_scores_full_marks():
-    """tests/mistakes/correct/ holds right answers in other styles (loops, einsum, float32 draws, a module
-    constant...): the hidden inputs and the diagnoses must not fail them."""
-    problems = []
-    for path in sorted((HERE / "correct").glob("[0-9][0-9]_*.py")):
-        names = list(mistakes(path))
-        report = grade_source(path.stem, path.read_text(), implementations={n: n.split("__")[0] for n in names},
-                              time_limit=20)
-        assert report.error is None, report.error
-        problems += [f"{ex.function}: {ex.score:g}/{ex.max_score:g} {ex.message} {[t.feedback for t in ex.tests]}"
-                     for ex in report.exercises if ex.score < ex.max_score]
+    """Right answers in other styles (loops, einsum, float32 draws, np.quantile...): the hidden inputs
+    and the diagnoses must not fail them."""
+    problems = [f"{name}: {ex.score:g}/{ex.max_score:g} {feedback(ex)}" for lesson in catalogue_lessons()
+                for name, ex in graded(lesson).get("correct", {}).items() if ex.score < ex.max_score]
     assert not problems, "\n".join(problems)
 
 
 def test_catch_rate_and_naming_rate_reach_their_goals():
-    rows = []
-    for lesson in catalogue_lessons():
-        rows += [(lesson, *r) for r in grade_catalogue(lesson)]
+    rows = [(lesson, *r) for lesson in catalogue_lessons() for r in grade_catalogue(lesson)]
     caught = sum(r[2] for r in rows) / len(rows)
     named = sum(r[3] for r in rows) / len(rows)
     print(f"\n{len(rows)} mistakes: catch rate {caught:.1%}, naming rate {named:.1%}")

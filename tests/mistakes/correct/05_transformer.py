@@ -12,8 +12,6 @@ def causal_attention__einsum(q, k, v):
     w /= w.sum(-1, keepdims=True)
     return np.einsum("bhqk,bhkd->bhqd", w, v).astype(q.dtype)
 
-EPS = np.float32(1e-5)
-
 def layer_norm__manual(x, w, b, eps=1e-5):
     mu = np.mean(x, -1, keepdims=True)
     var = np.mean((x - mu) ** 2, -1, keepdims=True)
