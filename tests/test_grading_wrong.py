@@ -32,7 +32,7 @@ EXPECTED = {
     "mse_grad__no_factor_two": "keep the factor 2",
     "sgd_momentum_step__ema": "exponential average",
     "adam_step__no_bias_correction": "apply bias correction",
-    "adam_step__eps_inside": "add eps to sqrt(v_hat)",
+    "adam_step__eps_inside": "eps is missing",
     "linear_backward__dW_transposed": "dW = x.T @ dy",
     "linear_backward__db_not_summed": "sum dy over the batch axis",
     "relu_backward__mask_only": "returned the mask itself",

@@ -232,7 +232,8 @@ def _judge_adam(p0_, g, m0, v0_, t, lr, kw):
         want = np.concatenate([want_p, want_m, want_v])
 
         def var(**k):
-            return np.concatenate(ref_adam(p0_, g, m0, v0_, t, lr, **{"b1": b1, "b2": b2, "eps": eps, **k}))
+            with np.errstate(all="ignore"):                  # eps = 0 divides 0 by 0 where v is zero
+                return np.concatenate(ref_adam(p0_, g, m0, v0_, t, lr, **{"b1": b1, "b2": b2, "eps": eps, **k}))
 
         mh, vh = want_m / (1 - b1 ** t), want_v / (1 - b2 ** t)
         if not np.isfinite(p).all() and np.isfinite(want_p).all():
@@ -246,6 +247,7 @@ def _judge_adam(p0_, g, m0, v0_, t, lr, kw):
              "at zero, so at t=1 the step is about 3x too small without it); apply bias correction",
              var(bias_correction=False)),
             ("eps is inside the square root: add eps to sqrt(v_hat), outside it", var(eps_inside=True)),
+            ("eps is missing: divide by sqrt(v_hat) + eps", var(eps=0.0)),
             ("the bias correction uses step t + 1: use the step number t itself", var(t_used=t + 1)),
         ] + ([("the bias correction uses step t - 1: use the step number t itself", var(t_used=t - 1))] if t > 1 else []) + [
             ("returned the bias-corrected m_hat and v_hat: return the moments m and v themselves (the next step "

@@ -20,7 +20,7 @@ EXERCISES: list[Exercise] = []
 ex = Exercise("latency_percentiles", "p50 / p90 / p99 of measured latencies")
 times = np.concatenate([0.010 + 0.001 * rng.standard_normal(37), [0.050, 0.080, 0.200]])   # a slow tail
 rng.shuffle(times)
-few = np.array([0.3, 0.1, 0.2, 0.4])                                 # interpolation matters with 4 samples
+few = np.array([0.3, 0.1, 0.2, 0.9])                                 # interpolation matters with 4 samples
 odd = rng.exponential(2e-3, 7)                                       # an odd count, unsorted
 KEYS = ("p50", "p90", "p99")
 
