@@ -362,7 +362,7 @@ wts_b = random_weights(cfg_b, np.random.default_rng(81), std=0.2)
 blk_b = split_block(wts_b, 0, cfg_b)
 xb = rng.standard_normal((2, 6, 24)).astype(np.float32)
 want_b = library_residual(cfg_b, wts_b, xb)
-posb = np.array([0, 2, 3, 7, 8, 20])                               # gapped positions (left padding), another base and eps
+posb = np.array([0, 2, 3, 7, 8, 20])                               # gapped positions, as after left padding
 assert np.allclose(ref_block(xb, blk_b, 4, 2, np.arange(6), 10000.0, 1e-5), want_b, rtol=1e-5, atol=1e-5)
 
 # block 12 of SmolLM2 through the library's weight mapping, on real embedding rows of hidden token ids
