@@ -26,7 +26,7 @@ from tinyllm import kernels
 from tinyllm.grading.core import Exercise, Fail, array, call, close
 from tinyllm.models.llama import Llama, LlamaConfig, apply_rope as lib_apply_rope, random_weights, rope_tables
 from tinyllm.models.llama import weights_from_gguf
-from tinyllm.models.smollm2 import open_gguf
+from tinyllm.models.smollm2 import ModelNotInstalledError, open_gguf
 from tinyllm.nn import functional as F
 from tinyllm.nn.attention import causal_attention as lib_attention
 
@@ -366,26 +366,34 @@ posb = np.array([0, 2, 3, 7, 8, 20])                               # gapped posi
 assert np.allclose(ref_block(xb, blk_b, 4, 2, np.arange(6), 10000.0, 1e-5), want_b, rtol=1e-5, atol=1e-5)
 
 # block 12 of SmolLM2 through the library's weight mapping, on real embedding rows of hidden token ids
-_reader = open_gguf()
-cfg_s = LlamaConfig.from_gguf_metadata(_reader.metadata)
 _REAL = 12
 _rows = np.array([[3575, 282, 5197, 314, 3040, 28], [1097, 3123, 4263, 30, 216, 260]])     # (2, 6) token ids
-x_real = _reader.dequantize("token_embd.weight")[_rows]                                     # (2, 6, C)
-_cfg_one = dataclasses.replace(cfg_s, n_layers=1, vocab_size=1)
 
 
-def _tensor(name):
-    if name == "token_embd.weight":
-        return np.zeros((1, cfg_s.dim), np.float32)                 # the model's embedding is not needed here
-    return _reader.dequantize(name.replace("blk.0.", f"blk.{_REAL}.", 1))
+def _real_block():
+    """(x (2, 6, C), the block's nine arrays, the library's output, the config) for SmolLM2's block _REAL."""
+    reader = open_gguf()
+    cfg = LlamaConfig.from_gguf_metadata(reader.metadata)
+    x = reader.dequantize("token_embd.weight")[_rows]                                     # (2, 6, C)
+
+    def tensor(name):
+        if name == "token_embd.weight":
+            return np.zeros((1, cfg.dim), np.float32)               # the model's embedding is not needed here
+        return reader.dequantize(name.replace("blk.0.", f"blk.{_REAL}.", 1))
+
+    wts = weights_from_gguf(dataclasses.replace(cfg, n_layers=1, vocab_size=1), tensor, threads=1)
+    want = library_residual(cfg, wts, x)
+    blk = split_block(wts, 0, cfg)
+    assert np.allclose(ref_block(x, blk, 9, 3, np.arange(6), cfg.rope_base, cfg.norm_eps), want, rtol=1e-4, atol=1e-4)
+    return x, blk, want, cfg
 
 
-wts_s = weights_from_gguf(_cfg_one, _tensor, threads=1)
-blk_s = split_block(wts_s, 0, cfg_s)
-want_s = library_residual(cfg_s, wts_s, x_real)
-assert np.allclose(ref_block(x_real, blk_s, 9, 3, np.arange(6), cfg_s.rope_base, cfg_s.norm_eps), want_s,
-                   rtol=1e-4, atol=1e-4)
-del _reader
+try:
+    x_real, blk_s, want_s, cfg_s = _real_block()
+    _NO_MODEL = None
+except ModelNotInstalledError as exc:       # grade the rest; this one test says what the grader's machine lacks
+    x_real, blk_s, want_s, cfg_s = xb, blk_b, want_b, cfg_b
+    _NO_MODEL = str(exc)
 BLOCK_MISTAKES = (
     ("no_residual", "the block's input is not added back: y = h + MLP(RMSNorm(h)) with h = x + attention(...) "
                     "(two residual additions)"),
@@ -423,6 +431,8 @@ def _judge_block_positions(rs):
 
 
 def _judge_block_real(rs):
+    if _NO_MODEL:
+        raise Fail(f"this test runs SmolLM2's block {_REAL}, and the grader's machine does not have the model: {_NO_MODEL}")
     y = array(rs[0], f"llama_block on SmolLM2's block {_REAL}", shape=want_s.shape, dtype=np.float32)
     _diagnose_block(y, x_real, blk_s, 9, 3, np.arange(6), cfg_s.rope_base, cfg_s.norm_eps, want_s,
                     f"llama_block on SmolLM2's block {_REAL} (against the library, tolerance 1e-4)", 1e-4)
