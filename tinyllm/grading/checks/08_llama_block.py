@@ -394,6 +394,7 @@ try:
 except ModelNotInstalledError as exc:       # grade the rest; this one test says what the grader's machine lacks
     x_real, blk_s, want_s, cfg_s = xb, blk_b, want_b, cfg_b
     _NO_MODEL = str(exc)
+
 BLOCK_MISTAKES = (
     ("no_residual", "the block's input is not added back: y = h + MLP(RMSNorm(h)) with h = x + attention(...) "
                     "(two residual additions)"),
