@@ -26,18 +26,6 @@ def kv_cache_update__next_slot(cache_k, cache_v, k_new, v_new, pos):
     return cache_k, cache_v
 
 
-def apply_rope__interleaved(x, positions, base=10000.0):
-    D = x.shape[-1]
-    theta = base ** (-2.0 * np.arange(D // 2) / D)
-    ang = np.asarray(positions, dtype=np.float64)[:, None] * theta
-    cos, sin = np.cos(ang).astype(x.dtype), np.sin(ang).astype(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x2 * cos + x1 * sin
-    return out
-
-
 def rms_norm__subtracts_mean(x, w, eps=1e-5):
     x = x - x.mean(axis=-1, keepdims=True)
     return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)) * w).astype(x.dtype)

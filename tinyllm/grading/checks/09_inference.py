@@ -2,9 +2,8 @@
 
 References: top-p from ``tinyllm.generate.top_p_filter`` (the library's nucleus
 filter) and RMSNorm (Zhang & Sennrich, 2019) from ``tinyllm.nn.functional.rms_norm``
-in float64; RoPE (half-split "rotate_half" layout, Su et al. 2021, as in HF Llama) from
-the SmolLM2 engine ``tinyllm.models.llama`` (``rope_tables``, ``apply_rope``) in float64; the
-KV-cache write is checked against the slots the engine's ``KVCache`` fills (see below).
+in float64; the KV-cache write is checked against the slots the engine's ``KVCache``
+fills (see below). (RoPE is graded in exercises 08.)
 """
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ import numpy as np
 from tinyllm.generate import top_p_filter as lib_top_p
 from tinyllm.grading.core import (CallError, Exercise, Fail, array, call, call_seeing_args, close, diagnose,
                                   matches, value, with_args)
-from tinyllm.models.llama import apply_rope as lib_apply_rope
-from tinyllm.models.llama import Llama, LlamaConfig, rope_tables
+from tinyllm.models.llama import Llama, LlamaConfig
 from tinyllm.nn import functional as F
 
 rng = np.random.default_rng(808)
@@ -226,55 +224,6 @@ ex.test("a decode step writes position pos only, in place", 2, [call_seeing_args
         _judge_write(prefilled_k, prefilled_v, k1, v1, 3, decoded_k, decoded_v, "kv_cache_update(..., pos=3)"))
 ex.test("fills the cache exactly to capacity; raises ValueError beyond it", 1,
         [call_seeing_args(ck2, cv2, kn2, vn2, 8), call(ck, cv, kn, vn, 7), call(ck2, cv2, kn2, vn2, 9)], _judge_capacity)
-EXERCISES.append(ex)
-
-# --- RoPE --------------------------------------------------------------------------------------
-ex = Exercise("apply_rope", "Rotary position embeddings (half-split layout)")
-xr = rng.standard_normal((2, 3, 5, 8)).astype(np.float32)          # (B, H, T, D)
-pos = np.arange(4, 9)                                              # (T,) a decode offset of 4
-
-
-def ref_rope(x, positions, base=10000.0, interleaved=False, exponent=2.0):
-    """The SmolLM2 engine's RoPE (``tinyllm.models.llama.rope_tables`` + ``apply_rope``) in float64.
-
-    The mistakes are expressed through it: frequencies base^(-i/D) are base'^(-2i/D) with
-    base' = sqrt(base), and the interleaved layout is the half-split one on the even/odd-permuted vector."""
-    x = x.astype(np.float64)
-    positions = np.asarray(positions)
-    d = x.shape[-1]
-    cos, sin = rope_tables(d, base ** (exponent / 2.0), int(positions.max()) + 1, dtype=np.float64)
-    cos, sin = cos[positions], sin[positions]                      # (T, D/2) broadcast over (B, H)
-    if interleaved:
-        perm = np.concatenate([np.arange(0, d, 2), np.arange(1, d, 2)])   # evens first, then odds
-        out = np.empty_like(x)
-        out[..., perm] = lib_apply_rope(x[..., perm], cos, sin)
-        return out
-    return lib_apply_rope(x, cos, sin)
-
-
-def _judge_rope(rs):
-    y = array(rs[0], "apply_rope(x, positions)", shape=xr.shape, dtype=np.float32)
-    if np.allclose(y, ref_rope(xr, pos, interleaved=True), atol=1e-4):
-        raise Fail("you rotate interleaved pairs (x[0], x[1]), (x[2], x[3]), ...: this lesson uses the half-split "
-                   "layout, pairing x[i] with x[i + D/2] (rotate_half)")
-    if np.allclose(y, ref_rope(xr, pos, exponent=1.0), atol=1e-4):
-        raise Fail("the frequencies are base^(-i/D): use theta_i = base^(-2i/D) for i = 0 .. D/2 - 1")
-    if np.allclose(y, ref_rope(xr, np.arange(len(pos))), atol=1e-4):
-        raise Fail("the angles ignore the positions argument (they start at 0): use angle = positions[t] * theta_i")
-    close(y, ref_rope(xr, pos), "apply_rope(x, positions)", rtol=1e-4, atol=1e-5)
-
-
-def _judge_rope_norm(rs):
-    y = array(rs[0], "apply_rope(x, positions)", shape=xr.shape, floating=True)
-    close(np.linalg.norm(y, axis=-1), np.linalg.norm(xr.astype(np.float64), axis=-1), "the vector lengths after RoPE",
-          rtol=1e-4, hint="a rotation keeps every head vector's length")
-    y0 = array(rs[1], "apply_rope at position 0", shape=xr[:, :, :1].shape, floating=True)
-    close(y0, xr[:, :, :1], "apply_rope at position 0", atol=1e-6, hint="position 0 rotates by angle 0: nothing changes")
-
-
-ex.test("matches the reference (half-split), float32", 3, [call(xr, pos)], _judge_rope)
-ex.test("a rotation: keeps lengths, position 0 unchanged", 1, [call(xr, pos), call(xr[:, :, :1], np.array([0]))],
-        _judge_rope_norm)
 EXERCISES.append(ex)
 
 # --- RMSNorm -----------------------------------------------------------------------------------
