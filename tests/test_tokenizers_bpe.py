@@ -246,5 +246,5 @@ def test_gguf_metadata_as_numpy_arrays():
     assert tok.bos_token_id == 0 and tok.special_tokens == {"<|endoftext|>": 0}
     with pytest.raises(TokenizerError, match="token_type"):
         BPETokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.token_type": [1]})
-    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+    with pytest.raises(TokenizerError, match="bos_token_id 999 is not an id in the vocabulary"):
         BPETokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.bos_token_id": 999})

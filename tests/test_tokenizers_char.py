@@ -67,7 +67,7 @@ def test_save_load(tmp_path):
 def test_load_errors(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")
-    with pytest.raises(TokenizerError, match="bad.json.*not a tokenizer JSON"):
+    with pytest.raises(TokenizerError, match="bad.json.*invalid JSON"):
         CharTokenizer.load(path)
     path.write_text(json.dumps({"format": "other"}))
     with pytest.raises(TokenizerError, match="format"):
