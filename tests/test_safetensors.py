@@ -412,34 +412,3 @@ def test_bad_inputs(tmp_path):
         st.save_file({"w": np.ones(2, np.float32)}, tmp_path / "a.safetensors", metadata={"a": 1})
     with pytest.raises(ValueError, match="names"):
         st.save_file({"__metadata__": np.ones(2, np.float32)}, tmp_path / "a.safetensors")
-
-
-# ---- property test ------------------------------------------------------------------
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as hst  # noqa: E402
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=hst.data())
-def test_random_corruption_only_checkpoint_errors(tmp_path_factory, data):
-    rng = np.random.default_rng(1)
-    t = {k: v for k, v in _sample(rng).items() if k in ("f32", "bf16", "i8", "bool", "scalar")}
-    base = tmp_path_factory.mktemp("st") / "base.safetensors"
-    st.save_file(t, base, metadata={"k": "v"})
-    raw = bytearray(base.read_bytes())
-    n = int.from_bytes(raw[:8], "little")
-    for _ in range(data.draw(hst.integers(0, 6))):
-        limit = data.draw(hst.sampled_from([8, 8 + n, len(raw)]))
-        raw[data.draw(hst.integers(0, limit - 1))] = data.draw(hst.integers(0, 255))
-    cut = data.draw(hst.one_of(hst.just(len(raw)), hst.integers(0, len(raw))))
-    p = base.with_name("fuzz.safetensors")
-    p.write_bytes(bytes(raw[:cut]))
-    try:
-        f = st.SafetensorsFile(p)
-        for k in f.keys():
-            x = f.get(k)
-            assert x.shape == f.shape(k)
-    except CheckpointError:
-        pass

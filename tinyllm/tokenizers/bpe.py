@@ -218,6 +218,8 @@ class BPETokenizer:
         for s, i in self.special_tokens.items():
             if not (isinstance(s, str) and s and type(i) is int and 0 <= i < n):
                 raise TokenizerError(f"special token {s!r} has invalid id {i!r} (vocabulary of {n})")
+            if self.vocab[i] != s.encode("utf-8", errors="replace"):
+                raise TokenizerError(f"special token {s!r}: token {i} holds other bytes, {self.vocab[i]!r}")
         for key in ("bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id"):
             i = getattr(self, key)
             if i is not None and not (type(i) is int and 0 <= i < n):
