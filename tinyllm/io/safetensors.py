@@ -263,7 +263,7 @@ def load_file(path: str | os.PathLike[str], mmap: bool = True) -> dict[str, np.n
 
 # ---- shards ----------------------------------------------------------------------
 
-_DIGEST_KEY = "tinyllm.weight_map_sha256"
+_DIGEST_KEY, _SAVE_KEY, _GEN_KEY = "tinyllm.weight_map_sha256", "tinyllm.save_id", "tinyllm.generation"
 
 
 def _digest(weight_map: Mapping[str, str]) -> str:
@@ -271,22 +271,40 @@ def _digest(weight_map: Mapping[str, str]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _content_id(shards: list[dict[str, np.ndarray]], metadata: Mapping[str, str]) -> str:
-    """12 hex digits of a SHA-256 over every shard's header and bytes (checking every tensor on the
-    way): new content gets new shard names, and saving the same content twice gives the same files."""
+def _save_id(shards: list[dict[str, np.ndarray]], metadata: Mapping[str, str]) -> str:
+    """16 hex digits of a SHA-256 over every shard's header and bytes (checking every tensor on the way)."""
     h = hashlib.sha256()
     for shard in shards:
         header, arrays = _prepare(shard, metadata)
         h.update(len(header).to_bytes(8, "little") + header)
         for x in arrays:
             h.update(memoryview(x.reshape(-1).view(np.uint8)))
-    return h.hexdigest()[:12]
+    return h.hexdigest()[:16]
+
+
+def _shard_names(prefix: str, n: int, generation: int) -> list[str]:
+    """Generation 1 has the Hugging Face names (``model-00001-of-00003.safetensors``), later ones a ``-v<g>``."""
+    tag = "" if generation == 1 else f"-v{generation}"
+    return [f"{prefix}{tag}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def _current_index(directory: str) -> tuple[set[str] | None, int]:
+    """The shard names the current index lists (empty without an index; None if it cannot be read)
+    and its generation (0 if none)."""
+    try:
+        index = read_json(os.path.join(directory, INDEX_NAME), CheckpointError)
+        generation = index.get("metadata", {}).get(_GEN_KEY, 1)
+        return set(index["weight_map"].values()), generation if type(generation) is int and 0 < generation < 10**9 else 1
+    except FileNotFoundError:
+        return set(), 0
+    except (OSError, CheckpointError, TypeError, KeyError, AttributeError):
+        return None, 1
 
 
 def _remove_leftovers(directory: str, prefix: str, keep: set[str] | None) -> None:
     """Delete our shard files not in ``keep`` (all shards are kept when ``keep`` is None) and the
     temporary files of interrupted shard writes."""
-    shard = re.escape(prefix) + r"-(?:[0-9a-f]{12}-)?\d{5}-of-\d{5}\.safetensors"
+    shard = re.escape(prefix) + r"(?:-v\d+)?-\d{5}-of-\d{5}\.safetensors"
     shard_rx, temp_rx = re.compile(shard + r"\Z"), re.compile(r"\." + shard + r"\.[a-z0-9_]{8}\.tmp\Z")
     for entry in os.listdir(directory):
         if temp_rx.match(entry) or (keep is not None and shard_rx.match(entry) and entry not in keep):
@@ -296,28 +314,19 @@ def _remove_leftovers(directory: str, prefix: str, keep: set[str] | None) -> Non
                 pass
 
 
-def _indexed_shards(directory: str) -> set[str] | None:
-    """The shard names the current index lists (empty without an index; None if it cannot be read)."""
-    try:
-        index = read_json(os.path.join(directory, INDEX_NAME), CheckpointError)
-        return set(index["weight_map"].values())
-    except FileNotFoundError:
-        return set()
-    except (OSError, CheckpointError, TypeError, KeyError, AttributeError):
-        return None
-
-
 def save_sharded(tensors: Mapping[str, Any], directory: str | os.PathLike[str], max_shard_bytes: int,
                  metadata: Mapping[str, str] | None = None, prefix: str = "model") -> list[str]:
     """Split ``tensors`` into files of at most ``max_shard_bytes`` (a bigger tensor gets a shard alone)
     plus ``model.safetensors.index.json``. Returns the shard file names.
 
-    The save replaces a checkpoint in ``directory`` atomically: the new shards get new names
-    (``<prefix>-<content id>-00001-of-00003.safetensors``, the id a digest of what is saved), the index is switched last (one
-    ``os.replace``), and only then are the old shards deleted. Each shard and the index carry the
-    SHA-256 of the index's ``weight_map``, so :func:`load_sharded` refuses a mix of shards from two
-    saves. On an exception the new shards are deleted. A process killed outright can leave the new
-    shards (before the switch) or the old ones (after it), unreferenced; the next save deletes them.
+    Replacing a checkpoint in ``directory`` is atomic: the new shards get names no current shard has
+    (a generation tag: ``model-v2-00001-of-00003.safetensors``), the index is switched last (one
+    ``os.replace``), and only then are the old shards deleted. The index and every shard record the
+    SHA-256 of the ``weight_map`` and a save id (a digest of all the bytes saved), so
+    :func:`load_sharded` refuses an edited index and a mix of shards from two saves. On an exception
+    the new shards are deleted. A process killed outright can leave the new shards (before the
+    switch) or the old ones (after it) unreferenced, and temporary files; the next save deletes them.
+    One writer per folder at a time.
     """
     if not isinstance(max_shard_bytes, int) or max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be a positive int, got {max_shard_bytes!r}")
@@ -326,8 +335,10 @@ def save_sharded(tensors: Mapping[str, Any], directory: str | os.PathLike[str], 
     metadata = dict(metadata or {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError("metadata must be a dict of str -> str (serialise other values with json.dumps)")
-    if {"total_size", _DIGEST_KEY} & metadata.keys():
-        raise ValueError(f"metadata keys 'total_size' and {_DIGEST_KEY!r} are reserved")
+    if {"total_size", _DIGEST_KEY, _SAVE_KEY, _GEN_KEY} & metadata.keys():
+        raise ValueError(f"metadata keys 'total_size', {_DIGEST_KEY!r}, {_SAVE_KEY!r} and {_GEN_KEY!r} are reserved")
+    if not tensors:
+        raise ValueError("tensors is empty: a sharded checkpoint needs at least one tensor")
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     arrays = {name: to_numpy(x) for name, x in tensors.items()}
@@ -339,17 +350,24 @@ def save_sharded(tensors: Mapping[str, Any], directory: str | os.PathLike[str], 
             size = 0
         shards[-1][name] = x
         size += x.nbytes
-    save_id = _content_id(shards, metadata)
-    names = [f"{prefix}-{save_id}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    save_id = _save_id(shards, metadata)
+    current, generation = _current_index(directory)
+    _remove_leftovers(directory, prefix, current)  # what interrupted saves left
+    generation += 1
+    names = _shard_names(prefix, len(shards), generation)
+    taken = current if current is not None else set(os.listdir(directory))  # unreadable index: keep every file
+    while taken & set(names):
+        generation += 1
+        names = _shard_names(prefix, len(shards), generation)
     weight_map = {name: fname for fname, shard in zip(names, shards) for name in shard}
-    digest = _digest(weight_map)
-    _remove_leftovers(directory, prefix, _indexed_shards(directory))  # what interrupted saves left
+    stamp = {_DIGEST_KEY: _digest(weight_map), _SAVE_KEY: save_id}
     written = []
     try:
         for fname, shard in zip(names, shards):
             written.append(os.path.join(directory, fname))
-            save_file(shard, written[-1], {**metadata, _DIGEST_KEY: digest})
-        index = {"metadata": {"total_size": sum(x.nbytes for x in arrays.values()), **metadata, _DIGEST_KEY: digest},
+            save_file(shard, written[-1], {**metadata, **stamp})
+        index = {"metadata": {"total_size": sum(x.nbytes for x in arrays.values()), **metadata, **stamp,
+                              _GEN_KEY: generation},
                  "weight_map": weight_map}
         write_json(os.path.join(directory, INDEX_NAME), index, indent=2)
     except BaseException:
@@ -367,8 +385,9 @@ def load_sharded(directory: str | os.PathLike[str], mmap: bool = True) -> dict[s
     """All tensors of a sharded checkpoint written by :func:`save_sharded` (or Hugging Face).
 
     Every shard must hold exactly the tensors the index maps to it. When the index or a shard
-    carries the digest of the ``weight_map`` (:func:`save_sharded` writes it), all must carry the
-    digest of the ``weight_map`` as read, and ``total_size`` must be the tensors' size.
+    carries a save id or a ``weight_map`` digest (:func:`save_sharded` writes both), all must carry
+    the same save id and the digest of the ``weight_map`` as read, and ``total_size`` must be the
+    tensors' size.
     """
     directory = os.fspath(directory)
     index_path = os.path.join(directory, INDEX_NAME)
@@ -378,8 +397,8 @@ def load_sharded(directory: str | os.PathLike[str], mmap: bool = True) -> dict[s
         raise CheckpointError(f"{index_path}: cannot read the shard index: {e.strerror or e}") from e
     wm = index.get("weight_map") if isinstance(index, dict) else None
     meta = index.get("metadata", {}) if isinstance(index, dict) else None
-    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
-        raise CheckpointError(f"{index_path}: needs a 'weight_map' object of tensor name -> shard file name")
+    if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+        raise CheckpointError(f"{index_path}: needs a non-empty 'weight_map' object of tensor name -> shard file name")
     if not isinstance(meta, dict):
         raise CheckpointError(f"{index_path}: 'metadata' must be an object, got {type(meta).__name__}")
     by_shard: dict[str, set[str]] = {}
@@ -387,22 +406,24 @@ def load_sharded(directory: str | os.PathLike[str], mmap: bool = True) -> dict[s
         if os.path.basename(fname) != fname or fname in ("", ".", ".."):
             raise CheckpointError(f"{index_path}: tensor {name!r}: shard name {fname!r} must be a plain file name")
         by_shard.setdefault(fname, set()).add(name)
-    digest, stored = _digest(wm), meta.get(_DIGEST_KEY)
-    if stored is not None and stored != digest:
+    digest = _digest(wm)
+    stamp = {_DIGEST_KEY: meta.get(_DIGEST_KEY), _SAVE_KEY: meta.get(_SAVE_KEY)}
+    if stamp[_DIGEST_KEY] is not None and stamp[_DIGEST_KEY] != digest:
         raise CheckpointError(f"{index_path}: the weight_map does not match its digest {_DIGEST_KEY!r} (edited or corrupt)")
     files: dict[str, SafetensorsFile] = {}
     for fname, names in by_shard.items():
         shard = files[fname] = SafetensorsFile(os.path.join(directory, fname))
-        theirs = shard.metadata.get(_DIGEST_KEY)
-        if (stored is not None or theirs is not None) and theirs != digest:
-            raise CheckpointError(f"{shard.path}: belongs to another save than {INDEX_NAME} (its digest differs): "
-                                  "shards of two saves are mixed, e.g. by an interrupted copy")
+        theirs = {k: shard.metadata.get(k) for k in stamp}
+        if any(stamp.values()) or any(theirs.values()):  # written by save_sharded: all must agree
+            if theirs != {_DIGEST_KEY: digest, _SAVE_KEY: stamp[_SAVE_KEY]}:
+                raise CheckpointError(f"{shard.path}: belongs to another save than {INDEX_NAME} (its {_SAVE_KEY!r} or "
+                                      f"{_DIGEST_KEY!r} differs): shards of two saves are mixed, e.g. by a copy")
         if set(shard.keys()) != names:
             extra, missing = sorted(set(shard.keys()) - names), sorted(names - set(shard.keys()))
             what = f"tensor {missing[0]!r}: listed in {INDEX_NAME} but missing from the shard" if missing else \
                 f"tensor {extra[0]!r}: in the shard but not listed for it in {INDEX_NAME}"
             raise CheckpointError(f"{shard.path}: {what}")
-    if stored is not None:
+    if any(stamp.values()):
         total = sum(files[f].get(n).nbytes for n, f in wm.items())
         if meta.get("total_size") != total:
             raise CheckpointError(f"{index_path}: total_size is {meta.get('total_size')!r}, the tensors hold {total} bytes")
