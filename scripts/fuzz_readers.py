@@ -636,12 +636,15 @@ class GGUF:
         try:
             g = gguf.GGUFReader(str(self.path))
             theirs = {k: f.contents() for k, f in g.fields.items() if not k.startswith("GGUF.")}
+            nested = {k for k, f in g.fields.items() if f.types[:2] == [gguf.GGUFValueType.ARRAY] * 2}
             their_tensors = {t.name: t for t in g.tensors}
         except Exception as e:
             return _fail("misread", f"loaded a file the gguf package refuses ({type(e).__name__}: {e})")
         if r.metadata.keys() != theirs.keys():
             return _fail("misread", "other metadata keys than the gguf package")
-        bad = [k for k in theirs if not _same(_plain(r.metadata[k]), _plain(theirs[k]))]
+        # (the gguf package's contents() flattens nested arrays: compare those flattened)
+        ours = {k: _flat(v) if k in nested else v for k, v in r.metadata.items()}
+        bad = [k for k in theirs if not _same(_plain(ours[k]), _plain(theirs[k]))]
         if bad:
             return _fail("misread", f"metadata {bad[0]!r} differs from the gguf package")
         if r.tensors.keys() != their_tensors.keys():
@@ -662,6 +665,10 @@ class GGUF:
         except Exception as e:
             return _foreign(e)
         return self.compare(r, raws)
+
+
+def _flat(v):
+    return [y for x in v for y in _flat(x)] if isinstance(v, list) else [v]
 
 
 def _plain(v):

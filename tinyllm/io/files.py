@@ -24,10 +24,12 @@ import numpy as np
 
 from tinyllm.errors import TinyLLMError
 
-__all__ = ["atomic_write", "write_json", "parse_json", "read_json", "MAX_JSON_DEPTH", "MAX_INT_DIGITS"]
+__all__ = ["atomic_write", "remove_stale_temps", "write_json", "json_depth", "parse_json", "read_json",
+           "MAX_JSON_DEPTH", "MAX_INT_DIGITS", "MAX_JSON_BYTES"]
 
 MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 64  # a 128-bit RNG state has 39
+MAX_JSON_BYTES = 100_000_000  # as the safetensors header; a 262k-token BPE file takes about 10 MB
 _TMP_SUFFIX = ".tmp"
 
 
@@ -80,13 +82,14 @@ def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = None
     atomic_write(path, lambda f: f.write(data))
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a JSON string, escapes included
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of ``[`` and ``{`` in JSON text (brackets inside strings do not count)."""
-    brackets = np.frombuffer(_NOT_BRACKET.sub(b"", _STRING.sub(b"", raw)), dtype=np.uint8)
+    brackets = np.frombuffer(_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS), dtype=np.uint8)
     if not brackets.size:
         return 0
     step = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
@@ -123,13 +126,14 @@ def parse_json(raw: bytes, where: str, error: type[TinyLLMError], *, max_depth: 
     try:
         obj = json.loads(text, parse_int=parse_int, object_pairs_hook=no_duplicates,
                          **({} if allow_nan else {"parse_constant": no_constants}))
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")  # lone surrogates ("\ud800") are not Unicode
+        if _SURROGATE_ESCAPE.search(raw):  # a lone surrogate ("\ud800" alone) is not Unicode
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeEncodeError) as e:  # json.JSONDecodeError is a ValueError
         raise error(f"{where}: invalid JSON ({str(e)[:200]})") from None
     return obj
 
 
-def read_json(path: str | os.PathLike[str], error: type[TinyLLMError], *, max_bytes: int = 1 << 30,
+def read_json(path: str | os.PathLike[str], error: type[TinyLLMError], *, max_bytes: int = MAX_JSON_BYTES,
               **limits: Any) -> Any:
     """Read and parse the JSON file ``path`` (at most ``max_bytes``) with :func:`parse_json`'s limits."""
     path = os.fspath(path)
