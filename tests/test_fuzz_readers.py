@@ -43,7 +43,7 @@ def test_base_file_loads(formats, name):
 
 @pytest.mark.parametrize("name", list(fuzz.FORMATS))
 @settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_mutated_files_load_exactly_or_fail_cleanly(formats, name, data):
     fmt = formats[name]
