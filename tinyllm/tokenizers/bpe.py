@@ -174,7 +174,7 @@ class BPETokenizer:
     ``chat_template`` (set when loaded from a model, else None/False).
     """
 
-    def __init__(self, vocab, merges, merge_ids=None, special_tokens=None, pattern="gpt2", *, check=True, **info):
+    def __init__(self, vocab, merges, merge_ids=None, special_tokens=None, pattern="gpt2", **info):
         self.vocab: list[bytes] = list(vocab)
         self.merges: list[tuple[int, int]] = [tuple(m) for m in merges]
         if merge_ids is None:  # trained tokenizers: merge r makes id 256 + r
@@ -190,8 +190,7 @@ class BPETokenizer:
         self.chat_template = info.pop("chat_template", None)
         if info:
             raise TypeError(f"unexpected keyword arguments {sorted(info)}")
-        if check:  # from_gguf_metadata builds merges from the token strings, consistent by construction
-            self._check()
+        self._check()
         self._ranks = dict(zip(self.merges, range(len(self.merges))))  # (a, b) -> rank
         self._merged = dict(zip(self.merges, self.merge_ids))  # (a, b) -> new id
         self._special_ids = set(self.special_tokens.values())
