@@ -281,7 +281,7 @@ def test_zero_grad():
     ("lr", [0.1], TypeError, "lr must be a real number"),
     ("lr", "0.1", TypeError, "lr must be a real number"),
     ("lr", float("nan"), ValueError, "lr must be >= 0"),
-    ("lr", 10**400, ValueError, "does not fit a float"),  # was OverflowError
+    ("lr", 10**400, ValueError, "too large for a float"),  # was OverflowError
     ("beta2", 1.0, ValueError, r"beta2 must be in \[0.0, 1.0\)"),
     ("eps", -1e-8, ValueError, "eps must be >= 0"),
     ("exp_avg.0", np.zeros(3, np.int64), ValueError, "floating-point"),

@@ -141,7 +141,7 @@ class Optimizer:
             try:
                 value = float(value)
             except OverflowError:
-                raise ValueError(f"optimiser state {name} = {value} does not fit a float") from None
+                raise ValueError(f"optimiser state {name} is an integer too large for a float") from None
             lo_hi = _RANGES.get(name)
             if lo_hi is None:
                 _check_nonneg(f"optimiser state {name}", value)
