@@ -160,10 +160,10 @@ def _foreign(e: BaseException) -> str:
 
 # ---- formats --------------------------------------------------------------------------
 
-def _st_frame(header: dict, data: bytes, keep_length: int | None = None) -> bytes:
+def _st_frame(header: dict, data: bytes) -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-(len(raw) + 8) % 8)
-    return (len(raw) if keep_length is None else keep_length).to_bytes(8, "little") + raw + data
+    return len(raw).to_bytes(8, "little") + raw + data
 
 
 def _st_split(raw: bytes) -> tuple[int, dict, bytes]:
