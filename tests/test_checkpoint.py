@@ -119,3 +119,111 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="step"):
         ck.save_checkpoint(tmp_path / "x.safetensors", m, step=-1)
     assert sorted(os.listdir(tmp_path)) == ["c.safetensors", "no_optim.safetensors", "plain.safetensors"]
+
+
+# ---- hostile files: every field checked, nothing written before the error ---------------
+
+def _saved(tmp_path):
+    m = mlp()
+    o = AdamW(m.parameters(), lr=1e-2)
+    train(m, o, np.random.default_rng(0), 2)
+    p = tmp_path / "good.safetensors"
+    ck.save_checkpoint(p, m, o, step=2, extra={"note": "x"})
+    return p
+
+
+def _rewrite(p, q, edit_meta=None, edit_tensors=None):
+    """Copy checkpoint ``p`` to ``q`` with its metadata JSON (a dict) or its tensors edited."""
+    import json
+
+    f = SafetensorsFile(p)
+    tensors = {k: f.get(k) for k in f.keys()}
+    meta = json.loads(f.metadata["tinyllm"])
+    text = json.dumps(meta)
+    if edit_meta is not None:
+        out = edit_meta(meta)
+        text = out if isinstance(out, str) else json.dumps(meta)
+    if edit_tensors is not None:
+        edit_tensors(tensors)
+    save_file(tensors, q, metadata={"tinyllm": text})
+    return q
+
+
+def _fresh():
+    m = mlp(seed=7)
+    o = AdamW(m.parameters(), lr=5e-3)
+    return m, o, ({k: v.copy() for k, v in m.state_dict().items()}, o.state_dict())
+
+
+def _unchanged(m, o, before):
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[0][k], err_msg=k)
+    for k, v in o.state_dict().items():
+        assert np.array_equal(v, before[1][k]) if hasattr(v, "shape") else v == before[1][k], k
+
+
+def _set(path, value):
+    def edit(meta):
+        node = meta
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,match", [
+    (_set(["step"], "3"), "step must be an int"),
+    (_set(["step"], 1e400), "step must be an int"),  # was OverflowError
+    (_set(["step"], 2**70), "step must be an int"),
+    (_set(["step"], True), "step must be an int"),
+    (_set(["format_version"], True), "format_version"),
+    (_set(["model_class"], ["x"]), "model_class"),
+    (_set(["extra"], [1]), "extra must be an object"),
+    (_set(["optimizer"], [1]), "optimizer must be an object"),  # was AttributeError
+    (_set(["optimizer", "class"], {"a": 1}), "optimizer must be an object"),  # was TypeError
+    (_set(["optimizer", "scalars"], None), "optimizer must be an object"),
+    (_set(["optimizer", "scalars", "lr"], [1e-3]), "scalar 'lr'"),  # was TypeError in float()
+    (_set(["optimizer", "scalars", "lr"], -1.0), "lr .*must be >= 0"),  # was: model written, then the error
+    (_set(["optimizer", "scalars", "lr"], 10**60 * 1.0), None),  # a huge but valid float is fine
+    (_set(["optimizer", "scalars", "beta1"], 1.5), "beta1 must be in"),
+    (_set(["optimizer", "scalars", "step"], -1), "step must be an int"),
+    (_set(["optimizer", "scalars", "step"], 3.5), "step must be an int"),
+    (lambda meta: meta["optimizer"]["scalars"].pop("eps"), "missing \\['eps'\\]"),  # was KeyError
+    (lambda meta: "[" * 10_000 + "]" * 10_000, "nested 10000 levels"),  # was RecursionError
+    (lambda meta: '{"format_version": 1, "step": 1' + "0" * 5000 + "}", "integer of 5001 digits"),
+])
+def test_bad_metadata_is_refused_before_anything_changes(tmp_path, edit, match):
+    q = _rewrite(_saved(tmp_path), tmp_path / "bad.safetensors", edit_meta=edit)
+    m, o, before = _fresh()
+    if match is None:
+        ck.load_checkpoint(q, m, o)
+        return
+    with pytest.raises(CheckpointError, match="bad.safetensors: .*" + match):
+        ck.load_checkpoint(q, m, o)
+    _unchanged(m, o, before)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.update({"optim.exp_avg.0": t["optim.exp_avg.0"].view(np.int32)}), "'optim.exp_avg.0': dtype int32"),
+    (lambda t: t.update({"optim.exp_avg.1": t["optim.exp_avg.1"][:-1]}), "exp_avg.1: expected shape"),
+    (lambda t: t.update({"model.layers.0.weight": t["model.layers.0.weight"].view(np.int32)}), "dtype int32 in the file"),
+    (lambda t: t.update({"optim.lr": np.zeros(1, np.float32)}), "'optim.lr': also an optimiser scalar"),
+])
+def test_bad_tensors_are_refused_before_anything_changes(tmp_path, edit, match):
+    q = _rewrite(_saved(tmp_path), tmp_path / "bad.safetensors", edit_tensors=edit)
+    m, o, before = _fresh()
+    with pytest.raises(CheckpointError, match="bad.safetensors: .*" + match):
+        ck.load_checkpoint(q, m, o)
+    _unchanged(m, o, before)
+
+
+def test_save_refuses_extra_that_could_not_be_loaded(tmp_path):
+    m = mlp()
+    nested: list = []
+    for _ in range(100):
+        nested = [nested]
+    with pytest.raises(ValueError, match="nested .* could not be loaded back"):
+        ck.save_checkpoint(tmp_path / "x.safetensors", m, extra={"deep": nested})
+    with pytest.raises(ValueError, match="digits"):
+        ck.save_checkpoint(tmp_path / "x.safetensors", m, extra={"big": 10**100})
+    assert not os.listdir(tmp_path)

@@ -271,3 +271,33 @@ def test_zero_grad():
     optim.SGD([p], lr=0.1).zero_grad()
     assert not p.grad.any()
     assert math.isfinite(optim.clip_grad_norm([p], 1.0))
+
+
+@pytest.mark.parametrize("key,value,error,match", [
+    ("step", 2.0, ValueError, "step must be an int"),
+    ("step", True, ValueError, "step must be an int"),
+    ("step", -1, ValueError, "step must be an int"),
+    ("step", 2**64, ValueError, "step must be an int"),
+    ("lr", [0.1], TypeError, "lr must be a real number"),
+    ("lr", "0.1", TypeError, "lr must be a real number"),
+    ("lr", float("nan"), ValueError, "lr must be >= 0"),
+    ("lr", 10**400, ValueError, "too large for a float"),  # was OverflowError
+    ("beta2", 1.0, ValueError, r"beta2 must be in \[0.0, 1.0\)"),
+    ("eps", -1e-8, ValueError, "eps must be >= 0"),
+    ("exp_avg.0", np.zeros(3, np.int64), ValueError, "floating-point"),
+    ("exp_avg.0", [0.0, 0.0, 0.0], TypeError, "expected an array"),
+])
+def test_load_state_dict_checks_everything_before_changing_anything(key, value, error, match):
+    p = Parameter(np.ones(3))
+    opt = optim.Adam([p], lr=0.1)
+    p.grad[...] = 1.0
+    opt.step()
+    before = opt.state_dict()
+    bad = {**before, key: value}
+    with pytest.raises(error, match=match):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    for k, v in before.items():
+        assert np.array_equal(v, after[k]) if hasattr(v, "shape") else v == after[k], k
+    with pytest.raises(TypeError, match="must be a dict"):
+        opt.check_state_dict([("lr", 0.1)])

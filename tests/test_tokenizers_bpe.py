@@ -246,5 +246,105 @@ def test_gguf_metadata_as_numpy_arrays():
     assert tok.bos_token_id == 0 and tok.special_tokens == {"<|endoftext|>": 0}
     with pytest.raises(TokenizerError, match="token_type"):
         BPETokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.token_type": [1]})
-    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+    with pytest.raises(TokenizerError, match="bos_token_id 999 is not an id in the vocabulary"):
         BPETokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.bos_token_id": 999})
+
+
+def _hostile(tok, tmp_path, **change):
+    path = tmp_path / "hostile.json"
+    tok.save(path)
+    obj = json.loads(path.read_text())
+    obj.update(change)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"merges": [[97, 98, True]]}, "triples"),
+    ({"merges": [[97.0, 98, 256]]}, "triples"),
+    ({"tokens": "abc"}, "must be lists"),
+    ({"special_tokens": [["<s>", 1]]}, "special_tokens"),  # was TypeError
+    ({"special_tokens": {"<|endoftext|>": 3}}, "token 3 holds other bytes"),
+    ({"info": {"bos_token_id": "1"}}, "bos_token_id' must be int"),
+    ({"info": {"bos_token_id": 10**6}}, "bos_token_id 1000000 is not an id"),
+    ({"info": {"add_bos_token": 1}}, "add_bos_token' must be bool"),
+    ({"info": {"colour": 1}}, "key 'info' must be an object with keys among"),
+    ({"info": [1]}, "key 'info'"),
+    ({"pattern": {"a": 1}}, "pattern must be a preset name"),
+    ({"pattern": [r"(\w+)"]}, "no capturing group"),
+    ({"pattern": ["(?r)."] * 3}, "must match forward"),  # loaded, then encode multiplied the text
+    ({"pattern": ["."] * 17}, "at most 16 regexes"),
+    ({"pattern": ["(?:"]}, "not a valid regex"),
+])
+def test_hostile_fields(tok, tmp_path, change, match):
+    with pytest.raises(TokenizerError, match="hostile.json.*" + match):
+        BPETokenizer.load(_hostile(tok, tmp_path, **change))
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[" * 10_000 + "]" * 10_000, "nested 10000 levels"),  # was RecursionError
+    ('{"format": "tinyllm-bpe", "version": 1, "tokens": [], "merges": [[1' + "0" * 5000 + ", 2, 3]]}",
+     "integer of 5001 digits"),  # was a bare ValueError
+])
+def test_hostile_json(tmp_path, text, match):
+    path = tmp_path / "hostile.json"
+    path.write_text(text)
+    with pytest.raises(TokenizerError, match="hostile.json.*" + match):
+        BPETokenizer.load(path)
+
+
+def test_reverse_pattern_would_have_duplicated_text():
+    """Why reverse patterns are refused: their matches come last to first, so the pieces no longer
+    follow the text (each stage of a pattern list multiplied it)."""
+    import regex
+
+    assert regex.findall("(?r).", "abc") == ["c", "b", "a"]
+    with pytest.raises(ValueError, match="must match forward"):
+        pre_tokenize("abc", "(?r).")
+
+
+def _gguf_metadata():
+    spell = bytes_to_unicode()
+    tokens = ["<|endoftext|>"] + [spell[b] for b in range(256)] + ["Ġt", "Ġth"]
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": ["Ġ t", "Ġt h"],
+        "tokenizer.ggml.token_type": [3] + [1] * 258,
+        "tokenizer.ggml.bos_token_id": 0,
+    }
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("tokenizer.ggml.model", ["gpt2"], "'tokenizer.ggml.model' must be str"),
+    ("tokenizer.ggml.pre", 3, "'tokenizer.ggml.pre' must be str"),
+    ("tokenizer.ggml.tokens", list(range(259)), "'tokenizer.ggml.tokens' must be a list of str"),  # was str() of ints
+    ("tokenizer.ggml.tokens", [], "'tokenizer.ggml.tokens' is empty"),
+    ("tokenizer.ggml.merges", "Ġ t", "'tokenizer.ggml.merges' must be a list of str"),  # was TypeError
+    ("tokenizer.ggml.merges", [1, 2], "must be a list of str"),
+    ("tokenizer.ggml.merges", ["Ġ t h", "Ġt"], "merge 'Ġ t h' is not two tokens"),  # split in step, misread before
+    ("tokenizer.ggml.token_type", "1", "'tokenizer.ggml.token_type' must be a list of int"),
+    ("tokenizer.ggml.bos_token_id", "0", "'tokenizer.ggml.bos_token_id' must be int"),  # was TypeError
+    ("tokenizer.ggml.bos_token_id", True, "must be int"),
+    ("tokenizer.ggml.add_bos_token", 1, "'tokenizer.ggml.add_bos_token' must be bool"),
+    ("tokenizer.chat_template", ["x"], "'tokenizer.chat_template' must be str"),
+])
+def test_gguf_metadata_wrong_types(key, value, match):
+    with pytest.raises(TokenizerError, match=match):
+        BPETokenizer.from_gguf_metadata({**_gguf_metadata(), key: value})
+
+
+def test_gguf_metadata_without_merges_is_a_byte_tokenizer():
+    """An empty merges array (was StopIteration) gives a tokenizer of bytes only."""
+    tok = BPETokenizer.from_gguf_metadata({**_gguf_metadata(), "tokenizer.ggml.merges": []})
+    assert tok.merges == [] and tok.encode(" th") == [1 + ord(" "), 1 + ord("t"), 1 + ord("h")]
+
+
+def test_load_tokenizer_names_the_file():
+    from types import SimpleNamespace
+
+    from tinyllm.models.smollm2 import load_tokenizer
+
+    reader = SimpleNamespace(path="broken.gguf", metadata={**_gguf_metadata(), "tokenizer.ggml.merges": "Ġ t"})
+    with pytest.raises(TokenizerError, match="^broken.gguf: GGUF metadata 'tokenizer.ggml.merges'"):
+        load_tokenizer(reader)

@@ -67,7 +67,7 @@ def test_save_load(tmp_path):
 def test_load_errors(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")
-    with pytest.raises(TokenizerError, match="bad.json.*not a tokenizer JSON"):
+    with pytest.raises(TokenizerError, match="bad.json.*invalid JSON"):
         CharTokenizer.load(path)
     path.write_text(json.dumps({"format": "other"}))
     with pytest.raises(TokenizerError, match="format"):
@@ -83,3 +83,20 @@ def test_load_errors(tmp_path):
         CharTokenizer.load(path)
     with pytest.raises(FileNotFoundError):
         CharTokenizer.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"format": "tinyllm-char", "version": 1, "chars": ' + "[" * 10_000 + "]" * 10_000 + "}",
+     "nested 10001 levels"),  # was RecursionError
+    ('{"format": "tinyllm-char", "version": 1' + "0" * 5000 + ', "chars": "ab"}', "integer of 5001 digits"),  # was ValueError
+    ('{"format": "tinyllm-char", "version": true, "chars": "ab"}', "version True"),
+    ('{"format": "tinyllm-char", "version": 1, "chars": "ab", "unk": ["a"]}', "'unk'"),  # was TypeError
+    ('{"format": "tinyllm-char", "version": 1, "chars": "ab", "unk": "ab"}', "'unk'"),
+    ('{"format": "tinyllm-char", "version": 1, "chars": "ab", "chars": "cd"}', "duplicate key 'chars'"),
+    ('{"format": ["tinyllm-char"], "version": 1, "chars": "ab"}', "format"),
+])
+def test_hostile_files(tmp_path, text, match):
+    path = tmp_path / "hostile.json"
+    path.write_text(text)
+    with pytest.raises(TokenizerError, match="hostile.json.*" + match):
+        CharTokenizer.load(path)

@@ -26,8 +26,13 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+import ml_dtypes
+import numpy as np
+
 from tinyllm.backend import get_array_module
 from tinyllm.nn.module import Parameter
+
+_RANGES = {"beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}  # [lo, hi); other hyperparameters: >= 0
 
 
 def _check_nonneg(name: str, value: float) -> float:
@@ -101,21 +106,60 @@ class Optimizer:
                 state[f"{name}.{i}"] = a.copy()
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (arrays may be NumPy when the parameters live on the GPU)."""
+    def check_state_dict(self, state: Any) -> dict[str, Any]:
+        """Check a state dict against this optimiser without changing anything; returns it cleaned.
+
+        Keys must be exactly :meth:`state_dict`'s (``KeyError`` otherwise); arrays must have the
+        buffers' shapes and a floating dtype, ``step`` must be an int in [0, 2**63), ``lr`` and the
+        hyperparameters real numbers in their ranges (``ValueError``/``TypeError`` otherwise).
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
         expected = {"lr", "step", *self._hyper, *(f"{n}.{i}" for n in self._buffers for i in range(len(self.params)))}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected, key=str)
         if missing or unexpected:
             raise KeyError(f"{type(self).__name__} state dict does not match: missing {missing}, unexpected {unexpected}")
+        clean: dict[str, Any] = {}
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
-                value = state[f"{name}.{i}"]
+                key, value = f"{name}.{i}", state[f"{name}.{i}"]
+                if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+                    raise TypeError(f"optimiser state {key}: expected an array, got {type(value).__name__}")
                 if tuple(value.shape) != tuple(a.shape):
-                    raise ValueError(f"optimiser state {name}.{i}: expected shape {tuple(a.shape)}, got {tuple(value.shape)}")
+                    raise ValueError(f"optimiser state {key}: expected shape {tuple(a.shape)}, got {tuple(value.shape)}")
+                if value.dtype.kind != "f" and value.dtype != ml_dtypes.bfloat16:
+                    raise ValueError(f"optimiser state {key}: expected a floating-point array, got dtype {value.dtype}")
+                clean[key] = value
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 1 << 63:
+            raise ValueError(f"optimiser state step must be an int in [0, 2**63), got {step!r}"[:200])
+        clean["step"] = int(step)
+        for name in ("lr", *self._hyper):
+            value = state[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"optimiser state {name} must be a real number, got {type(value).__name__}")
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ValueError(f"optimiser state {name} is an integer too large for a float") from None
+            lo_hi = _RANGES.get(name)
+            if lo_hi is None:
+                _check_nonneg(f"optimiser state {name}", value)
+            elif not lo_hi[0] <= value < lo_hi[1]:
+                raise ValueError(f"optimiser state {name} must be in [{lo_hi[0]}, {lo_hi[1]}), got {value}")
+            clean[name] = value
+        return clean
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (arrays may be NumPy when the parameters live on the GPU).
+
+        Everything is checked (:meth:`check_state_dict`) before anything is changed.
+        """
+        state = self.check_state_dict(state)
         self.lr = state["lr"]
-        self.step_count = int(state["step"])
+        self.step_count = state["step"]
         for name in self._hyper:
-            setattr(self, name, float(state[name]))
+            setattr(self, name, state[name])
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
                 a[...] = get_array_module(a).asarray(state[f"{name}.{i}"], dtype=a.dtype)

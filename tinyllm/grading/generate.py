@@ -30,7 +30,7 @@ import re
 import sys
 from pathlib import Path
 
-from tinyllm.io.safetensors import atomic_write as _atomic_write_bytes
+from tinyllm.io.files import atomic_write as _atomic_write_bytes
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
 END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")

@@ -11,7 +11,8 @@ Layout of the file (all in safetensors, so any tool can inspect it):
 Floats go through JSON as their shortest round-trip repr and arrays as raw bytes, so
 save -> load restores a run bit for bit: training resumed from a checkpoint continues
 exactly as the uninterrupted run would. The write is atomic (temporary file, fsync,
-``os.replace``): a crash mid-save leaves the previous checkpoint intact.
+``os.replace``): a crash mid-save leaves the previous checkpoint intact. Loading checks the
+whole file before it writes into the model or the optimiser.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import numpy as np
 
 from tinyllm.backend import get_array_module, to_numpy
 from tinyllm.errors import CheckpointError
-from tinyllm.io.safetensors import SafetensorsFile, convert_dtype, save_file
+from tinyllm.io.files import parse_json
+from tinyllm.io.safetensors import DTYPES, SafetensorsFile, convert_dtype, save_file
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "FORMAT_VERSION"]
 
@@ -76,27 +78,60 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Any = N
         text = json.dumps(meta, allow_nan=True)
     except (TypeError, ValueError) as e:
         raise TypeError(f"extra must be JSON-serialisable: {e}") from None
+    try:  # what load_checkpoint would refuse is refused now
+        parse_json(text.encode("utf-8"), "extra", CheckpointError, allow_nan=True)
+    except CheckpointError as e:
+        raise ValueError(f"{e} (the checkpoint could not be loaded back)") from None
     save_file(tensors, path, metadata={_META: text})
 
 
+_SCALAR_TYPES = (bool, int, float, str, type(None))
+
+
 def _read_meta(f: SafetensorsFile) -> dict[str, Any]:
-    try:
-        meta = json.loads(f.metadata[_META])
-    except KeyError:
-        raise CheckpointError(f"{f.path}: not a tinyllm checkpoint (no '{_META}' entry in __metadata__)") from None
-    except ValueError as e:
-        raise CheckpointError(f"{f.path}: the checkpoint metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{f.path}: unsupported checkpoint format {meta.get('format_version') if isinstance(meta, dict) else meta!r}")
+    """The checkpoint's metadata JSON, every field checked: format_version, step, model_class,
+    extra and, when present, the optimiser's class and scalars."""
+    if _META not in f.metadata:
+        raise CheckpointError(f"{f.path}: not a tinyllm checkpoint (no '{_META}' entry in __metadata__)")
+    meta = parse_json(f.metadata[_META].encode("utf-8"), f"{f.path}: checkpoint metadata", CheckpointError, allow_nan=True)
+
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"{f.path}: checkpoint metadata: {problem}"[:400])
+
+    if not isinstance(meta, dict):
+        raise bad(f"must be a JSON object, got {type(meta).__name__}")
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise bad(f"unsupported format_version {version!r} (this reader knows {FORMAT_VERSION})")
+    step = meta.get("step")
+    if type(step) is not int or not 0 <= step < 1 << 63:
+        raise bad(f"step must be an int in [0, 2**63), got {step!r}")
+    if not isinstance(meta.get("model_class"), str):
+        raise bad(f"model_class must be a string, got {meta.get('model_class')!r}")
+    if not isinstance(meta.get("extra"), dict):
+        raise bad(f"extra must be an object, got {meta.get('extra')!r}")
+    if "optimizer" in meta:
+        info = meta["optimizer"]
+        if not (isinstance(info, dict) and isinstance(info.get("class"), str) and isinstance(info.get("scalars"), dict)):
+            raise bad(f"optimizer must be an object with a string 'class' and an object 'scalars', got {info!r}")
+        for k, v in info["scalars"].items():
+            if not isinstance(v, _SCALAR_TYPES):
+                raise bad(f"optimiser scalar {k!r} must be a number, string, bool or null, got {v!r}")
     return meta
+
+
+def _is_float(dt: np.dtype) -> bool:
+    return dt.kind == "f" or dt in (DTYPES["BF16"], DTYPES["F8_E4M3"], DTYPES["F8_E5M2"])
 
 
 def load_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Any = None) -> dict[str, Any]:
     """Load weights into ``model`` (and state into ``optimizer``) from ``path``.
 
     Returns ``{"step": int, "extra": dict, "model_class": str}``. Everything is checked
-    before anything is written, so a bad file leaves the model untouched; problems raise
-    :class:`CheckpointError` naming the file, the tensor and what is wrong.
+    before anything is written (the file's header and metadata, every tensor's name, shape
+    and dtype, and the optimiser state through ``optimizer.check_state_dict``), so a bad file
+    leaves model and optimiser untouched; problems raise :class:`CheckpointError` naming the
+    file, the tensor and what is wrong.
     """
     f = SafetensorsFile(path)
     meta = _read_meta(f)
@@ -110,31 +145,36 @@ def load_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Any = N
         raise CheckpointError(f"{f.path}: tensor {_MODEL + unexpected[0]!r}: not a parameter of {type(model).__name__} "
                               f"({len(unexpected)} unexpected: {unexpected[:5]})")
     for name, p in own.items():
-        if f.shape(_MODEL + name) != tuple(p.shape):
-            raise CheckpointError(f"{f.path}: tensor {_MODEL + name!r}: shape {f.shape(_MODEL + name)} in the file, "
-                                  f"{tuple(p.shape)} in the model")
+        key, dt = _MODEL + name, np.dtype(p.dtype)
+        if f.shape(key) != tuple(p.shape):
+            raise CheckpointError(f"{f.path}: tensor {key!r}: shape {f.shape(key)} in the file, {tuple(p.shape)} in the model")
+        if f.dtype(key) != dt and not (_is_float(dt) and _is_float(f.dtype(key))):
+            raise CheckpointError(f"{f.path}: tensor {key!r}: dtype {f.dtype(key)} in the file, {dt} in the model")
     opt_state = None
     if optimizer is not None:
         if "optimizer" not in meta:
             raise CheckpointError(f"{f.path}: has no optimiser state, but an optimizer was given to load into")
         info = meta["optimizer"]
-        if info.get("class") != type(optimizer).__name__:
-            raise CheckpointError(f"{f.path}: optimiser state is for {info.get('class')}, not {type(optimizer).__name__}")
-        opt_state = dict(info.get("scalars", {}))
-        opt_state.update({k[len(_OPTIM):]: f.get(k) for k in f.keys() if k.startswith(_OPTIM)})
+        if info["class"] != type(optimizer).__name__:
+            raise CheckpointError(f"{f.path}: optimiser state is for {info['class']}, not {type(optimizer).__name__}")
+        arrays = {k[len(_OPTIM):]: f.get(k) for k in f.keys() if k.startswith(_OPTIM)}
         current = optimizer.state_dict()
-        for k, v in current.items():
-            if k not in opt_state:
-                raise CheckpointError(f"{f.path}: tensor {_OPTIM + k!r}: missing from the optimiser state")
-            if hasattr(v, "shape") and tuple(v.shape) != tuple(getattr(opt_state[k], "shape", ())):
-                raise CheckpointError(f"{f.path}: tensor {_OPTIM + k!r}: shape {tuple(getattr(opt_state[k], 'shape', ()))} "
-                                      f"in the file, {tuple(v.shape)} in the optimiser")
+        for k, x in arrays.items():
+            if k in info["scalars"]:
+                raise CheckpointError(f"{f.path}: tensor {_OPTIM + k!r}: also an optimiser scalar")
+            if hasattr(current.get(k), "dtype") and x.dtype != np.dtype(current[k].dtype):
+                raise CheckpointError(f"{f.path}: tensor {_OPTIM + k!r}: dtype {x.dtype} in the file, "
+                                      f"{np.dtype(current[k].dtype)} in the optimiser")
+        opt_state = {**info["scalars"], **arrays}
+        try:
+            opt_state = optimizer.check_state_dict(opt_state)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{f.path}: optimiser state does not fit {type(optimizer).__name__}: "
+                                  f"{e.args[0] if e.args else e}"[:400]) from None
+    # everything checked: now write
     for name, p in own.items():
         xp = get_array_module(p)
         p[...] = xp.asarray(f.get(_MODEL + name).astype(p.dtype))
     if optimizer is not None:
-        try:
-            optimizer.load_state_dict(opt_state)
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{f.path}: optimiser state does not fit {type(optimizer).__name__}: {e}") from e
-    return {"step": int(meta["step"]), "extra": meta.get("extra", {}), "model_class": meta.get("model_class")}
+        optimizer.load_state_dict(opt_state)
+    return {"step": meta["step"], "extra": meta["extra"], "model_class": meta["model_class"]}

@@ -48,6 +48,10 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_DEPTH = 8
 MAX_ELEMENTS = 1 << 48  # per tensor, counting zero dimensions as 1
+# Per metadata array. Python lists cost ~40 bytes an element, so a corrupt count must be capped, not
+# only checked against the file's size: 24 million int32 "elements" of a 98 MB file would take ~1 GB.
+# Real vocabularies have at most ~262k tokens.
+MAX_ARRAY_LENGTH = 1 << 20
 
 
 class GGUFValueType(IntEnum):
@@ -288,6 +292,8 @@ class GGUFReader:
                 raise c.fail(what, f"arrays nested deeper than {MAX_ARRAY_DEPTH}")
             etype = c.u32(what + " (array element type)")
             count = c.u64(what + " (array length)")
+            if count > MAX_ARRAY_LENGTH:
+                raise c.fail(what, f"array of {count} elements, more than the {MAX_ARRAY_LENGTH} a metadata array may have")
             if etype in _SCALAR_DTYPES:  # one vectorised read for numeric arrays
                 dt = _SCALAR_DTYPES[etype]
                 c.need(count * dt.itemsize, what + f" (array of {count} {GGUFValueType(etype).name})")

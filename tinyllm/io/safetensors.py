@@ -15,17 +15,21 @@ A big model is split into *shards* plus an index file mapping each tensor to its
 shard (``model.safetensors.index.json``: ``{"metadata": {"total_size": ...},
 "weight_map": {name: file}}``), the layout Hugging Face uses.
 
-Every problem with a file raises :class:`tinyllm.errors.CheckpointError` naming the
-file, the tensor and what is wrong. Writes are atomic: a temporary file in the same
-directory, flushed and fsynced, then ``os.replace``.
+The reader checks the whole header before handing out anything: every field's type and
+range, and that the tensors tile the data section exactly (no gaps, overlaps, duplicate
+names or trailing bytes), as the ``safetensors`` package does. Every problem raises
+:class:`tinyllm.errors.CheckpointError` naming the file, the tensor and what is wrong.
+Writes are atomic (:func:`tinyllm.io.files.atomic_write`); so is replacing a sharded
+checkpoint (:func:`save_sharded`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import mmap as _mmap
 import os
-import tempfile
+import re
 from typing import Any, Iterator, Mapping
 
 import ml_dtypes
@@ -33,10 +37,11 @@ import numpy as np
 
 from tinyllm.backend import to_numpy
 from tinyllm.errors import CheckpointError
+from tinyllm.io.files import atomic_write, parse_json, read_json, write_json
 
 __all__ = [
     "DTYPES", "save_file", "load_file", "SafetensorsFile", "save_sharded", "load_sharded",
-    "convert_dtype", "INDEX_NAME", "atomic_write",
+    "convert_dtype", "INDEX_NAME",
 ]
 
 #: safetensors dtype string -> NumPy dtype (little-endian).
@@ -82,25 +87,6 @@ def convert_dtype(tensors: Mapping[str, Any], dtype: Any) -> dict[str, np.ndarra
 
 
 # ---- writing -------------------------------------------------------------------
-
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, fsync it, then rename it onto ``path``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
 
 def _prepare(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> tuple[bytes, list[np.ndarray]]:
     """The padded header bytes and the arrays in file order."""
@@ -184,10 +170,10 @@ class SafetensorsFile:
         return CheckpointError(f"{where}: {problem}")
 
     def _parse_header(self, raw: bytes) -> None:
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise self._error(None, f"header is not valid UTF-8 JSON ({e})") from None
+        """Check every entry's fields, then that the tensors tile the data section exactly, as the
+        ``safetensors`` package does: sorted by offsets, each starts where the previous ended and the
+        last ends at the end of the file (no gaps, overlaps or trailing bytes)."""
+        header = parse_json(raw, f"{self.path}: header", CheckpointError)
         if not isinstance(header, dict):
             raise self._error(None, f"header must be a JSON object, got {type(header).__name__}")
         meta = header.pop("__metadata__", None)
@@ -196,17 +182,16 @@ class SafetensorsFile:
         self.metadata: dict[str, str] = meta or {}
         data_size = self.file_size - self.data_start
         self._infos: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
-        spans = []
         for name, info in header.items():
             if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
                 raise self._error(name, f"entry must have exactly dtype, shape and data_offsets, got {info!r}"[:300])
             dt_name, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-            if dt_name not in DTYPES:
-                raise self._error(name, f"unknown dtype {dt_name!r} (known: {', '.join(DTYPES)})")
+            if not isinstance(dt_name, str) or dt_name not in DTYPES:
+                raise self._error(name, f"unknown dtype {dt_name!r} (known: {', '.join(DTYPES)})"[:300])
             if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
-                raise self._error(name, f"shape must be a list of non-negative ints, got {shape!r}")
+                raise self._error(name, f"shape must be a list of non-negative ints, got {shape!r}"[:300])
             if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
-                raise self._error(name, f"data_offsets must be [begin, end] ints, got {offs!r}")
+                raise self._error(name, f"data_offsets must be [begin, end] ints, got {offs!r}"[:300])
             if math.prod(max(s, 1) for s in shape) > 1 << 48:  # e.g. [2**60, 0]: no bytes, but an impossible shape
                 raise self._error(name, f"absurd shape {shape}")
             begin, end = offs
@@ -219,12 +204,16 @@ class SafetensorsFile:
             if end > data_size:
                 raise self._error(name, f"data_offsets {offs} run past the end of the data ({data_size} bytes; file truncated?)")
             self._infos[name] = (dt, tuple(shape), begin, end)
-            if end > begin:
-                spans.append((begin, end, name))
-        spans.sort()
-        for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-            if b1 < e0:
-                raise self._error(n1, f"data_offsets [{b1}, {e1}] overlap tensor {n0!r} [{b0}, {e0}]")
+        covered, previous = 0, None
+        for begin, end, name in sorted((b, e, n) for n, (_, _, b, e) in self._infos.items()):
+            if begin < covered:
+                raise self._error(name, f"data_offsets [{begin}, {end}] overlap tensor {previous!r}, which ends at {covered}")
+            if begin > covered:
+                raise self._error(name, f"data_offsets [{begin}, {end}] leave a gap of {begin - covered} bytes before them")
+            covered, previous = end, name
+        if covered != data_size:
+            raise self._error(None, f"the tensors cover {covered} of the {data_size} data bytes: {data_size - covered} "
+                                    "bytes at the end belong to no tensor (wrong header length, or a corrupt file)")
 
     def keys(self) -> list[str]:
         return list(self._infos)
@@ -274,12 +263,82 @@ def load_file(path: str | os.PathLike[str], mmap: bool = True) -> dict[str, np.n
 
 # ---- shards ----------------------------------------------------------------------
 
+_DIGEST_KEY, _SAVE_KEY, _GEN_KEY = "tinyllm.weight_map_sha256", "tinyllm.save_id", "tinyllm.generation"
+
+
+def _digest(weight_map: Mapping[str, str]) -> str:
+    canonical = json.dumps(weight_map, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _save_id(shards: list[dict[str, np.ndarray]], metadata: Mapping[str, str]) -> str:
+    """16 hex digits of a SHA-256 over every shard's header and bytes (checking every tensor on the way)."""
+    h = hashlib.sha256()
+    for shard in shards:
+        header, arrays = _prepare(shard, metadata)
+        h.update(len(header).to_bytes(8, "little") + header)
+        for x in arrays:
+            h.update(memoryview(x.reshape(-1).view(np.uint8)))
+    return h.hexdigest()[:16]
+
+
+def _shard_names(prefix: str, n: int, generation: int) -> list[str]:
+    """Generation 1 has the Hugging Face names (``model-00001-of-00003.safetensors``), later ones a ``-v<g>``."""
+    tag = "" if generation == 1 else f"-v{generation}"
+    return [f"{prefix}{tag}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def _current_index(directory: str) -> tuple[set[str] | None, int]:
+    """The shard names the current index lists (empty without an index; None if it cannot be read)
+    and its generation (0 if none)."""
+    try:
+        index = read_json(os.path.join(directory, INDEX_NAME), CheckpointError)
+        generation = index.get("metadata", {}).get(_GEN_KEY, 1)
+        return set(index["weight_map"].values()), generation if type(generation) is int and 0 < generation < 10**9 else 1
+    except FileNotFoundError:
+        return set(), 0
+    except (OSError, CheckpointError, TypeError, KeyError, AttributeError):
+        return None, 1
+
+
+def _remove_leftovers(directory: str, prefix: str, keep: set[str] | None) -> None:
+    """Delete our shard files not in ``keep`` (all shards are kept when ``keep`` is None) and the
+    temporary files of interrupted shard writes."""
+    shard = re.escape(prefix) + r"(?:-v\d+)?-\d{5}-of-\d{5}\.safetensors"
+    shard_rx, temp_rx = re.compile(shard + r"\Z"), re.compile(r"\." + shard + r"\.[a-z0-9_]{8}\.tmp\Z")
+    for entry in os.listdir(directory):
+        if temp_rx.match(entry) or (keep is not None and shard_rx.match(entry) and entry not in keep):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                pass
+
+
 def save_sharded(tensors: Mapping[str, Any], directory: str | os.PathLike[str], max_shard_bytes: int,
                  metadata: Mapping[str, str] | None = None, prefix: str = "model") -> list[str]:
     """Split ``tensors`` into files of at most ``max_shard_bytes`` (a bigger tensor gets a shard alone)
-    plus ``model.safetensors.index.json``. Returns the shard file names."""
+    plus ``model.safetensors.index.json``. Returns the shard file names.
+
+    Replacing a checkpoint in ``directory`` is atomic: the new shards get names no current shard has
+    (a generation tag: ``model-v2-00001-of-00003.safetensors``), the index is switched last (one
+    ``os.replace``), and only then are the old shards deleted. The index and every shard record the
+    SHA-256 of the ``weight_map`` and a save id (a digest of all the bytes saved), so
+    :func:`load_sharded` refuses an edited index and a mix of shards from two saves. On an exception
+    the new shards are deleted. A process killed outright can leave the new shards (before the
+    switch) or the old ones (after it) unreferenced, and temporary files; the next save deletes them.
+    One writer per folder at a time.
+    """
     if not isinstance(max_shard_bytes, int) or max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be a positive int, got {max_shard_bytes!r}")
+    if not isinstance(prefix, str) or not prefix or os.path.basename(prefix) != prefix:
+        raise ValueError(f"prefix must be a plain file name, got {prefix!r}")
+    metadata = dict(metadata or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("metadata must be a dict of str -> str (serialise other values with json.dumps)")
+    if {"total_size", _DIGEST_KEY, _SAVE_KEY, _GEN_KEY} & metadata.keys():
+        raise ValueError(f"metadata keys 'total_size', {_DIGEST_KEY!r}, {_SAVE_KEY!r} and {_GEN_KEY!r} are reserved")
+    if not tensors:
+        raise ValueError("tensors is empty: a sharded checkpoint needs at least one tensor")
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     arrays = {name: to_numpy(x) for name, x in tensors.items()}
@@ -291,41 +350,81 @@ def save_sharded(tensors: Mapping[str, Any], directory: str | os.PathLike[str], 
             size = 0
         shards[-1][name] = x
         size += x.nbytes
-    names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map = {}
-    for fname, shard in zip(names, shards):
-        save_file(shard, os.path.join(directory, fname), metadata)
-        weight_map.update({name: fname for name in shard})
-    index = {"metadata": {"total_size": sum(x.nbytes for x in arrays.values()), **dict(metadata or {})},
-             "weight_map": weight_map}
-    text = json.dumps(index, indent=2, sort_keys=False).encode("utf-8")
-    atomic_write(os.path.join(directory, INDEX_NAME), lambda f: f.write(text))
+    save_id = _save_id(shards, metadata)
+    current, generation = _current_index(directory)
+    _remove_leftovers(directory, prefix, current)  # what interrupted saves left
+    generation += 1
+    names = _shard_names(prefix, len(shards), generation)
+    taken = current if current is not None else set(os.listdir(directory))  # unreadable index: keep every file
+    while taken & set(names):
+        generation += 1
+        names = _shard_names(prefix, len(shards), generation)
+    weight_map = {name: fname for fname, shard in zip(names, shards) for name in shard}
+    stamp = {_DIGEST_KEY: _digest(weight_map), _SAVE_KEY: save_id}
+    written = []
+    try:
+        for fname, shard in zip(names, shards):
+            written.append(os.path.join(directory, fname))
+            save_file(shard, written[-1], {**metadata, **stamp})
+        index = {"metadata": {"total_size": sum(x.nbytes for x in arrays.values()), **metadata, **stamp,
+                              _GEN_KEY: generation},
+                 "weight_map": weight_map}
+        write_json(os.path.join(directory, INDEX_NAME), index, indent=2)
+    except BaseException:
+        for path in written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        raise
+    _remove_leftovers(directory, prefix, set(names))  # the old shards
     return names
 
 
 def load_sharded(directory: str | os.PathLike[str], mmap: bool = True) -> dict[str, np.ndarray]:
-    """All tensors of a sharded checkpoint written by :func:`save_sharded` (or Hugging Face)."""
+    """All tensors of a sharded checkpoint written by :func:`save_sharded` (or Hugging Face).
+
+    Every shard must hold exactly the tensors the index maps to it. When the index or a shard
+    carries a save id or a ``weight_map`` digest (:func:`save_sharded` writes both), all must carry
+    the same save id and the digest of the ``weight_map`` as read, and ``total_size`` must be the
+    tensors' size.
+    """
     directory = os.fspath(directory)
     index_path = os.path.join(directory, INDEX_NAME)
     try:
-        with open(index_path, "rb") as f:
-            index = json.loads(f.read().decode("utf-8"))
+        index = read_json(index_path, CheckpointError)
     except OSError as e:
         raise CheckpointError(f"{index_path}: cannot read the shard index: {e.strerror or e}") from e
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{index_path}: the shard index is not valid JSON ({e})") from None
     wm = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
-        raise CheckpointError(f"{index_path}: needs a 'weight_map' object of tensor name -> shard file name")
-    files: dict[str, SafetensorsFile] = {}
-    out = {}
+    meta = index.get("metadata", {}) if isinstance(index, dict) else None
+    if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+        raise CheckpointError(f"{index_path}: needs a non-empty 'weight_map' object of tensor name -> shard file name")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{index_path}: 'metadata' must be an object, got {type(meta).__name__}")
+    by_shard: dict[str, set[str]] = {}
     for name, fname in wm.items():
-        if os.path.basename(fname) != fname:
+        if os.path.basename(fname) != fname or fname in ("", ".", ".."):
             raise CheckpointError(f"{index_path}: tensor {name!r}: shard name {fname!r} must be a plain file name")
-        if fname not in files:
-            files[fname] = SafetensorsFile(os.path.join(directory, fname))
-        shard = files[fname]
-        if name not in shard:
-            raise CheckpointError(f"{shard.path}: tensor {name!r}: listed in {INDEX_NAME} but missing from the shard")
-        out[name] = shard.get(name, copy=not mmap)
-    return out
+        by_shard.setdefault(fname, set()).add(name)
+    digest = _digest(wm)
+    stamp = {_DIGEST_KEY: meta.get(_DIGEST_KEY), _SAVE_KEY: meta.get(_SAVE_KEY)}
+    if stamp[_DIGEST_KEY] is not None and stamp[_DIGEST_KEY] != digest:
+        raise CheckpointError(f"{index_path}: the weight_map does not match its digest {_DIGEST_KEY!r} (edited or corrupt)")
+    files: dict[str, SafetensorsFile] = {}
+    for fname, names in by_shard.items():
+        shard = files[fname] = SafetensorsFile(os.path.join(directory, fname))
+        theirs = {k: shard.metadata.get(k) for k in stamp}
+        if any(stamp.values()) or any(theirs.values()):  # written by save_sharded: all must agree
+            if theirs != {_DIGEST_KEY: digest, _SAVE_KEY: stamp[_SAVE_KEY]}:
+                raise CheckpointError(f"{shard.path}: belongs to another save than {INDEX_NAME} (its {_SAVE_KEY!r} or "
+                                      f"{_DIGEST_KEY!r} differs): shards of two saves are mixed, e.g. by a copy")
+        if set(shard.keys()) != names:
+            extra, missing = sorted(set(shard.keys()) - names), sorted(names - set(shard.keys()))
+            what = f"tensor {missing[0]!r}: listed in {INDEX_NAME} but missing from the shard" if missing else \
+                f"tensor {extra[0]!r}: in the shard but not listed for it in {INDEX_NAME}"
+            raise CheckpointError(f"{shard.path}: {what}")
+    if any(stamp.values()):
+        total = sum(files[f].get(n).nbytes for n, f in wm.items())
+        if meta.get("total_size") != total:
+            raise CheckpointError(f"{index_path}: total_size is {meta.get('total_size')!r}, the tensors hold {total} bytes")
+    return {name: files[fname].get(name, copy=not mmap) for name, fname in wm.items()}

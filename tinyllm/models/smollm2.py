@@ -48,11 +48,16 @@ def open_gguf(path: str | None = None):
 
 
 def load_tokenizer(reader=None):
-    """The byte-level BPE tokenizer built from the file's metadata."""
+    """The byte-level BPE tokenizer built from the file's metadata; a bad one raises a
+    :class:`~tinyllm.errors.TokenizerError` naming the file."""
+    from tinyllm.errors import TokenizerError
     from tinyllm.tokenizers.bpe import BPETokenizer
 
     reader = reader or open_gguf()
-    return BPETokenizer.from_gguf_metadata(reader.metadata)
+    try:
+        return BPETokenizer.from_gguf_metadata(reader.metadata)
+    except TokenizerError as err:
+        raise TokenizerError(f"{reader.path}: {err}") from None
 
 
 def load_smollm2(device: str | None = None, *, threads: int = 2, quantized: bool = False):

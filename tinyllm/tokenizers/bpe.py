@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import regex
 
 from tinyllm.errors import TokenizerError
-from tinyllm.tokenizers.char import _atomic_write_json, _read_json
+from tinyllm.io.files import write_json
+from tinyllm.tokenizers.char import read_tokenizer_json
 
 __all__ = ["BPETokenizer", "GPT2_PATTERN", "PRE_TOKENIZERS", "bytes_to_unicode", "pre_tokenize"]
 
@@ -52,6 +52,8 @@ PRE_TOKENIZERS = {
 }
 
 _FORMAT = "tinyllm-bpe"
+_INFO_TYPES = {"bos_token_id": int, "eos_token_id": int, "unk_token_id": int, "pad_token_id": int,
+               "add_bos_token": bool, "chat_template": str}
 _CACHE_LIMIT = 200_000
 
 
@@ -100,17 +102,32 @@ def _unspell_all(tokens: list[str]) -> list[bytes | None]:
     return [raw[e - n:e] for e, n in zip(ends, map(len, tokens))]
 
 
+MAX_PATTERNS, MAX_PATTERN_CHARS = 16, 10_000
+
+
 def _compile(pattern) -> tuple[tuple[str, ...], list]:
+    """The regexes of a pre-tokenizer. Each must match forward and have no capturing group
+    (``(?:...)`` instead), so that its matches and the text between them split any text into
+    consecutive pieces."""
     if isinstance(pattern, str):
         patterns = PRE_TOKENIZERS.get(pattern, (pattern,))
-    else:
+    elif isinstance(pattern, (list, tuple)):
         patterns = tuple(pattern)
-    if not patterns or not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError(f"pattern must be a preset name {sorted(PRE_TOKENIZERS)}, a regex or a list of regexes, got {pattern!r}")
-    try:
-        compiled = [regex.compile(p) for p in patterns]
-    except regex.error as err:
-        raise ValueError(f"pattern is not a valid regex: {err}") from None
+    else:
+        patterns = ()
+    if not 0 < len(patterns) <= MAX_PATTERNS or not all(isinstance(p, str) and 0 < len(p) <= MAX_PATTERN_CHARS
+                                                         for p in patterns):
+        raise ValueError(f"pattern must be a preset name {sorted(PRE_TOKENIZERS)}, a regex or a list of at most "
+                         f"{MAX_PATTERNS} regexes of at most {MAX_PATTERN_CHARS} characters, got {pattern!r}"[:400])
+    compiled = []
+    for p in patterns:
+        try:
+            rx = regex.compile(p)
+        except (regex.error, OverflowError, RecursionError, MemoryError) as err:
+            raise ValueError(f"pattern {p!r} is not a valid regex: {err}"[:400]) from None
+        if rx.groups or rx.flags & regex.REVERSE:
+            raise ValueError(f"pattern {p!r} must match forward with no capturing group (write (?:...))"[:400])
+        compiled.append(rx)
     return tuple(patterns), compiled
 
 
@@ -157,7 +174,7 @@ class BPETokenizer:
     ``chat_template`` (set when loaded from a model, else None/False).
     """
 
-    def __init__(self, vocab, merges, merge_ids=None, special_tokens=None, pattern="gpt2", *, check=True, **info):
+    def __init__(self, vocab, merges, merge_ids=None, special_tokens=None, pattern="gpt2", **info):
         self.vocab: list[bytes] = list(vocab)
         self.merges: list[tuple[int, int]] = [tuple(m) for m in merges]
         if merge_ids is None:  # trained tokenizers: merge r makes id 256 + r
@@ -173,8 +190,7 @@ class BPETokenizer:
         self.chat_template = info.pop("chat_template", None)
         if info:
             raise TypeError(f"unexpected keyword arguments {sorted(info)}")
-        if check:  # from_gguf_metadata builds merges from the token strings, consistent by construction
-            self._check()
+        self._check()
         self._ranks = dict(zip(self.merges, range(len(self.merges))))  # (a, b) -> rank
         self._merged = dict(zip(self.merges, self.merge_ids))  # (a, b) -> new id
         self._special_ids = set(self.special_tokens.values())
@@ -199,8 +215,14 @@ class BPETokenizer:
             if self.vocab[new] != self.vocab[a] + self.vocab[b]:
                 raise TokenizerError(f"merge {r}: token {new} is not the concatenation of tokens {a} and {b}")
         for s, i in self.special_tokens.items():
-            if not (isinstance(s, str) and s and isinstance(i, int) and 0 <= i < n):
+            if not (isinstance(s, str) and s and type(i) is int and 0 <= i < n):
                 raise TokenizerError(f"special token {s!r} has invalid id {i!r} (vocabulary of {n})")
+            if self.vocab[i] != s.encode("utf-8", errors="replace"):
+                raise TokenizerError(f"special token {s!r}: token {i} holds other bytes, {self.vocab[i]!r}")
+        for key in ("bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id"):
+            i = getattr(self, key)
+            if i is not None and not (type(i) is int and 0 <= i < n):
+                raise TokenizerError(f"{key} {i!r} is not an id in the vocabulary of {n}")
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -416,28 +438,43 @@ class BPETokenizer:
                      "unk_token_id": self.unk_token_id, "pad_token_id": self.pad_token_id,
                      "add_bos_token": self.add_bos_token, "chat_template": self.chat_template},
         }
-        _atomic_write_json(path, obj)
+        write_json(path, obj)
 
     @classmethod
     def load(cls, path) -> "BPETokenizer":
-        obj = _read_json(path, _FORMAT)
+        """A tokenizer saved by :meth:`save`; every field is checked, and any problem raises
+        :class:`TokenizerError` naming the file."""
+        obj = read_tokenizer_json(path, _FORMAT)
         name = str(Path(path))
+
+        def bad(problem: str) -> TokenizerError:
+            return TokenizerError(f"{name!r}: {problem}"[:400])
+
+        for key in ("tokens", "merges", "pattern"):
+            if key not in obj:
+                raise bad(f"missing key {key!r}")
+        tokens, merges = obj["tokens"], obj["merges"]
+        if not isinstance(tokens, list) or not isinstance(merges, list):
+            raise bad("keys 'tokens' and 'merges' must be lists")
+        vocab = [_unspell(t) if isinstance(t, str) else None for t in tokens]
+        if None in vocab:
+            raise bad(f"key 'tokens': entry {vocab.index(None)} is not a byte-level spelled string")
+        if not all(type(m) is list and len(m) == 3 and all(type(x) is int for x in m) for m in merges):
+            raise bad("key 'merges' must be a list of [a, b, new] integer triples")
+        specials = obj.get("special_tokens") or {}
+        if not isinstance(specials, dict):
+            raise bad("key 'special_tokens' must be an object of string -> id")
+        info = obj.get("info") or {}
+        if not isinstance(info, dict) or not set(info) <= _INFO_TYPES.keys():
+            raise bad(f"key 'info' must be an object with keys among {sorted(_INFO_TYPES)}")
+        for k, v in info.items():
+            if v is not None and type(v) is not _INFO_TYPES[k]:
+                raise bad(f"info {k!r} must be {_INFO_TYPES[k].__name__} or null, got {v!r}")
         try:
-            tokens = obj["tokens"]
-            merges = obj["merges"]
-            vocab = [_unspell(t) if isinstance(t, str) else None for t in tokens]
-            bad = [i for i, t in enumerate(vocab) if t is None]
-            if bad:
-                raise TokenizerError(f"key 'tokens': entry {bad[0]} is not a byte-level spelled string")
-            if not all(isinstance(m, list) and len(m) == 3 and all(isinstance(x, int) for x in m) for m in merges):
-                raise TokenizerError("key 'merges' must be a list of [a, b, new] integer triples")
-            info = obj.get("info") or {}
             return cls(vocab, [(a, b) for a, b, _ in merges], [n for _, _, n in merges],
-                       special_tokens=obj.get("special_tokens") or {}, pattern=obj["pattern"], **info)
-        except KeyError as err:
-            raise TokenizerError(f"{name!r}: missing key {err.args[0]!r}") from None
-        except (TokenizerError, TypeError, ValueError) as err:
-            raise TokenizerError(f"{name!r}: {err}") from None
+                       special_tokens=specials, pattern=obj["pattern"], **info)
+        except (TokenizerError, ValueError) as err:
+            raise bad(str(err)) from None
 
     # ------------------------------------------------------------------ real models
     @classmethod
@@ -455,25 +492,36 @@ class BPETokenizer:
         to GPT-2's regex); the two differ only where whitespace runs or characters precede digits,
         e.g. ``"  42"``.
         """
-        def get(key, default=KeyError):
-            if key in metadata:
-                value = metadata[key]
-                return value.tolist() if hasattr(value, "tolist") else value
-            if default is KeyError:
-                raise TokenizerError(f"GGUF metadata lacks key {key!r}")
-            return default
+        def get(key, kind, default=KeyError):
+            """``metadata[key]`` checked to be a ``kind`` (or a list of them, for ``kind=(list, t)``)."""
+            if key not in metadata:
+                if default is KeyError:
+                    raise TokenizerError(f"GGUF metadata lacks key {key!r}")
+                return default
+            value = metadata[key]
+            value = value.tolist() if hasattr(value, "tolist") else value
+            if isinstance(kind, tuple):
+                ok = type(value) is list and all(type(v) is kind[1] for v in value)
+                name = f"a list of {kind[1].__name__}"
+            else:
+                ok, name = type(value) is kind, kind.__name__
+            if not ok:
+                raise TokenizerError(f"GGUF metadata {key!r} must be {name}, got {type(value).__name__}")
+            return value
 
-        model = get("tokenizer.ggml.model")
+        model = get("tokenizer.ggml.model", str)
         if model != "gpt2":
             raise TokenizerError(f"GGUF metadata 'tokenizer.ggml.model' is {model!r}; only byte-level BPE ('gpt2') is supported")
         if pre_tokenizer is None:
-            pre = get("tokenizer.ggml.pre", "gpt2")
+            pre = get("tokenizer.ggml.pre", str, "gpt2")
             if pre not in PRE_TOKENIZERS:
                 raise TokenizerError(f"GGUF metadata 'tokenizer.ggml.pre' is {pre!r}; known: {sorted(PRE_TOKENIZERS)} "
                                      "(pass pre_tokenizer= a regex to use another)")
             pre_tokenizer = pre
-        tokens = [str(t) for t in get("tokenizer.ggml.tokens")]
-        types = get("tokenizer.ggml.token_type", [1] * len(tokens))
+        tokens = get("tokenizer.ggml.tokens", (list, str))
+        if not tokens:
+            raise TokenizerError("GGUF metadata 'tokenizer.ggml.tokens' is empty")
+        types = get("tokenizer.ggml.token_type", (list, int), [1] * len(tokens))
         if len(types) != len(tokens):
             raise TokenizerError(f"GGUF metadata 'tokenizer.ggml.token_type' has {len(types)} entries for {len(tokens)} tokens")
         specials = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 3}
@@ -484,27 +532,22 @@ class BPETokenizer:
         for t, i in specials.items():
             vocab[i] = t.encode("utf-8")
         index = {t: i for i, t in enumerate(tokens)}
-        merges_text = [str(m) for m in get("tokenizer.ggml.merges")]
+        pairs = [m.split(" ") for m in get("tokenizer.ggml.merges", (list, str))]
         try:
-            flat = " ".join(merges_text).split(" ")  # one split for all: left0 right0 left1 right1 ...
-            if len(flat) != 2 * len(merges_text):
-                raise IndexError
-            left = [index[t] for t in flat[0::2]]
-            right = [index[t] for t in flat[1::2]]
-            new = [index[a + b] for a, b in zip(flat[0::2], flat[1::2])]
-        except (KeyError, IndexError):
-            bad = next(m for m in merges_text if len(m.split(" ")) != 2 or any(
-                q not in index for q in (*m.split(" "), m.replace(" ", ""))))
+            if any(len(p) != 2 for p in pairs):
+                raise KeyError
+            left, right = [index[a] for a, _ in pairs], [index[b] for _, b in pairs]
+            new = [index[a + b] for a, b in pairs]
+        except KeyError:
+            bad = next(" ".join(p) for p in pairs if len(p) != 2 or any(q not in index for q in (*p, "".join(p))))
             raise TokenizerError(f"GGUF metadata 'tokenizer.ggml.merges': merge {bad!r} is not two tokens "
                                  "whose concatenation is a token") from None
-        info = {k: get("tokenizer.ggml." + k, None) for k in ("bos_token_id", "eos_token_id")}
-        info["unk_token_id"] = get("tokenizer.ggml.unknown_token_id", None)
-        info["pad_token_id"] = get("tokenizer.ggml.padding_token_id", None)
-        info["add_bos_token"] = get("tokenizer.ggml.add_bos_token", False)
-        info["chat_template"] = get("tokenizer.chat_template", None)
-        n = len(tokens)
-        bad = [i for i in (info["bos_token_id"], info["eos_token_id"], info["unk_token_id"], info["pad_token_id"])
-               if i is not None and not 0 <= i < n]
-        if bad:
-            raise TokenizerError(f"GGUF metadata names special token id {bad[0]} outside the vocabulary of {n}")
-        return cls(vocab, list(zip(left, right)), new, special_tokens=specials, pattern=pre_tokenizer, check=False, **info)
+        info = {k: get("tokenizer.ggml." + k, int, None) for k in ("bos_token_id", "eos_token_id")}
+        info["unk_token_id"] = get("tokenizer.ggml.unknown_token_id", int, None)
+        info["pad_token_id"] = get("tokenizer.ggml.padding_token_id", int, None)
+        info["add_bos_token"] = get("tokenizer.ggml.add_bos_token", bool, False)
+        info["chat_template"] = get("tokenizer.chat_template", str, None)
+        try:
+            return cls(vocab, list(zip(left, right)), new, special_tokens=specials, pattern=pre_tokenizer, **info)
+        except (TokenizerError, ValueError) as err:
+            raise TokenizerError(f"GGUF metadata describes an invalid tokenizer: {err}"[:400]) from None

@@ -8,12 +8,10 @@ the tokenizer was built with ``unk="..."``, a placeholder character that unknown
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from tinyllm.errors import TokenizerError
+from tinyllm.io.files import read_json, write_json
 
 __all__ = ["CharTokenizer"]
 
@@ -89,41 +87,28 @@ class CharTokenizer:
 
     def save(self, path) -> None:
         """Write a small JSON file, atomically (temporary file in the same folder, then ``os.replace``)."""
-        _atomic_write_json(path, {"format": _FORMAT, "version": 1, "chars": "".join(self.chars), "unk": self.unk})
+        write_json(path, {"format": _FORMAT, "version": 1, "chars": "".join(self.chars), "unk": self.unk})
 
     @classmethod
     def load(cls, path) -> "CharTokenizer":
-        obj = _read_json(path, _FORMAT)
-        chars = obj.get("chars")
+        obj = read_tokenizer_json(path, _FORMAT)
+        chars, unk = obj.get("chars"), obj.get("unk")
         if not isinstance(chars, str):
-            raise TokenizerError(f"{str(path)!r}: key 'chars' must be a string")
-        unk = obj.get("unk")
-        if unk is not None and unk not in chars:
-            raise TokenizerError(f"{str(path)!r}: key 'unk' {unk!r} is not one of the chars")
+            raise TokenizerError(f"{str(path)!r}: key 'chars' must be a string, got {type(chars).__name__}")
+        if unk is not None and not (isinstance(unk, str) and len(unk) == 1 and unk in chars):
+            raise TokenizerError(f"{str(path)!r}: key 'unk' {unk!r} is not one of the chars"[:300])
         try:
             return cls(list(chars), unk=unk)
         except TokenizerError as err:
             raise TokenizerError(f"{str(path)!r}: {err}") from None
 
 
-def _atomic_write_json(path, obj) -> None:
-    from tinyllm.io.safetensors import atomic_write
-
-    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    atomic_write(Path(path), lambda f: f.write(data))
-
-
-def _read_json(path, fmt: str) -> dict:
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TokenizerError(f"{str(path)!r} is not a tokenizer JSON file: {err}") from None
+def read_tokenizer_json(path, fmt: str) -> dict:
+    """A tokenizer file's JSON object (:func:`tinyllm.io.files.read_json`'s limits), with its format and version checked."""
+    obj = read_json(path, TokenizerError)
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise TokenizerError(f"{str(path)!r}: key 'format' must be {fmt!r}, got {got!r}")
-    if obj.get("version") != 1:
-        raise TokenizerError(f"{str(path)!r}: unsupported version {obj.get('version')!r} (this reader knows 1)")
+        raise TokenizerError(f"{str(path)!r}: key 'format' must be {fmt!r}, got {got!r}"[:300])
+    if type(obj.get("version")) is not int or obj["version"] != 1:
+        raise TokenizerError(f"{str(path)!r}: unsupported version {obj.get('version')!r} (this reader knows 1)"[:300])
     return obj
