@@ -244,3 +244,42 @@ def test_no_advice_to_install_tinyllm_from_pypi():
             continue
         offenders += [f"{name}: {m.group(0)!r}" for m in bad.finditer(text)]
     assert not offenders, "advice that installs the wrong project:\n" + "\n".join(offenders)
+
+
+def readme_code_lines() -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, re.S)
+    return [ln.split(" #")[0].strip() for block in blocks for ln in block.splitlines() if ln.strip()]
+
+
+def test_readme_says_how_to_get_tinyllm_on_the_path():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "source .venv/bin/activate" in readme_code_lines() and "`.venv/bin/tinyllm" in readme
+
+
+def test_readme_tinyllm_commands_parse_as_written():
+    import shlex
+
+    from tinyllm import cli
+
+    commands = [ln for ln in readme_code_lines() if ln.startswith("tinyllm ")]
+    assert any(c.startswith("tinyllm generate") for c in commands) and any(c.startswith("tinyllm chat") for c in commands)
+    parser = cli.build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])  # argparse exits with status 2 on a wrong option
+
+
+def test_readme_make_commands_run_as_written():
+    import shlex
+
+    commands = [ln for ln in readme_code_lines() if ln.startswith("make ")]
+    assert {"make lab", "make test"} <= set(commands)
+    for command in commands:
+        make_dry_run(*shlex.split(command)[1:])
+
+
+def test_readme_says_generate_is_plain_text_and_chat_uses_the_template():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The real model on the command line"):]
+    section = " ".join(section[:section.index("\n## ")].split())
+    assert "`generate` continues the prompt as plain text" in section and "chat template" in section
