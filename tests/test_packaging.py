@@ -5,6 +5,7 @@ is read with a tiny parser for its simple list format, so this test runs without
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -161,5 +162,124 @@ def test_makefile_has_the_two_targets():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     lab = re.search(r"^lab:.*\n((?:\t.*\n)+)", makefile, re.M)
     test = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M)
-    assert lab and "jupyter lab" in lab.group(1) and "notebooks" in lab.group(1)
+    assert lab and "jupyter lab" in lab.group(1)
     assert test and "pytest" in test.group(1)
+
+
+def make_dry_run(*args: str) -> str:
+    """The commands `make` would run (`make -n`: nothing is executed, no server starts)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    r = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def jupyter_command(dry_run: str) -> list[str]:
+    lines = [ln for ln in dry_run.splitlines() if "jupyter lab" in ln and not ln.startswith("echo")]
+    assert len(lines) == 1, dry_run
+    return lines[0].split()
+
+
+@pytest.mark.parametrize("user_id, as_root", [("0", True), ("1000", False)])
+def test_make_lab_opens_the_repository_root_on_the_landing_page(user_id, as_root):
+    """Lessons, exercises (and later notebooks/zh, exercises/zh) are one click away; as root, --allow-root
+    is added, since Jupyter refuses to start as root without it (the usual case in containers)."""
+    dry = make_dry_run("lab", f"USER_ID={user_id}", "LAB_ARGS=--no-browser --port=8888")
+    cmd = jupyter_command(dry)
+    assert "--ServerApp.root_dir=." in cmd and not any(a.startswith("--notebook-dir") for a in cmd)
+    assert "--LabApp.default_url=/lab/tree/START_HERE.ipynb" in cmd
+    assert ("--allow-root" in cmd) == as_root
+    assert cmd[-2:] == ["--no-browser", "--port=8888"]
+    assert "Start here: START_HERE.ipynb" in dry and "notebooks/00_setup.ipynb" in dry
+
+
+def test_make_lab_detects_root_by_itself():
+    import os
+
+    if not hasattr(os, "getuid"):
+        pytest.skip("no user ids on this system")
+    assert ("--allow-root" in jupyter_command(make_dry_run("lab"))) == (os.getuid() == 0)
+
+
+def landing_links() -> list[str]:
+    nb = json.loads((ROOT / "START_HERE.ipynb").read_text(encoding="utf-8"))
+    assert all(c["cell_type"] == "markdown" for c in nb["cells"]), "the landing page has no code to run"
+    text = "".join("".join(c["source"]) for c in nb["cells"])
+    return re.findall(r"\]\(([^)#\s]+)", text)
+
+
+def test_landing_page_links_resolve_and_say_where_to_start():
+    links = landing_links()
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, f"START_HERE.ipynb links to missing files: {missing}"
+    assert "notebooks/00_setup.ipynb" in links
+    assert any(link.startswith("exercises/") for link in links) and "README.md" in links
+
+
+@pytest.mark.parametrize("folder", ["notebooks/zh", "exercises/zh"])
+def test_landing_page_links_to_each_edition(folder):
+    """When an edition in another language lands (issue 15: notebooks/zh, exercises/zh), the landing links to it."""
+    if not (ROOT / folder).is_dir():
+        pytest.skip(f"{folder}/ does not exist yet")
+    assert any(link.startswith(folder + "/") for link in landing_links()), f"START_HERE.ipynb does not link {folder}/"
+
+
+def test_no_advice_to_install_tinyllm_from_pypi():
+    """`pip install tinyllm[gpu]` would fetch an unrelated PyPI project; advise `pip install -e ".[gpu]"` in the clone."""
+    import subprocess
+
+    bad = re.compile(r"""pip install[^\n]{0,40}?["']?tinyllm\[""")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    offenders = []
+    for name in files:
+        if name == "tests/test_packaging.py":
+            continue
+        try:
+            text = (ROOT / name).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        offenders += [f"{name}: {m.group(0)!r}" for m in bad.finditer(text)]
+    assert not offenders, "advice that installs the wrong project:\n" + "\n".join(offenders)
+
+
+def readme_code_lines() -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, re.S)
+    return [ln.split(" #")[0].strip() for block in blocks for ln in block.splitlines() if ln.strip()]
+
+
+def test_readme_says_how_to_get_tinyllm_on_the_path():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "source .venv/bin/activate" in readme_code_lines() and "`.venv/bin/tinyllm" in readme
+
+
+def test_readme_tinyllm_commands_parse_as_written():
+    import shlex
+
+    from tinyllm import cli
+
+    commands = [ln for ln in readme_code_lines() if ln.startswith("tinyllm ")]
+    assert any(c.startswith("tinyllm generate") for c in commands) and any(c.startswith("tinyllm chat") for c in commands)
+    parser = cli.build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])  # argparse exits with status 2 on a wrong option
+
+
+def test_readme_make_commands_run_as_written():
+    import shlex
+
+    commands = [ln for ln in readme_code_lines() if ln.startswith("make ")]
+    assert {"make lab", "make test"} <= set(commands)
+    for command in commands:
+        make_dry_run(*shlex.split(command)[1:])
+
+
+def test_readme_says_generate_is_plain_text_and_chat_uses_the_template():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The real model on the command line"):]
+    section = " ".join(section[:section.index("\n## ")].split())
+    assert "`generate` continues the prompt as plain text" in section and "chat template" in section

@@ -29,6 +29,8 @@ _cupy: ModuleType | None = None
 _cupy_checked = False
 _gpu_problem: str | None = None  # why the GPU is not usable, in one line
 _fallback_announced = False  # the fallback message is printed once per process
+# Advice that works from the clone: the name "tinyllm" on PyPI belongs to an unrelated project.
+GPU_INSTALL_ADVICE = 'in the repository, run: pip install -e ".[gpu]" (CuPy for CUDA 12; or pip install cupy-cuda12x)'
 
 
 def _one_line(exc: BaseException) -> str:
@@ -46,7 +48,7 @@ def _load_cupy() -> ModuleType | None:
     try:
         import cupy  # noqa: PLC0415 - lazy on purpose
     except ImportError:
-        _gpu_problem = "CuPy is not installed (pip install 'tinyllm[gpu]' or cupy-cuda12x)"
+        _gpu_problem = f"CuPy is not installed ({GPU_INSTALL_ADVICE})"
         return None
     except Exception as exc:  # a broken CUDA install can raise anything on import
         _gpu_problem = f"CuPy failed to import ({_one_line(exc)})"

@@ -51,24 +51,27 @@ def _float_in(low: float, high: float, *, low_open: bool = False, name: str = "v
 
 def add_arguments(parser: argparse.ArgumentParser, command: str = "generate") -> None:
     if command == "generate":
-        parser.add_argument("prompt", help="the text to continue")
+        parser.add_argument("prompt", help="the text to continue, as plain text (no chat template)")
     else:
-        parser.add_argument("--system", default=None, help="an optional system message")
+        parser.add_argument("--system", default=None, help="an optional system message (default: none)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=64 if command == "generate" else 256,
-                        help="most tokens to generate (per reply in chat)")
+                        help="most tokens to generate" + ("" if command == "generate" else " per reply")
+                        + " (default: %(default)s)")
     parser.add_argument("--temperature", type=_float_in(0.0, 100.0, name="temperature"), default=0.0,
-                        help="0 = greedy (default); higher = more random")
-    parser.add_argument("--top-k", type=_non_negative_int, default=0, help="sample among the k likeliest tokens (0 = off)")
+                        help="0 = greedy, higher = more random (default: %(default)s)")
+    parser.add_argument("--top-k", type=_non_negative_int, default=0,
+                        help="sample among the k likeliest tokens, 0 = off (default: %(default)s)")
     parser.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True, name="top-p"), default=1.0,
-                        help="nucleus sampling: smallest set of tokens with this probability mass (1 = off)")
+                        help="nucleus sampling: smallest set of tokens with this probability mass, 1 = off "
+                             "(default: %(default)s)")
     parser.add_argument("--repetition-penalty", type=_float_in(0.0, 100.0, low_open=True, name="repetition penalty"),
-                        default=1.0, help="CTRL repetition penalty (1 = off)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+                        default=1.0, help="CTRL repetition penalty, 1 = off (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: %(default)s)")
     parser.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None,
-                        help="where to run (default: TINYLLM_DEVICE or auto)")
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+                        help="where to run (default: TINYLLM_DEVICE, or auto)")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (default: off)")
     parser.add_argument("--speed", "--show-speed", dest="speed", action="store_true",
-                        help="print prefill and decode tokens/s at the end")
+                        help="print prefill and decode tokens/s at the end (default: off)")
 
 
 def _load(device):

@@ -13,8 +13,10 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("tinyllm.cli", "Show the tinyllm version and which device (CPU/GPU) is in use."),
-    "generate": ("tinyllm.chat", "Generate a continuation of a prompt with SmolLM2-135M-Instruct."),
-    "chat": ("tinyllm.chat", "Chat with SmolLM2-135M-Instruct in the terminal."),
+    "generate": ("tinyllm.chat", "Continue a prompt as plain text with SmolLM2-135M-Instruct (no chat template: "
+                                 "for questions and instructions use `tinyllm chat`)."),
+    "chat": ("tinyllm.chat", "Chat with SmolLM2-135M-Instruct in the terminal: each line you type is wrapped in "
+                             "the model's chat template, and the conversation is kept."),
     "grade": ("tinyllm.grading.cli", "Grade an exercise notebook (or --all of them)."),
     "make-exercises": ("tinyllm.grading.generate", "Regenerate exercises/ from solutions/."),
 }
@@ -22,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser, command: str = "info") -> None:
     parser.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None,
-                        help="device to report on (default: TINYLLM_DEVICE or auto)")
+                        help="device to report on (default: TINYLLM_DEVICE, or auto)")
 
 
 def run(args: argparse.Namespace) -> int:
