@@ -350,3 +350,76 @@ def test_graded_code_cannot_write_outside_its_scratch_folder_nor_leave_processes
     assert out[0] == str(2**31) and int(out[1]) < 100_000
     if jail.landlock_abi() or box.uid is not None:
         assert out[2:] == ["denied", "wrote", "True", "denied"] if jail.landlock_abi() else out[2] == "denied"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process and file confinement is Linux-only")
+def test_a_hostile_notebook_in_its_kernel_changes_nothing_and_is_stopped(tmp_path):
+    """One notebook tries, in its kernel, to rewrite the next lesson's checks and the tests, to patch tinyllm,
+    to leave a daemon, to exhaust memory, to print megabytes and to ignore interrupts forever; the next
+    notebook is an untouched exercise and must still score zero."""
+    protected = [ROOT / "tinyllm", ROOT / "tests"]
+    before = _fingerprint(*protected)
+    nb = json.loads((ROOT / "solutions" / "04_tokenization.ipynb").read_text())
+    checks = ROOT / "tinyllm" / "grading" / "checks"
+    hostile = [
+        f"for p in [{str(checks / '05_transformer.py')!r}, {str(checks / 'new.py')!r}, {str(ROOT / 'tests' / 'conftest.py')!r}]:\n"
+        "    try:\n        open(p, 'w').write('from tinyllm.grading.core import *\\nEXERCISES = []\\n')\n"
+        "    except OSError as exc:\n        print('refused', p, exc)\n",
+        "import tinyllm.grading.core as core\ncore.Fail = Exception\nimport tinyllm.nn.attention as A\nA.causal_mask = lambda T: None\n",
+        "import subprocess\nsubprocess.Popen(['sleep', '986.5'], start_new_session=True, env={})\n",
+        "hog = bytearray(6 * 2**30)\n",
+        "for _ in range(3000):\n    print('y' * 1000)\n",
+        "import time\nwhile True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass\n",
+    ]
+    for i, src in enumerate(hostile):
+        nb["cells"].insert(2 + i, {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": src})
+    (tmp_path / "04_tokenization.ipynb").write_text(json.dumps(nb))
+    (tmp_path / "05_transformer.ipynb").write_text((ROOT / "exercises" / "05_transformer.ipynb").read_text())
+    r = _cli("--all", "--dir", str(tmp_path), "--json", "--timeout", "3", "--notebook-timeout", "20", "--memory", "3")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "without encryption" not in r.stderr and "Traceback" not in r.stderr
+    reports = {n["lesson"]: n for n in json.loads(r.stdout)["notebooks"]}
+    hostile_nb, exercise = reports["04_tokenization"], reports["05_transformer"]
+    assert hostile_nb["full_marks"] and exercise["score"] == 0 and exercise["max_score"] == 10
+    notes = hostile_nb["notes"]
+    assert "cell 6 (hog = bytearray(6 * 2**30)) raised MemoryError: it used more memory than the grader allows (3 GiB)" in notes
+    assert notes[0] == ("the notebook did not finish within 20 s (the limit for the whole run), so its kernel and every "
+                        "process it started were stopped")
+    assert _fingerprint(*protected) == before
+    assert not _survivors("986.5")
+
+
+def test_checks_from_a_source_the_learner_does_not_control(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from tinyllm.cli import main
+    from tinyllm.grading import runner
+
+    monkeypatch.setattr(runner, "_CHECKS", runner._CHECKS)       # restored after the test
+    solution = ROOT / "solutions" / "09_inference.ipynb"
+    # graded inside the repository that holds the checks: refused
+    monkeypatch.chdir(ROOT)
+    assert main(["grade", str(solution), "--no-execute", "--checks-from", "tinyllm.grading.checks"]) == 2
+    assert "inside the graded folder" in capsys.readouterr().err
+    # a learner's repository with its own (edited) checks: the installed package's checks are used
+    repo = tmp_path / "learner"
+    (repo / "exercises").mkdir(parents=True)
+    (repo / ".git").mkdir()
+    (repo / "exercises" / "09_inference.ipynb").write_text((ROOT / "exercises" / "09_inference.ipynb").read_text())
+    fake = repo / "my_checks"
+    fake.mkdir()
+    (fake / "09_inference.py").write_text("EXERCISES = []\n")
+    monkeypatch.chdir(repo)
+    assert main(["grade", "exercises/09_inference.ipynb", "--no-execute", "--checks-from", str(fake)]) == 2
+    assert "the checks would come from" in capsys.readouterr().err
+    assert main(["grade", "exercises/09_inference.ipynb", "--no-execute", "--checks-from", "tinyllm.grading.checks",
+                 "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["max_score"] == 16
+    # a folder of checks kept by the instructor
+    private = tmp_path / "instructor" / "checks"
+    shutil.copytree(ROOT / "tinyllm" / "grading" / "checks", private)
+    (repo / "exercises" / "09_inference.ipynb").write_text(solution.read_text())
+    assert main(["grade", "exercises/09_inference.ipynb", "--no-execute", "--checks-from", str(private)]) == 0
+    assert "total: 16/16 points (100%)  full marks" in capsys.readouterr().out
+    assert main(["grade", "exercises/09_inference.ipynb", "--checks-from", str(tmp_path / "nowhere")]) == 2
