@@ -292,7 +292,18 @@ def _fingerprint(*folders: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process and file confinement is Linux-only")
+def _writes_confined() -> bool:
+    from tinyllm.grading import jail
+    from tinyllm.grading.runner import _grading_uid
+
+    return sys.platform.startswith("linux") and (jail.landlock_abi() > 0 or _grading_uid() is not None)
+
+
+needs_confinement = pytest.mark.skipif(not _writes_confined(), reason="writes are confined only on Linux with Landlock "
+                                       "(or as root, by a user switch): see the README")
+
+
+@needs_confinement
 def test_graded_code_cannot_write_outside_its_scratch_folder_nor_leave_processes(tmp_path, monkeypatch):
     from tinyllm.grading import jail
 
@@ -348,12 +359,12 @@ def test_graded_code_cannot_write_outside_its_scratch_folder_nor_leave_processes
         out = subprocess.run(box.command([sys.executable, "-c", probe]), env=box.env(), cwd=box.scratch,
                              capture_output=True, text=True, timeout=60).stdout.split()
     assert out[0] == str(2**31) and int(out[1]) < 100_000
-    if jail.landlock_abi() or box.uid is not None:
-        assert out[2:] == ["denied", "wrote", "True", "denied"] if jail.landlock_abi() else out[2] == "denied"
+    assert out[2:4] == ["denied", "wrote"] and out[4] == "True"
+    assert out[5] == ("denied" if jail.landlock_abi() else "read")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process and file confinement is Linux-only")
+@needs_confinement
 def test_a_hostile_notebook_in_its_kernel_changes_nothing_and_is_stopped(tmp_path):
     """One notebook tries, in its kernel, to rewrite the next lesson's checks and the tests, to patch tinyllm,
     to leave a daemon, to exhaust memory, to print megabytes and to ignore interrupts forever; the next

@@ -55,6 +55,7 @@ DEFAULT_CHECKS = "tinyllm.grading.checks"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_NOTEBOOK_TIMEOUT = 600.0   # seconds for the whole notebook run in the kernel
 DEFAULT_MEMORY = 4 * 2**30         # bytes of address space for the kernel and for the sandbox
+MAX_MESSAGE = 256 * 2**20      # the longest line read from the sandbox (as its MAX_MESSAGE)
 PRINT_CAP = 1_000_000          # characters a graded function may print before it scores zero
 KILL_GRACE = 2.0             # seconds past the time limit before a function that ignores the alarm is killed
 STARTUP_GRACE = 30.0           # seconds for the sandbox to start (NumPy import on a busy machine)
@@ -370,8 +371,11 @@ def run_sandbox(cells: list[Cell], jobs: list[dict], time_limit: float, *, memor
 
             def read(p=proc):
                 try:
-                    for line in p.stdout:
-                        lines.put(line)
+                    while True:
+                        line = p.stdout.readline(MAX_MESSAGE + 2)
+                        if not line:
+                            break
+                        lines.put(line if line.endswith(b"\n") else b"not a message\n")   # cut: garbled
                 except (OSError, ValueError):
                     pass
                 lines.put(None)

@@ -41,7 +41,9 @@ import time
 import traceback
 
 MAX_ARRAY_BYTES = 64 * 2**20
+MAX_MESSAGE = 256 * 2**20       # characters of one message to the grader (the grader reads no longer line)
 LIBRARY_USE: list = []          # what the learner's code tried to use of tinyllm (for the grader's message)
+_MEMORY = [0]                   # the address-space limit the grader set, for the MemoryError message
 DENIED_EVENTS = {"ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "gc.get_objects", "gc.get_referrers",
                  "gc.get_referents", "sys.settrace", "sys.setprofile"}
 
@@ -151,9 +153,6 @@ def _error(exc):
     return {"t": "error", "type": type(exc).__name__, "message": str(exc)[:500], "where": where}
 
 
-_MEMORY = [0]
-
-
 def main():
     import numpy  # noqa: F401 - imported before the guard, which forbids nothing NumPy needs
 
@@ -171,7 +170,11 @@ def main():
     limit = float(payload["time_limit"])
 
     def send(msg):
-        out.write(json.dumps(msg) + "\n")
+        text = json.dumps(msg)
+        if len(text) > MAX_MESSAGE:
+            text = json.dumps({"kind": msg["kind"], "key": msg.get("key"), "results": None, "printed": msg.get("printed"),
+                               "problem": f"the return values are too large to send back (over {MAX_MESSAGE // 2**20} MB)"})
+        out.write(text + "\n")
         out.flush()
 
     def timed(seconds, fn, *args, **kwargs):
@@ -325,13 +328,6 @@ def _keep(node, known: Known):
         node.body = node.body or [ast.Pass()]
         return node
     return None
-
-
-def keep_definitions(tree, known: Known | None = None):
-    """Keep only what defines things (see :func:`_keep`); the rest of the top level is dropped."""
-    known = known or Known()
-    tree.body = [k for k in (_keep(n, known) for n in tree.body) if k is not None]
-    return tree
 
 
 def run_definitions(tree, filename: str, namespace: dict, known: Known) -> None:
