@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -290,6 +291,29 @@ def _survivors(token: str) -> list[str]:
 
 def _fingerprint(*folders: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep reads /proc")
+def test_the_sweep_kills_orphans_that_left_the_session_and_cleared_their_environment():
+    """Outside any confinement (which as root forbids new processes altogether): a run's grandchild that
+    starts a new session with an empty environment is adopted by the grader (a subreaper) and killed."""
+    from tinyllm.grading import jail
+
+    prev = jail.set_subreaper(True)
+    since = jail.boot_ticks()
+    try:
+        code = ("import os, subprocess\nif os.fork() == 0:\n    os.setsid()\n"
+                "    subprocess.Popen(['sleep', '985.75'], env={}, start_new_session=True)\n    os._exit(0)\n")
+        subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **{jail.MARKER: "t0k3n"}), timeout=60)
+        for _ in range(100):
+            if _survivors("985.75"):
+                break
+            time.sleep(0.05)
+        assert _survivors("985.75")
+        assert jail.sweep("t0k3n", children_since=since) >= 1
+        assert not _survivors("985.75")
+    finally:
+        jail.set_subreaper(prev)
 
 
 def _writes_confined() -> bool:

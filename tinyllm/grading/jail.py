@@ -9,7 +9,8 @@ which, before it ``exec``s the command (so every later process inherits it all):
 - starts a new session, and sets resource limits: address space (``RLIMIT_AS``), file size, no core
   dumps, and the number of processes;
 - when the grader runs as root, switches to an otherwise unused user id (every process of that id can be
-  found and killed) where Python can run as another user, and in any case drops every capability;
+  found and killed) where Python can run as another user; else it stays root without any capability and
+  may start threads but no processes (a seccomp filter: RLIMIT_NPROC never holds root);
 - where Linux Landlock is available (kernel 5.13+, any user), forbids writing anywhere but the scratch
   folder (and ``/dev``), optionally forbids reading some folders (the sandbox cannot read tinyllm's
   sources), and forbids signalling processes outside (the grader).
@@ -125,6 +126,47 @@ def landlock(writable: list[str], devices: str = "/dev", hidden: list[str] | Non
     return abi
 
 
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+# (audit arch, clone, clone3, fork, vfork) per machine; fork and vfork do not exist on aarch64
+_SYSCALLS = {"x86_64": (0xC000003E, 56, 435, 57, 58), "aarch64": (0xC00000B7, 220, 435, None, None)}
+
+
+def forbid_new_processes() -> bool:
+    """A seccomp filter: from now on this process and its threads may start threads but not processes
+    (fork, vfork and clone without CLONE_THREAD fail with EAGAIN; clone3 says ENOSYS, so the C library falls
+    back to clone). For root, whom RLIMIT_NPROC never holds. Returns False where not supported."""
+    import platform
+
+    machine = platform.machine()
+    if not sys.platform.startswith("linux") or machine not in _SYSCALLS:
+        return False
+    arch, clone, clone3, fork, vfork = _SYSCALLS[machine]
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    allow, eagain, enosys = 0x7FFF0000, 0x00050000 | 11, 0x00050000 | 38
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, allow),          # another ABI: allow
+            (ld, 0, 0, 0),                                                   # the system call's number
+            (jeq, 0, 1, clone3), (ret, 0, 0, enosys)]
+    for nr in (fork, vfork):
+        if nr is not None:
+            prog += [(jeq, 0, 1, nr), (ret, 0, 0, eagain)]
+    prog += [(jeq, 1, 0, clone), (ret, 0, 0, allow),
+             (ld, 0, 0, 16), (jset, 1, 0, 0x00010000), (ret, 0, 0, eagain),  # clone's flags: CLONE_THREAD?
+             (ret, 0, 0, allow)]
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*f) for f in prog])
+    fprog = _SockFprog(len(prog), filters)
+    libc = _libc()
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return False
+    return libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0          # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+
+
 def _user_process_count(uid: int) -> int:
     n = 0
     for entry in os.scandir("/proc"):
@@ -158,14 +200,16 @@ def launch(config: dict, cmd: list[str]) -> None:  # pragma: no cover - runs in 
         os.setgid(uid)
         os.setuid(uid)
     if sys.platform.startswith("linux"):
-        if os.getuid() == 0:                  # root, still: the command gets no capabilities, and so is held
-            libc = _libc()                    # by file permissions and by RLIMIT_NPROC like any user
+        if os.getuid() == 0:                  # root, still: the command gets no capabilities (so file
+            libc = _libc()                    # permissions hold it), and may start no process (see below)
             for cap in range(64):
                 libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
         limit = NPROC if uid is not None else NPROC + _user_process_count(os.getuid())
         resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
     if config.get("landlock"):
         landlock([config["scratch"]], hidden=config.get("hidden"))
+    if os.getuid() == 0:                       # RLIMIT_NPROC never holds root: no new processes at all
+        forbid_new_processes()
     os.execve(cmd[0], cmd, dict(os.environ))
 
 
