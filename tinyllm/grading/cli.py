@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tinyllm.grading.runner import (DEFAULT_MEMORY, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT, ChecksSourceError, Report,
-                                    grade_notebook, lesson_for, lessons, preload_checks, use_checks)
+                                    grade_notebook, lesson_for, lessons, use_checks)
 
 EXIT_FULL, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
@@ -68,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
         except ChecksSourceError as exc:
             print(f"tinyllm grade: {exc}", file=sys.stderr)
             return EXIT_ERROR
-    preload_checks()
     if args.all:
         folder = Path(args.dir)
         if not folder.is_dir():
