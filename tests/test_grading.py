@@ -147,3 +147,16 @@ def test_a_classroom_command_passes_on_the_solution(capsys):
 
     assert main(["grade", str(ROOT / "solutions" / "09_inference.ipynb"), "--only", "top_p_filter", "--no-execute"]) == 0
     assert "total: 4/4 points (100%)  full marks" in capsys.readouterr().out
+
+
+def test_a_pinned_classroom_config_installs_the_instructors_copy_and_refuses_the_learners_checks():
+    from tinyllm.grading.generate import classroom_config
+
+    source = "git+https://example.org/course/tinyllm@v1"
+    tests = json.loads(classroom_config(source))["tests"]
+    assert tests[0]["setup"].startswith("python -m venv /tmp/tinyllm-grader && ")
+    assert tests[0]["setup"].endswith(f"pip install --quiet 'tinyllm @ {source}'") and "-e ." not in tests[0]["setup"]
+    assert all(t["run"].startswith("/tmp/tinyllm-grader/bin/tinyllm grade exercises/")
+               and t["run"].endswith("--checks-from tinyllm.grading.checks") for t in tests)
+    plain = json.loads(classroom_config())["tests"]
+    assert [t["points"] for t in tests] == [t["points"] for t in plain]

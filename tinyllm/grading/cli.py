@@ -5,10 +5,11 @@
     tinyllm grade exercises/03_backpropagation.ipynb --only softmax --no-execute
     tinyllm grade --all                                          # course progress over exercises/
 
+    tinyllm grade --checks-from tinyllm.grading.checks exercises/...  # refuse checks from the graded repo
+
 Exit codes: 0 full marks (every graded notebook, every exercise selected);
-1 graded, but not full marks; 2 nothing could be graded (no such file, a
-notebook of no known lesson, bad arguments). A notebook that is not valid JSON
-is graded (zero points, with the reason), so it gives 1.
+1 graded, but not full marks; 2 nothing could be graded (no such file, not a
+notebook, a notebook of no known lesson, bad arguments, untrusted checks).
 """
 from __future__ import annotations
 
@@ -17,31 +18,56 @@ import json
 import sys
 from pathlib import Path
 
-from tinyllm.grading.runner import DEFAULT_TIMEOUT, Report, grade_notebook, lesson_for, lessons
+from tinyllm.grading.runner import (DEFAULT_MEMORY, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT, ChecksSourceError, Report,
+                                    grade_notebook, lesson_for, lessons, use_checks)
 
 EXIT_FULL, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str = "grade") -> None:
     parser.epilog = ("exit status: 0 full marks, 1 graded but not full marks, 2 nothing could be graded "
-                     "(no such file, unknown lesson, bad arguments)")
+                     "(no such file, not a notebook, unknown lesson, bad arguments, untrusted checks)")
     parser.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="exercise notebooks to grade (exercises/NN_topic.ipynb)")
     parser.add_argument("--all", action="store_true", help="grade every exercise notebook in --dir and print a progress table")
     parser.add_argument("--dir", default="exercises", help="folder searched by --all (default: exercises)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (for an LMS or an autograder)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                         help=f"time limit in seconds for each notebook cell and for the tests of each function (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--notebook-timeout", type=float, default=DEFAULT_NOTEBOOK_TIMEOUT, metavar="S",
+                        help=f"time limit in seconds for running the whole notebook (default {DEFAULT_NOTEBOOK_TIMEOUT:g})")
+    parser.add_argument("--memory", type=float, default=DEFAULT_MEMORY / 2**30, metavar="GIB",
+                        help=f"memory limit in GiB for the notebook's kernel and for the graded code (default {DEFAULT_MEMORY / 2**30:g})")
+    parser.add_argument("--checks-from", metavar="SOURCE",
+                        help="take the checks from SOURCE, a package (tinyllm.grading.checks) or a folder of NN_topic.py "
+                             "files, and refuse to grade if they or tinyllm lie inside the current folder or the notebook's "
+                             "repository (for grading in a learner's repository; see the README)")
     parser.add_argument("--no-execute", dest="execute", action="store_false",
                         help="skip running the notebook in a kernel; only run the graded tests (faster)")
     parser.add_argument("--only", action="append", metavar="FUNCTION",
                         help="grade only this exercise (repeatable); exit 0 only if it has full marks")
 
 
+def _repository(path: Path) -> Path:
+    """The folder of the repository that holds ``path``: the nearest with .git or pyproject.toml, else its folder."""
+    path = path.resolve()
+    for folder in path.parents:
+        if (folder / ".git").exists() or (folder / "pyproject.toml").exists():
+            return folder
+    return path.parent
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.timeout <= 0:
-        print("tinyllm grade: --timeout must be > 0", file=sys.stderr)
+    if args.timeout <= 0 or args.notebook_timeout <= 0 or args.memory <= 0:
+        print("tinyllm grade: --timeout, --notebook-timeout and --memory must be > 0", file=sys.stderr)
         return EXIT_ERROR
     paths = [Path(p) for p in args.notebooks]
+    if args.checks_from:
+        try:
+            use_checks(args.checks_from, untrusted=[Path.cwd(), *{_repository(p) for p in paths},
+                                                     *([Path(args.dir)] if args.all else [])])
+        except ChecksSourceError as exc:
+            print(f"tinyllm grade: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     if args.all:
         folder = Path(args.dir)
         if not folder.is_dir():
@@ -58,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     for i, path in enumerate(paths):
         if not args.json and len(paths) > 1:
             print(f"[{i + 1}/{len(paths)}] grading {path} ...", file=sys.stderr, flush=True)
-        reports.append(grade_notebook(path, timeout=args.timeout, execute=args.execute, only=args.only))
+        reports.append(grade_notebook(path, timeout=args.timeout, execute=args.execute, only=args.only,
+                                      notebook_timeout=args.notebook_timeout, memory=int(args.memory * 2**30)))
     if args.json:
         print(json.dumps(to_json(reports, args.all), indent=2))
     else:
@@ -92,10 +119,9 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def format_report(r: Report) -> str:
     """A table per exercise: each test with its points, PASS/FAIL and the feedback."""
-    lines = [f"{r.notebook}  ({r.lesson or 'unknown lesson'})"]
     if r.error:
-        lines.append(f"  cannot grade: {r.error}")
-        return "\n".join(lines) + "\n"
+        return f"cannot grade {r.error}" if r.error.startswith(r.notebook) else f"cannot grade {r.notebook}: {r.error}"
+    lines = [f"{r.notebook}  ({r.lesson or 'unknown lesson'})"]
     name_w = max([len(t.name) for e in r.exercises for t in e.tests] + [20])
     for e in r.exercises:
         lines.append("")

@@ -139,21 +139,34 @@ def make_exercises(solutions: str | Path = "solutions", exercises: str | Path = 
     return done
 
 
-def classroom_config() -> str:
+GRADER_VENV = "/tmp/tinyllm-grader"
+
+
+def classroom_config(source: str | None = None) -> str:
     """GitHub Classroom's ``autograding.json``: one test per graded function, worth its points.
 
     Each test runs ``tinyllm grade exercises/NN_topic.ipynb --only FUNCTION --no-execute``,
     which exits 0 only when that function gets full marks, so Classroom gives partial credit.
+    By default the setup installs the graded repository itself (``pip install -e .``), so the learner's
+    copy of the checks is used. With ``source`` (a pip requirement such as
+    ``git+https://github.com/ORG/tinyllm@v1``), tinyllm is installed from there into a separate
+    environment, and its ``tinyllm`` grades with ``--checks-from``, which refuses checks from the repository.
     """
     from tinyllm.grading.runner import lessons, load_exercises
 
+    if source:
+        setup = (f"python -m venv {GRADER_VENV} && {GRADER_VENV}/bin/python -m pip install --quiet "
+                 f"'tinyllm @ {source}'")
+        grade, extra = f"{GRADER_VENV}/bin/tinyllm grade", " --checks-from tinyllm.grading.checks"
+    else:
+        setup, grade, extra = "python -m pip install --quiet -e .", "tinyllm grade", ""
     tests = []
     for lesson in lessons():
         for ex in load_exercises(lesson):
             tests.append({
                 "name": f"{lesson[:2]} {ex.function}: {ex.title}",
-                "setup": "python -m pip install --quiet -e ." if not tests else "",
-                "run": f"tinyllm grade exercises/{lesson}.ipynb --only {ex.function} --no-execute --timeout 60",
+                "setup": setup if not tests else "",
+                "run": f"{grade} exercises/{lesson}.ipynb --only {ex.function} --no-execute --timeout 60{extra}",
                 "input": "", "output": "", "comparison": "included", "timeout": 5,
                 "points": int(round(ex.max_points)),
             })
@@ -165,6 +178,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str = "make-exercise
     parser.add_argument("--exercises", default="exercises", help="folder to write the student notebooks to (default: exercises)")
     parser.add_argument("--classroom", default=".github/classroom/autograding.json",
                         help="where to write GitHub Classroom's autograding config ('' to skip)")
+    parser.add_argument("--classroom-source", metavar="REQUIREMENT",
+                        help="make the Classroom config install tinyllm from REQUIREMENT (the instructor's pinned copy, "
+                             "e.g. git+https://github.com/ORG/tinyllm@v1) instead of the learner's repository")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if any exercise notebook is missing or out of date")
 
@@ -179,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tinyllm make-exercises: {exc}", file=sys.stderr)
         return 2
     if args.classroom:
-        target, text = Path(args.classroom), classroom_config()
+        target, text = Path(args.classroom), classroom_config(args.classroom_source)
         if args.check:
             if not target.exists() or target.read_text(encoding="utf-8") != text:
                 paths.append(target)

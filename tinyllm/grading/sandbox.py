@@ -1,23 +1,28 @@
 """The child process that runs a learner's functions for the grader.
 
 Run as ``python -I sandbox.py`` (isolated: no PYTHONPATH, no user site, no
-script directory on sys.path) in a fresh temporary working directory. This file
-imports only the standard library and NumPy, never ``tinyllm``: the graded
-tests, their points and the reference answers stay in the grader's process, and
-this process only ever sees the *inputs* of each call.
+script directory on sys.path) in a fresh temporary working directory, confined
+by ``jail.py``. This file imports only the standard library and NumPy, never
+``tinyllm``: the graded tests, their points and the reference answers stay in
+the grader's process, and this process only ever sees the *inputs* of each call.
+
+The learner's code may not use tinyllm either: where Landlock is available the
+OS refuses to read tinyllm's folders, and an audit hook refuses imports of
+``tinyllm`` and reads of its files, and records the attempt, which the grader
+turns into zero points for that function.
 
 Protocol. stdin: one pickle from the grader (trusted direction)::
 
     {"chunks": [(cell, code), ...],          # top-level defs/imports of the notebook, in order
      "jobs": [{"key": str, "attr": str, "tests": [[(args, kwargs[, {"send_args": True}]), ...], ...]}, ...],
-     "time_limit": float, "print_cap": int}
+     "time_limit": float, "print_cap": int, "memory": int, "hidden": [folder, ...]}
 
 Output: JSON lines on a private copy of the original stdout (the learner's
 prints go to a capped sink, file descriptors 1 and 2 to /dev/null)::
 
     {"kind": "loaded", "errors": [{"cell": int, "error": str}, ...]}
     {"kind": "start", "key": str}
-    {"kind": "done", "key": str, "results": [[encoded, ...], ...], "printed": int}
+    {"kind": "done", "key": str, "results": [[encoded, ...], ...], "printed": int, "library": [str, ...]}
 
 A call with ``{"send_args": True}`` that returns comes back as the tuple ``(ARGS_MARK, value, [args after
 the call])``, so that the grader can see what the function did to its arguments.
@@ -40,6 +45,11 @@ import traceback
 
 MAX_ARRAY_BYTES = 64 * 2**20
 ARGS_MARK = "__tinyllm_args_after_call__"   # tags a result sent with the arguments after the call
+MAX_MESSAGE = 256 * 2**20       # characters of one message to the grader (the grader reads no longer line)
+LIBRARY_USE: list = []          # what the learner's code tried to use of tinyllm (for the grader's message)
+_MEMORY = [0]                   # the address-space limit the grader set, for the MemoryError message
+DENIED_EVENTS = {"ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "gc.get_objects", "gc.get_referrers",
+                 "gc.get_referents", "sys.settrace", "sys.setprofile"}
 
 
 class _TimeLimit(BaseException):
@@ -109,6 +119,29 @@ def _encode_array(a):
     return {"dtype": a.dtype.str, "shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
+def install_guard(hidden):
+    """Refuse imports of tinyllm, reads of its files, and the ways around an audit hook (ctypes, the
+    garbage collector's object lists, tracing), from now on, in this process."""
+    prefixes = tuple(os.path.realpath(h).rstrip(os.sep) + os.sep for h in hidden)
+    used, denied = LIBRARY_USE, frozenset(DENIED_EVENTS)
+
+    def guard(event, args):
+        if event == "import":
+            name = args[0] if isinstance(args[0], str) else ""
+            if name == "tinyllm" or name.startswith("tinyllm."):
+                used.append(f"import {name}")
+                raise ImportError("graded code may not use tinyllm: write the function yourself")
+        elif event == "open" and prefixes and isinstance(args[0], (str, bytes)):
+            path = os.fsdecode(args[0])
+            if os.path.realpath(path).startswith(prefixes):
+                used.append(f"reads {os.path.basename(path)} from tinyllm's folder")
+                raise PermissionError("graded code may not read tinyllm's files")
+        elif event in denied or (event == "object.__setattr__" and args[0] is guard):
+            raise RuntimeError(f"{event} is not allowed in graded code")
+
+    sys.addaudithook(guard)
+
+
 def _error(exc):
     tb = traceback.extract_tb(exc.__traceback__)
     where = ""
@@ -118,13 +151,20 @@ def _error(exc):
             break
     if isinstance(exc, _TimeLimit):
         return {"t": "error", "type": "TimeLimit", "message": "", "where": where}
+    if isinstance(exc, MemoryError) and _MEMORY[0]:
+        return {"t": "error", "type": "MemoryError", "where": where,
+                "message": f"used more memory than the grader allows ({_MEMORY[0] / 2**30:.3g} GiB)"}
     return {"t": "error", "type": type(exc).__name__, "message": str(exc)[:500], "where": where}
 
 
 def main():
+    import numpy  # noqa: F401 - imported before the guard, which forbids nothing NumPy needs
+
     out = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_RDWR)
     payload = pickle.load(sys.stdin.buffer)
+    _MEMORY[0] = int(payload.get("memory") or 0)
+    install_guard(payload.get("hidden") or [])
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -134,7 +174,11 @@ def main():
     limit = float(payload["time_limit"])
 
     def send(msg):
-        out.write(json.dumps(msg) + "\n")
+        text = json.dumps(msg)
+        if len(text) > MAX_MESSAGE:
+            text = json.dumps({"kind": msg["kind"], "key": msg.get("key"), "results": None, "printed": msg.get("printed"),
+                               "problem": f"the return values are too large to send back (over {MAX_MESSAGE // 2**20} MB)"})
+        out.write(text + "\n")
         out.flush()
 
     def timed(seconds, fn, *args, **kwargs):
@@ -146,12 +190,13 @@ def main():
 
     namespace = {"__name__": "__student__", "__builtins__": __builtins__}
     errors = []
+    known = Known()
     for cell, source in payload["chunks"]:
         try:
-            tree = keep_definitions(ast.parse(clean_source(source)))
-            timed(limit, exec, compile(tree, f"<cell {cell}>", "exec"), namespace)
+            timed(limit, run_definitions, ast.parse(clean_source(source)), f"<cell {cell}>", namespace, known)
         except BaseException as exc:  # noqa: BLE001 - anything the learner's code raises is a grading result
             errors.append({"cell": cell, **_error(exc)})
+    LIBRARY_USE.clear()
     send({"kind": "loaded", "errors": errors})
 
     for job in payload["jobs"]:
@@ -184,8 +229,10 @@ def main():
                         after = {"t": "other", "type": "arguments that cannot be sent back"}
                     row[-1] = {"t": "tuple", "v": [{"t": "py", "v": ARGS_MARK}, row[-1], after]}
             results.append(row)
+        library, LIBRARY_USE[:] = sorted(set(LIBRARY_USE)), []
         try:
-            send({"kind": "done", "key": job["key"], "results": results, "printed": sink.count - before})
+            send({"kind": "done", "key": job["key"], "results": results, "printed": sink.count - before,
+                  "library": library})
         except (TypeError, ValueError) as exc:
             send({"kind": "done", "key": job["key"], "results": None, "printed": sink.count - before,
                   "problem": f"could not send the results back: {exc}"})
@@ -200,31 +247,118 @@ def clean_source(source: str) -> str:
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in lines)
 
 
-def _literal(node) -> bool:
-    try:
-        ast.literal_eval(node)
-        return True
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return False
+# Top-level statements the grader runs: definitions, imports (not of tinyllm), and assignments whose value
+# only calls these modules and builtins (constants such as ``EPS = np.float32(1e-5)``). Calls of the learner's
+# own functions, prints, asserts and training loops at top level are not run.
+SAFE_MODULES = {"numpy", "math", "cmath", "struct", "collections", "itertools", "functools", "operator", "string",
+                "re", "typing", "dataclasses", "enum", "fractions", "decimal", "json", "statistics", "ml_dtypes"}
+SAFE_BUILTINS = {"abs", "all", "any", "bool", "bytearray", "bytes", "chr", "complex", "dict", "divmod", "enumerate",
+                 "filter", "float", "format", "frozenset", "int", "isinstance", "len", "list", "map", "max", "min",
+                 "ord", "pow", "range", "repr", "reversed", "round", "set", "slice", "sorted", "str", "sum", "tuple",
+                 "zip"}
 
 
-def keep_definitions(tree):
-    """Keep only what defines things: imports (not of tinyllm), functions, classes and assignments of
-    literal constants. Top-level calls, prints, asserts and training loops are dropped."""
-    kept = []
+class Known:
+    """What the kept top-level statements so far have bound: module aliases (``np`` -> ``numpy``), names of
+    values made by safe assignments, and names whose binding statement was not run."""
+
+    def __init__(self):
+        self.modules: dict[str, str] = {}
+        self.values: set[str] = set()
+        self.dropped: set[str] = set()
+
+
+def _bound(node) -> set[str]:
+    """Names a statement binds at top level."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    return {n.id for t in targets if t is not None for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _call_root(func):
+    while isinstance(func, (ast.Attribute, ast.Subscript)):
+        func = func.value
+    return func
+
+
+def _safe_value(node, known: Known) -> bool:
+    """Whether evaluating ``node`` only calls safe modules, builtins, and methods of safe values."""
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.Await, ast.Yield, ast.YieldFrom)):
+            return False
+        if isinstance(sub, ast.Call):
+            root = _call_root(sub.func)
+            if isinstance(root, ast.Name):
+                name = root.id
+                if root is sub.func and name in SAFE_BUILTINS and name not in known.values:
+                    continue
+                if known.modules.get(name) in SAFE_MODULES or (root is not sub.func and name in known.values):
+                    continue
+                return False
+            if not isinstance(root, (ast.Call, ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Set, ast.BinOp)):
+                return False
+    return True
+
+
+def _keep(node, known: Known):
+    """The statement as the grader runs it, or None to skip it."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node
+    if isinstance(node, ast.Import):
+        if any(a.name.split(".")[0] == "tinyllm" for a in node.names):
+            return None
+        for a in node.names:
+            known.modules[a.asname or a.name.split(".")[0]] = a.name.split(".")[0]
+        return node
+    if isinstance(node, ast.ImportFrom):
+        root = (node.module or "").split(".")[0]
+        if root == "tinyllm" or node.level != 0:
+            return None
+        for a in node.names:
+            known.modules[a.asname or a.name] = root
+        return node
+    if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        if node.value is not None and _safe_value(node.value, known):
+            known.values |= {n for n in _bound(node)}
+            return node
+        return None
+    if isinstance(node, (ast.If, ast.Try)):
+        if isinstance(node, ast.If) and not _safe_value(node.test, known):
+            return None
+        node = copy.copy(node)
+        for field in ("body", "orelse", "finalbody"):
+            if hasattr(node, field):
+                setattr(node, field, [k for k in (_keep(n, known) for n in getattr(node, field)) if k is not None])
+        if isinstance(node, ast.Try):
+            node.handlers = [copy.copy(h) for h in node.handlers]
+            for h in node.handlers:
+                h.body = [k for k in (_keep(n, known) for n in h.body) if k is not None] or [ast.Pass()]
+        node.body = node.body or [ast.Pass()]
+        return node
+    return None
+
+
+def run_definitions(tree, filename: str, namespace: dict, known: Known) -> None:
+    """Run the kept statements of one cell in order, as the notebook would. A kept statement that fails
+    with a NameError for a name that the grader did not bind (its statement was skipped) is skipped too;
+    any other error stops the cell, as it would in the notebook."""
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            kept.append(node)
-        elif isinstance(node, ast.Import):
-            if not any(a.name.split(".")[0] == "tinyllm" for a in node.names):
-                kept.append(node)
-        elif isinstance(node, ast.ImportFrom):
-            if (node.module or "").split(".")[0] != "tinyllm" and node.level == 0:
-                kept.append(node)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and _literal(node.value):
-            kept.append(node)
-    tree.body = kept
-    return tree
+        kept = _keep(node, known)
+        if kept is None:
+            known.dropped |= _bound(node)
+            continue
+        module = ast.Module(body=[kept], type_ignores=[])
+        ast.fix_missing_locations(module)
+        try:
+            exec(compile(module, filename, "exec"), namespace)
+        except NameError as exc:
+            if getattr(exc, "name", None) in known.dropped:
+                known.dropped |= _bound(node)
+                continue
+            raise
 
 
 if __name__ == "__main__":
