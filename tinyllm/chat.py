@@ -205,6 +205,8 @@ def _chat(model, tokenizer, args) -> int:
         try:
             text = _read_line(interactive).strip()
         except EOFError:
+            if interactive:
+                print()
             break
         except KeyboardInterrupt:             # Ctrl-C at the prompt: a new prompt, as in Python's REPL
             print()
