@@ -157,3 +157,21 @@ def test_grow_and_rewind_cache(model):
         grow_cache(model, big, 3)
     with pytest.raises(ValueError, match="length"):
         rewind_cache(big, 21)
+
+
+def test_smollm2_turns_equal_a_fresh_read_of_the_rendered_conversation():
+    """With the real BPE tokenizer: the ids the session built equal the whole conversation rendered and
+    encoded afresh, and each reply equals greedy decoding from that fresh encoding."""
+    from tinyllm.models.smollm2 import ModelNotInstalledError, load_smollm2
+    from tinyllm.tokenizers.chat import apply_chat_template
+
+    try:
+        smol, tok = load_smollm2("cpu")
+    except ModelNotInstalledError as exc:
+        pytest.skip(str(exc))
+    chat = ChatSession(smol, tok, max_new_tokens=10)
+    for text in ("What is the capital of France?", "And of Italy?"):
+        fresh = tok.encode(apply_chat_template(chat.messages + [{"role": "user", "content": text}]))
+        chat.send(text)
+        assert chat.ids[:len(fresh)] == fresh
+        assert chat.ids[len(fresh):] == list(stream_generate(smol, fresh, 10, stop_ids=chat.stop_ids))

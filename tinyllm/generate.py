@@ -483,7 +483,7 @@ class ChatSession:
     The cache holds a prefix of ``ids``; a turn renders the template, takes the text added
     since the last reply (``<|im_end|>``, the user message, the assistant header), and
     prefills just those tokens plus the one reply token not fed yet. The logits are those
-    of a fresh pass over ``ids``. The cache starts at ``cache_size`` positions and doubles
+    of a fresh pass over ``ids`` (up to float rounding). The cache starts at ``cache_size`` positions and doubles
     when a turn needs more, up to the model's context length; a reply is cut short where
     the context ends, and a message that does not fit raises :class:`ContextFullError`
     (call :meth:`reset`).
