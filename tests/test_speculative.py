@@ -22,7 +22,7 @@ class Oracle:
     prefixes of every length, and rejections at every position, are exercised."""
 
     def __init__(self, prompt, greedy, wrong):
-        self.full, self.n_prompt, self.wrong, self.calls = list(prompt) + list(greedy), len(prompt), wrong, 0
+        self.full, self.wrong, self.calls = list(prompt) + list(greedy), wrong, 0
 
     def propose(self, context, k):
         self.calls += 1
@@ -91,6 +91,13 @@ def test_backoff_when_drafts_fail(model):
     stats = SpecStats()
     assert list(speculative_generate(model, prompt, 60, Wrong(), k=4, stats=stats)) == greedy
     assert stats.accepted == 0 and stats.verify_passes < 12 and stats.plain_steps > 45
+    short = SpecStats()                  # pauses of one step at most: a probe every other step
+    assert list(speculative_generate(model, prompt, 60, Wrong(), k=4, stats=short, max_backoff=1)) == greedy
+    assert short.verify_passes > 25
+    never = SpecStats()                  # no draft token is that sure: the early-exit draft proposes nothing
+    assert list(speculative_generate(model, prompt, 60, EarlyExitDraft(model, 1, min_confidence=1.0), k=4,
+                                     stats=never)) == greedy
+    assert never.drafted == 0 and never.plain_steps == 59
 
 
 def test_prompt_lookup_proposes_the_latest_match():
