@@ -175,3 +175,17 @@ def test_smollm2_turns_equal_a_fresh_read_of_the_rendered_conversation():
         chat.send(text)
         assert chat.ids[:len(fresh)] == fresh
         assert chat.ids[len(fresh):] == list(stream_generate(smol, fresh, 10, stop_ids=chat.stop_ids))
+
+
+def test_stream_generate_continues_a_cache(model):
+    prompt = [5, 6, 7, 8, 9, 10]
+    whole = list(stream_generate(model, prompt, 8))
+    _, cache = prefill(model, [prompt[:4]], max_len=20)
+    assert list(stream_generate(model, prompt, 8, cache=cache)) == whole      # reads only tokens 4 and 5
+    assert cache.length == len(prompt) + 7                                     # the last token is not fed
+    with pytest.raises(ValueError, match="fewer than the 6 prompt tokens"):
+        list(stream_generate(model, prompt, 2, cache=cache))
+    with pytest.raises(ValueError, match="make room with grow_cache"):
+        list(stream_generate(model, prompt, 30, cache=prefill(model, [prompt[:2]], max_len=20)[1]))
+    with pytest.raises((ValueError, TypeError)):
+        list(stream_generate(model, prompt, 2, cache=prefill(model, [prompt[:2]], max_len=20)[1], cuda_graph=True))

@@ -340,7 +340,8 @@ def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature:
             raise ValueError("cuda_graph=True makes its own cache; it cannot continue a given one")
         if cache.batch_size != 1 or not 0 <= cache.length < len(prompt):
             raise ValueError(f"cache must be a batch-1 cache holding fewer than the {len(prompt)} prompt tokens "
-                             f"(at least one new token to read); it has batch {cache.batch_size} and {cache.length} tokens")
+                             f"(at least one new token to read); it has batch {cache.batch_size} and "
+                             f"{cache.length} tokens")
         if len(prompt) + max_new_tokens - 1 > cache.max_len:
             raise ValueError(f"the cache holds {cache.max_len} positions; {len(prompt)} prompt + {max_new_tokens} new "
                              f"tokens need {len(prompt) + max_new_tokens - 1}: make room with grow_cache")
@@ -549,7 +550,8 @@ class ChatSession:
         prompt = self.ids + [int(t) for t in new_ids]
         max_new = min(self.max_new_tokens, context - len(prompt) + 1)   # the last reply token is never fed
         if max_new < 1:
-            raise ContextFullError(f"the conversation ({len(self.ids)} tokens) and this message ({len(new_ids)} tokens) "
+            raise ContextFullError(f"the conversation ({len(self.ids)} tokens) and this message "
+                                   f"({len(new_ids)} tokens) "
                                    f"do not fit in the model's context of {context} tokens; start a new conversation "
                                    f"(ChatSession.reset(), /reset in the chat)")
         self._room(len(prompt) + max_new - 1)
