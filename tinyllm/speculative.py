@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinyllm.backend import to_numpy
 from tinyllm.generate import _as_prompts, _blas_limit, decode_threads, grow_cache, prefill, rewind_cache
 
 __all__ = ["EarlyExitDraft", "PromptLookup", "SpecStats", "speculative_generate"]
@@ -99,7 +100,7 @@ class EarlyExitDraft:
         logits = self.model.forward(np.asarray([ctx[n:]]), cache=self.cache, last_only=True)[0, -1]   # (V,)
         out: list[int] = []
         for j in range(k):
-            z = np.asarray(logits, dtype=np.float64)
+            z = to_numpy(logits).astype(np.float64)
             t = int(z.argmax())
             if self.min_confidence > 0 and 1.0 / np.exp(z - z[t]).sum() < self.min_confidence:
                 break
@@ -132,7 +133,7 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
     (greedy). Each round drafts up to ``k`` tokens and verifies them in one pass. When the
     accepted tokens per pass (a running average) drop below ``min_gain``, drafting pauses
     for 1, 2, 4 ... ``max_backoff`` plain steps. (The default 2 is the break-even measured on
-    a 2-core CPU, where a pass over up to 9 tokens costs about 2.7-2.9 one-token steps.)
+    a 2-core CPU, where a pass over 2 to 9 tokens costs about 2.2-2.9 one-token steps.)
     ``stats`` (optional) is filled in."""
     prompt = _as_prompts(prompt_ids)
     if len(prompt) != 1:
@@ -147,7 +148,7 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
     # the verify pass writes at most up to slot len(prompt) + max_new_tokens - 1 (see the draft limit below)
     logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
     context = list(prompt)
-    pending = [int(np.asarray(logits[0]).argmax())]       # chosen, not yet yielded; the last one not yet fed
+    pending = [int(to_numpy(logits[0]).argmax())]       # chosen, not yet yielded; the last one not yet fed
     produced = 0
     gain, pause, backoff = 2.0 * min_gain, 0, 1            # running accepted-per-pass, plain steps left, next pause
     while True:
@@ -167,7 +168,7 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
         if draft:
             with _blas_limit(decode_threads()):
                 out = model.forward(ids, cache=cache)[0]                           # (1 + d, V)
-            choice = np.asarray(out).argmax(axis=-1)                               # (1 + d,) model's tokens
+            choice = to_numpy(out).argmax(axis=-1)                               # (1 + d,) model's tokens
             m = 0
             while m < len(draft) and draft[m] == int(choice[m]):
                 m += 1
@@ -184,5 +185,5 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
                 backoff = 1
         else:
             out = model.forward(ids, cache=cache, last_only=True)[0, -1]           # (V,) a plain step
-            pending = [int(np.asarray(out).argmax())]
+            pending = [int(to_numpy(out).argmax())]
             stats.plain_steps += 1
