@@ -149,3 +149,93 @@ def test_info_gives_install_advice_that_works_from_the_clone(monkeypatch, capsys
     out = capsys.readouterr().out
     assert 'CuPy is not installed (in the repository, run: pip install -e ".[gpu]"' in out
     assert "tinyllm[" not in out
+
+def test_chat_commands(tiny, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/help\n/nonsense\n/usr/bin?\n/reset\n/quit\nnever read\n"))
+    assert cli.main(["chat", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "/reset   forget the conversation" in out and "unknown command /nonsense; /help lists" in out
+    assert out.count("assistant> ") == 1                     # "/usr/bin?" is a question, not a command
+    assert "(conversation reset)" in out
+
+
+def test_chat_speed_counts_the_tokens_prefilled(tiny, monkeypatch, capsys):
+    """Turn 1 prefills the whole template; turn 2 only the new part, not the history again."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\nhello\n"))
+    assert cli.main(["chat", "--max-new-tokens", "4", "--speed"]) == 0
+    out = capsys.readouterr().out
+    counts = [int(m) for m in __import__("re").findall(r"prefill: (\d+) tokens", out)]
+    from tinyllm.tokenizers.chat import apply_chat_template
+
+    first = len(ByteTokenizer().encode(apply_chat_template([{"role": "user", "content": "hello"}])))
+    second = len(ByteTokenizer().encode("<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"))
+    assert counts[0] == first and counts[1] in (second, second + 1)   # + the reply's last token, if not fed
+
+
+def test_chat_ctrl_c_stops_the_reply_and_keeps_the_session(tiny, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = tiny._forward
+
+    def forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:                                 # during the first reply's second decode step
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "_forward", forward)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\nagain\n"))
+    assert cli.main(["chat", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "(reply stopped; the conversation goes on)" in out and out.count("assistant> ") == 2
+
+
+def test_chat_sigint_in_a_subprocess():
+    """A real SIGINT during a reply: the reply stops, the next question is answered, exit code 0."""
+    import os
+    import select
+    import signal
+    import time
+
+    script = (
+        "import sys, time\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_cli import ByteTokenizer\n"
+        "from tinyllm import chat, cli\n"
+        "from tinyllm.models.llama import Llama, LlamaConfig\n"
+        "cfg = LlamaConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,"
+        " context_length=4096)\n"
+        "model = Llama(cfg, rng=0)\n"
+        "real, calls = model._forward, [0]\n"
+        "def slow(*a, **k):\n"
+        "    calls[0] += 1\n"
+        "    time.sleep(0.02 if calls[0] < 500 else 0)\n"
+        "    return real(*a, **k)\n"
+        "model._forward = slow\n"
+        "chat._load = lambda device: (model, ByteTokenizer())\n"
+        "sys.exit(cli.main(['chat', '--max-new-tokens', '3000', '--stream']))\n"
+    ) % os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out = b""
+
+    def read_until(marker, timeout=120.0):
+        nonlocal out
+        end = time.monotonic() + timeout
+        while marker not in out and time.monotonic() < end:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                out += os.read(proc.stdout.fileno(), 4096)
+        assert marker in out, out
+
+    try:
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        read_until(b"assistant> ")
+        time.sleep(0.5)                                     # well inside the first reply (10+ s)
+        proc.send_signal(signal.SIGINT)
+        read_until(b"(reply stopped; the conversation goes on)")
+        rest, err = proc.communicate(b"again\n", timeout=300)   # the reply to it runs to the end of stdin
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert (out + rest).count(b"assistant> ") == 2

@@ -4,8 +4,11 @@
     tinyllm chat --temperature 0.7 --top-p 0.9 --seed 1
 
 ``generate`` continues the prompt as plain text; ``chat`` wraps each line you
-type in the model's chat template and keeps the conversation (type ``/exit``
-or press Ctrl-D to leave, ``/reset`` to start over).
+type in the model's chat template and keeps the conversation and its KV cache,
+so each turn reads only the new tokens. Chat commands: ``/help``, ``/reset``
+(start over), ``/exit`` (or Ctrl-D). Ctrl-C stops a reply and keeps the
+conversation. The prompt has line editing and history (``readline``) where the
+standard library has it.
 """
 from __future__ import annotations
 
@@ -85,6 +88,24 @@ def _sampling(args) -> dict:
                 repetition_penalty=args.repetition_penalty)
 
 
+def _speed_line(prefill_tokens: int, prefill_s: float, new_tokens: int, decode_s: float) -> str:
+    """The ``--speed`` report: tokens prefilled and the time to the first token; decode rate after it."""
+    if new_tokens == 0:
+        return f"[prefill: {prefill_tokens} tokens in {prefill_s:.2f} s, no new tokens]"
+    rate = (new_tokens - 1) / decode_s if new_tokens > 1 and decode_s > 0 else float("nan")
+    return (f"[prefill: {prefill_tokens} tokens in {prefill_s:.2f} s ({prefill_tokens / prefill_s:.1f} tokens/s); "
+            f"decode: {new_tokens} tokens, {rate:.1f} tokens/s]")
+
+
+def _warm_up(model) -> None:
+    """One throw-away prefill and decode step, so that one-time costs (BLAS threads, the thread
+    controller, first-touch memory) are not timed as the first prompt's prefill."""
+    from tinyllm.generate import decode_step, prefill
+
+    _, cache = prefill(model, [[0, 0]], max_new_tokens=1)
+    decode_step(model, cache, [0])
+
+
 class _Timer:
     """Counts the time to the first token (prefill + first sample) and the decode time after it."""
 
@@ -100,13 +121,8 @@ class _Timer:
 
     def report(self, n_prompt: int) -> str:
         end = time.perf_counter()
-        if self.first is None:
-            return f"[{n_prompt} prompt tokens, no new tokens in {end - self.start:.2f} s]"
-        prefill = self.first - self.start
-        decode = end - self.first
-        rate = (self.n - 1) / decode if self.n > 1 and decode > 0 else float("nan")
-        return (f"[prefill: {n_prompt} tokens in {prefill:.2f} s ({n_prompt / prefill:.1f} tokens/s); "
-                f"decode: {self.n} tokens, {rate:.1f} tokens/s]")
+        first = self.first or end
+        return _speed_line(n_prompt, first - self.start, self.n, end - first)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,6 +146,8 @@ def _generate(model, tokenizer, args) -> int:
         print("tinyllm generate: error: the prompt is empty", file=sys.stderr)
         return 2
     streamer = TextStreamer(tokenizer)
+    if args.speed:
+        _warm_up(model)
     timer = _Timer()
     eos = _eos_ids(tokenizer)
     if args.stream:
@@ -148,43 +166,87 @@ def _generate(model, tokenizer, args) -> int:
     return 0
 
 
+CHAT_HELP = """Commands:
+  /help    show this list
+  /reset   forget the conversation (a --system message stays) and empty the KV cache
+  /exit    leave (also /quit, or Ctrl-D)
+Ctrl-C stops a reply and keeps the conversation. Any other line is sent to the model."""
+
+
+def _enable_line_editing() -> None:
+    """Importing ``readline`` gives ``input()`` line editing and a history (up/down arrows)."""
+    try:
+        import readline  # noqa: F401, PLC0415 - the import is the effect; absent on some platforms
+    except ImportError:
+        pass
+
+
+def _read_line(interactive: bool) -> str:
+    """The next line typed (EOFError at the end of the input)."""
+    if interactive:
+        return input("you> ")
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
 def _chat(model, tokenizer, args) -> int:
-    from tinyllm.generate import ChatSession
+    import re
+
+    from tinyllm.generate import ChatSession, ContextFullError
 
     session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                           seed=args.seed, **_sampling(args))
     interactive = sys.stdin.isatty()
     if interactive:
-        print("Chat with SmolLM2-135M-Instruct. /reset starts over, /exit (or Ctrl-D) leaves.")
+        _enable_line_editing()
+        print("Chat with SmolLM2-135M-Instruct. /help lists the commands; Ctrl-C stops a reply, Ctrl-D leaves.")
+    if args.speed:
+        _warm_up(model)
     while True:
-        if interactive:
-            print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        try:
+            text = _read_line(interactive).strip()
+        except EOFError:
+            if interactive:
+                print()
             break
-        text = line.strip()
+        except KeyboardInterrupt:             # Ctrl-C at the prompt: a new prompt, as in Python's REPL
+            print()
+            continue
         if not text:
             continue
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/reset":
-            session.messages = session.messages[:1] if args.system else []
-            print("(conversation reset)")
+        if re.fullmatch(r"/\w+", text):       # a command; "/usr/bin ..." is a question
+            if text in ("/exit", "/quit"):
+                break
+            if text == "/reset":
+                session.reset()
+                print("(conversation reset)")
+            elif text == "/help":
+                print(CHAT_HELP)
+            else:
+                print(f"unknown command {text}; /help lists the commands")
             continue
         print("assistant> ", end="", flush=True)
-        timer = _Timer()
-        n_prompt = len(session.prompt_ids()) + len(tokenizer.encode(text, allowed_special="all"))
 
         def on_text(piece):
-            timer.tick()
             if args.stream:
                 print(piece, end="", flush=True)
 
-        reply = session.send(text, on_text=on_text)
+        n_messages = len(session.messages)
+        try:
+            reply = session.send(text, on_text=on_text)
+        except KeyboardInterrupt:
+            said = len(session.messages) > n_messages and not args.stream
+            print(f"{session.messages[-1]['content'] if said else ''}\n(reply stopped; the conversation goes on)")
+            continue
+        except ContextFullError as exc:
+            print(f"\n({exc})")
+            continue
         print("" if args.stream else reply)
         if args.speed:
-            timer.n = session.last_num_tokens
-            print(timer.report(n_prompt))
+            t = session.last_turn
+            print(_speed_line(t.prefill_tokens, t.ttft_s, t.new_tokens, t.decode_s))
     return 0
 
 

@@ -6,11 +6,13 @@ repetition penalty -> temperature -> top-k -> top-p -> sample.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tinyllm.backend import get_array_module, is_gpu_array, to_numpy
+from tinyllm.errors import TinyLLMError
 
 
 def softmax_np(z: np.ndarray) -> np.ndarray:
@@ -180,6 +182,39 @@ def _blas_limit(n: int):
         return contextlib.nullcontext()
 
 
+def rewind_cache(cache, length: int):
+    """Forget every slot from ``length`` on: the cache then holds its first ``length`` positions.
+
+    Used to drop rejected draft tokens (speculative decoding) and to repair a cache after a
+    forward pass was interrupted (Ctrl-C) half way. Keys and values past ``length`` stay in
+    memory but are never attended to again: the next pass writes over them. The positions of
+    the kept tokens are recounted from ``valid``, so left padding survives. Returns the cache."""
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 0 <= length <= cache.max_len:
+        raise ValueError(f"length must be an int in [0, {cache.max_len}], got {length!r}")
+    length = int(length)
+    cache.valid[:, length:] = False
+    cache.n_valid[...] = cache.valid[:, :length].sum(axis=1)             # (B,)
+    cache.length = length
+    if cache.slot is not None:
+        cache.slot[...] = length
+    return cache
+
+
+def grow_cache(model, cache, max_len: int):
+    """A cache for ``max_len`` positions holding the same filled slots as ``cache`` (a copy;
+    ``cache`` itself is left as it was). ``max_len`` may not exceed the model's context length."""
+    if max_len < cache.length:
+        raise ValueError(f"max_len={max_len} is smaller than the {cache.length} positions already in the cache")
+    new = model.new_cache(cache.batch_size, max_len)
+    n = cache.length
+    new.k[:, :, :, :n] = cache.k[:, :, :, :n]                          # (L, B, KV, n, D)
+    new.v[:, :, :, :n] = cache.v[:, :, :, :n]
+    new.valid[:, :n] = cache.valid[:, :n]                              # (B, n)
+    new.n_valid[...] = cache.n_valid
+    new.length, new.has_padding = n, cache.has_padding
+    return new
+
+
 def decode_step(model, cache, next_ids):
     """Phase 2: feed one new token per row (B,) and get the next logits (B, V)."""
     xp = model.xp
@@ -280,11 +315,18 @@ class CudaGraphDecoder:
 
 def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
                     top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None,
-                    cuda_graph: bool = False):
+                    cuda_graph: bool = False, cache=None):
     """Yield new token ids one at a time (batch 1), as soon as each is chosen.
 
     A stop token ends the stream (and is not yielded). ``temperature=0`` is greedy.
-    ``cuda_graph=True`` (GPU only) replays the decode step as a CUDA graph (:class:`CudaGraphDecoder`)."""
+    ``cuda_graph=True`` (GPU only) replays the decode step as a CUDA graph (:class:`CudaGraphDecoder`).
+
+    ``cache`` (optional): a batch-1 KV cache that already holds the first ``cache.length``
+    tokens of ``prompt_ids`` (a conversation so far). Only the rest is prefilled, and the
+    cache keeps every token fed to the model: when the stream ends it holds the prompt and
+    the yielded tokens, except the last one yielded if the stream ended at
+    ``max_new_tokens``. It needs room for ``len(prompt_ids) + max_new_tokens - 1``
+    positions (:func:`grow_cache`). Without it, each call makes its own cache."""
     prompt = _as_prompts(prompt_ids)
     if len(prompt) != 1:
         raise ValueError("stream_generate takes one prompt; use generate_batch for several")
@@ -293,11 +335,25 @@ def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature:
     prompt = prompt[0]
     if cuda_graph:
         CudaGraphDecoder.check(model)
+    if cache is not None:
+        if cuda_graph:
+            raise ValueError("cuda_graph=True makes its own cache; it cannot continue a given one")
+        if cache.batch_size != 1 or not 0 <= cache.length < len(prompt):
+            raise ValueError(f"cache must be a batch-1 cache holding fewer than the {len(prompt)} prompt tokens "
+                             f"(at least one new token to read); it has batch {cache.batch_size} and "
+                             f"{cache.length} tokens")
+        if len(prompt) + max_new_tokens - 1 > cache.max_len:
+            raise ValueError(f"the cache holds {cache.max_len} positions; {len(prompt)} prompt + {max_new_tokens} new "
+                             f"tokens need {len(prompt) + max_new_tokens - 1}: make room with grow_cache")
     stop = {int(s) for s in stop_ids}
     rng = np.random.default_rng(seed)
     if max_new_tokens == 0:
         return
-    logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
+    if cache is None:
+        logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
+    else:
+        new = np.asarray([prompt[cache.length:]], dtype=np.int64)                     # (1, T_new)
+        logits = model.forward(new, cache=cache, last_only=True)[:, -1]               # (1, V)
     step = CudaGraphDecoder(model, cache).step if cuda_graph else (lambda ids: decode_step(model, cache, ids))
     seen = list(prompt)
     for i in range(max_new_tokens):
@@ -401,53 +457,135 @@ def stream_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, **sampl
         yield tail
 
 
+class ContextFullError(TinyLLMError, ValueError):
+    """The conversation no longer fits in the model's context window."""
+
+
+@dataclass
+class TurnStats:
+    """What one chat turn cost: the tokens actually read and the times (perf_counter seconds)."""
+
+    prefill_tokens: int   # tokens prefilled this turn: the template's tokens and the message, not the history
+    ttft_s: float         # time to first token: the prefill and the first token's choice
+    new_tokens: int       # tokens of the reply (the stop token excluded)
+    decode_s: float       # from the first token to the end of the reply
+
+
 class ChatSession:
-    """Multi-turn chat: keeps the message history and renders it with the chat template.
+    """Multi-turn chat that keeps its KV cache: each turn reads only the new tokens.
 
         chat = ChatSession(model, tokenizer, system="You are a helpful assistant.")
         reply = chat.send("What is the capital of France?")
         reply = chat.send("And of Italy?")        # the first exchange is in context
+        chat.reset()                              # forget the conversation (the system message stays)
 
-    ``on_text`` (optional) receives each piece of the reply as it is generated.
-    The end-of-turn token (``<|im_end|>``) stops a reply."""
+    ``ids`` is the conversation as the model read it: the rendered chat template with the
+    replies as the tokens the model chose (re-encoding a reply's text can give other ids).
+    The cache holds a prefix of ``ids``; a turn renders the template, takes the text added
+    since the last reply (``<|im_end|>``, the user message, the assistant header), and
+    prefills just those tokens plus the one reply token not fed yet. The logits are those
+    of a fresh pass over ``ids`` (up to float rounding). The cache starts at ``cache_size`` positions and doubles
+    when a turn needs more, up to the model's context length; a reply is cut short where
+    the context ends, and a message that does not fit raises :class:`ContextFullError`
+    (call :meth:`reset`).
+
+    ``on_text`` (optional) receives each piece of the reply as it is generated. The
+    end-of-turn token (``<|im_end|>``) stops a reply. An exception raised during a reply
+    (Ctrl-C's ``KeyboardInterrupt``, or one from ``on_text``) ends that reply: the part
+    already generated is kept as the assistant's message, the cache stays consistent and the
+    exception propagates. ``last_turn`` holds the :class:`TurnStats` of the latest turn."""
 
     def __init__(self, model, tokenizer, system: str | None = None, *, max_new_tokens: int = 128,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 repetition_penalty: float = 1.0, seed: int | None = None, stop_ids=None):
+                 repetition_penalty: float = 1.0, seed: int | None = None, stop_ids=None, cache_size: int = 512):
         self.model, self.tokenizer = model, tokenizer
-        self.messages: list[dict] = [] if system is None else [{"role": "system", "content": system}]
+        self.system = system
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
         self.max_new_tokens = max_new_tokens
+        self.cache_size = cache_size
         self.rng = np.random.default_rng(seed)
         if stop_ids is None:
             stop_ids = [i for i in (_token_id(tokenizer, "<|im_end|>"), _token_id(tokenizer, "<|endoftext|>")) if i is not None]
         self.stop_ids = list(stop_ids)
+        self.cache = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation (a system message given at construction stays) and empty the cache."""
+        self.messages: list[dict] = [] if self.system is None else [{"role": "system", "content": self.system}]
+        self.ids: list[int] = []          # the conversation's tokens, in the cache or about to be
+        self._text = ""                   # the text ``ids`` stand for
+        if self.cache is not None:
+            rewind_cache(self.cache, 0)   # keep the memory for the next conversation
+        self.last_turn: TurnStats | None = None
         self.last_num_tokens = 0
 
     def prompt_ids(self) -> list[int]:
+        """The conversation so far, rendered and encoded afresh (with the assistant header)."""
         from tinyllm.tokenizers.chat import apply_chat_template
 
         return self.tokenizer.encode(apply_chat_template(self.messages, add_generation_prompt=True), allowed_special="all")
 
+    def _room(self, needed: int) -> None:
+        """Make the cache hold ``needed`` positions: allocate it, or double it (up to the context length)."""
+        if self.cache is None:
+            self.cache = self.model.new_cache(1, min(self.model.config.context_length, max(needed, self.cache_size)))
+        elif needed > self.cache.max_len:
+            size = min(self.model.config.context_length, max(needed, 2 * self.cache.max_len))
+            self.cache = grow_cache(self.model, self.cache, size)
+
     def send(self, text: str, on_text=None) -> str:
+        import time
+
+        from tinyllm.tokenizers.chat import apply_chat_template
+
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        self.messages.append({"role": "user", "content": text})
+        messages = self.messages + [{"role": "user", "content": text}]
+        full = apply_chat_template(messages, add_generation_prompt=True)
+        if not full.startswith(self._text):                 # not with ChatML; if ever, read it all again (below)
+            self.ids, self._text = [], ""
+        new_ids = self.tokenizer.encode(full[len(self._text):], allowed_special="all")
+        context = self.model.config.context_length
+        prompt = self.ids + [int(t) for t in new_ids]
+        max_new = min(self.max_new_tokens, context - len(prompt) + 1)   # the last reply token is never fed
+        if max_new < 1:
+            raise ContextFullError(f"the conversation ({len(self.ids)} tokens) and this message "
+                                   f"({len(new_ids)} tokens) "
+                                   f"do not fit in the model's context of {context} tokens; start a new conversation "
+                                   f"(ChatSession.reset(), /reset in the chat)")
+        self._room(len(prompt) + max_new - 1)
+        if self.cache.length > len(self.ids):             # only after the re-read above
+            rewind_cache(self.cache, 0)
+        prefill_tokens = len(prompt) - self.cache.length
+        self.messages, self.ids, self._text = messages, prompt, full
         streamer = TextStreamer(self.tokenizer)
         seed = int(self.rng.integers(2**31))
-        n = 0
-        for tid in stream_generate(self.model, self.prompt_ids(), self.max_new_tokens, stop_ids=self.stop_ids,
-                                   seed=seed, **self.sampling):
-            n += 1
-            piece = streamer.push(tid)
-            if piece and on_text:
-                on_text(piece)
+        stream = stream_generate(self.model, prompt, max_new, stop_ids=self.stop_ids, seed=seed, cache=self.cache,
+                                 **self.sampling)
+        start = time.perf_counter()
+        first = None
+        try:
+            for tid in stream:
+                if first is None:
+                    first = time.perf_counter()
+                piece = streamer.push(tid)
+                if piece and on_text:
+                    on_text(piece)
+        finally:                       # also on Ctrl-C: keep what was said, leave the cache consistent
+            stream.close()
+            end = time.perf_counter()
+            reply = self.tokenizer.decode(streamer.ids)
+            self.ids = self.ids + streamer.ids
+            self._text += reply
+            self.messages = self.messages + [{"role": "assistant", "content": reply}]
+            rewind_cache(self.cache, min(self.cache.length, len(self.ids)))   # repairs a pass cut half way
+            self.last_num_tokens = len(streamer.ids)
+            self.last_turn = TurnStats(prefill_tokens, (first or end) - start, len(streamer.ids),
+                                       end - (first or end))
         tail = streamer.flush()
         if tail and on_text:
             on_text(tail)
-        reply = self.tokenizer.decode(streamer.ids)
-        self.last_num_tokens = n
-        self.messages.append({"role": "assistant", "content": reply})
         return reply
 
 
