@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from tinyllm.backend import get_array_module
+from tinyllm.backend import get_array_module, to_numpy
 from tinyllm.models.llama import TAP_POINTS
 
 
@@ -81,7 +81,7 @@ def induction_score(patterns, tokens):
     should attend to j + 1; the score averages ``patterns[..., i, j + 1]`` over
     those i. Returns (L, H); NaN if no token repeats."""
     xp = get_array_module(patterns)
-    tokens = np.asarray(tokens).tolist()
+    tokens = np.asarray(to_numpy(tokens)).tolist()                       # a host list, also for CuPy tokens
     last: dict = {}
     queries, keys = [], []
     for i, t in enumerate(tokens):
