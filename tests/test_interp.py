@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tinyllm.generate import decode_step, prefill
-from tinyllm.interp import (ablate_heads, direct_logit_attribution, final_norm, induction_score, logit_lens,
-                            patch_residual, run_with_cache)
+from tinyllm.interp import (ablate_heads, direct_logit_attribution, induction_score, logit_lens, patch_residual,
+                            run_with_cache)
 from tinyllm.models.llama import TAP_POINTS, Llama, LlamaConfig
 
 TINY = LlamaConfig(vocab_size=97, dim=48, n_layers=3, n_heads=6, n_kv_heads=2, head_dim=8, ffn_dim=80,
@@ -163,8 +163,6 @@ def test_logit_lens_against_float64_with_nondefault_eps():
         np.testing.assert_allclose(prob, p[..., np.arange(3), targets], rtol=1e-4, atol=1e-7)
         np.testing.assert_array_equal(rank, (z > z[..., np.arange(3), targets][..., None]).sum(-1))
         assert prob.shape == rank.shape == (4, 3)
-    np.testing.assert_allclose(final_norm(resid, w, 30.0), resid / np.sqrt((resid ** 2).mean(-1, keepdims=True) + 30) * w,
-                               rtol=1e-5)
 
 
 def test_induction_score_reads_the_token_after_the_previous_occurrence():

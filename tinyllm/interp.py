@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from tinyllm import kernels
 from tinyllm.backend import get_array_module, to_numpy
 from tinyllm.models.llama import TAP_POINTS
 
@@ -47,13 +48,6 @@ def run_with_cache(model, ids, names: Sequence[str] = ("resid_post",), **forward
     return logits, {n: xp.stack(v) for n, v in store.items()}
 
 
-def final_norm(resid, norm_weight, eps: float = 1e-5):
-    """The model's last RMSNorm on residual vectors (..., C): ``x / sqrt(mean(x^2) + eps) * w``."""
-    xp = get_array_module(resid)
-    resid = resid.astype(np.float32, copy=False)
-    return resid / xp.sqrt((resid * resid).mean(axis=-1, keepdims=True) + np.float32(eps)) * norm_weight
-
-
 def logit_lens(resid, norm_weight, head, targets, eps: float = 1e-5):
     """Probability and rank of ``targets`` when each layer's residual stream is decoded by the final norm and head.
 
@@ -64,7 +58,8 @@ def logit_lens(resid, norm_weight, head, targets, eps: float = 1e-5):
     xp = get_array_module(resid)
     targets = xp.asarray(targets)
     L, T, C = resid.shape
-    logits = (final_norm(resid, norm_weight, eps).reshape(L * T, C) @ head).reshape(L, T, -1)   # (L, T, V)
+    x = kernels.rms_norm(resid, norm_weight, eps)                         # the final norm, (L, T, C)
+    logits = (x.reshape(L * T, C) @ head).reshape(L, T, -1)               # (L, T, V)
     logits = logits - logits.max(axis=-1, keepdims=True)
     log_z = xp.log(xp.exp(logits).sum(axis=-1))                          # (L, T)
     target = xp.take_along_axis(logits, xp.broadcast_to(targets[None, :, None], logits.shape[:2] + (1,)), axis=-1)[..., 0]
