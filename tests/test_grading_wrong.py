@@ -90,6 +90,16 @@ EXPECTED = {
     "latency_percentiles__fractions": "q from 0 to 100",
     "decode_ceiling__gibibytes": "1e9 bytes per second",
     "decode_ceiling__seconds_per_token": "that is seconds per token",
+    "logit_lens__no_final_norm": "the final RMSNorm was skipped",
+    "logit_lens__eps_outside": "eps is outside the square root",
+    "logit_lens__rank_from_one": "rank is 1-based",
+    "logit_lens__unstable_softmax": "subtract each row's maximum before np.exp",
+    "induction_score__previous_token_itself": "attends to the token AFTER it",
+    "induction_score__two_halves": "assumed to be two equal halves",
+    "induction_score__mean_over_all_positions": "average only over the positions whose token occurred before",
+    "direct_logit_attribution__own_rms": "divided by its own rms",
+    "direct_logit_attribution__no_norm_weight": "the norm weight is missing",
+    "direct_logit_attribution__ignores_eps": "the eps argument is not used",
 }
 
 

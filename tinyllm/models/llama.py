@@ -47,9 +47,16 @@ slot per position: prefill writes the prompt's keys/values in one go, each
 decode step writes one column. Batches of prompts of different lengths are left
 padded; the cache remembers which slots are real tokens (``valid``), from which
 the positions (for RoPE) and the attention mask follow.
+
+**Hooks** (for interpretability, :mod:`tinyllm.interp`): inside ``with
+model.hooks(resid_post=fn, ...):`` the forward pass calls ``fn(value, layer)`` at
+the named tap points of every block (:data:`TAP_POINTS`); ``fn`` returns None to
+only read the value, or an array of the same shape to replace it. Outside the
+``with`` nothing is hooked, and the forward pass pays one ``if`` per tap point.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -61,6 +68,16 @@ from tinyllm.backend import get_array_module, is_gpu_array, to_device
 from tinyllm.nn.module import Module, Parameter
 
 _NEG = -3.0e38  # "minus infinity" that stays finite, so a fully masked row gives no NaN
+
+# The values a hook can read or replace, in the order one block computes them (layer ``l``).
+TAP_POINTS = {
+    "resid_pre": "(B, T, C) the residual stream entering block l (resid_post of block l-1)",
+    "attn_pattern": "(B, H, T, S) attention probabilities of each query head (rows sum to 1)",
+    "head_out": "(B, T, H, D) each head's attention-weighted values, before the output projection",
+    "attn_out": "(B, T, C) the attention sublayer's output, added to the residual stream",
+    "mlp_out": "(B, T, C) the MLP sublayer's output, added to the residual stream",
+    "resid_post": "(B, T, C) the residual stream leaving block l",
+}
 
 
 @dataclass(frozen=True)
@@ -325,6 +342,45 @@ class Llama(Module):
         self._ensure_rope(max_len)
         return KVCache(self.config, batch_size, max_len, xp=self.xp)
 
+    # ---- hooks --------------------------------------------------------------
+    _taps: dict | None = None          # {tap point: (fn, ...)} while a ``hooks`` block is open
+
+    @contextlib.contextmanager
+    def hooks(self, **taps: Callable):
+        """Call ``fn(value, layer)`` at the named tap points (:data:`TAP_POINTS`) while the block runs.
+
+        ``fn`` returns None to read the value only, or an array of the same shape
+        (and array module) to replace it. Blocks nest: the outer hooks run first.
+        On exit, also by an exception, the previous hooks are restored. Hooks are
+        not recorded into a captured CUDA graph (:class:`tinyllm.generate.CudaGraphDecoder`)."""
+        unknown = sorted(set(taps) - set(TAP_POINTS))
+        if unknown:
+            raise ValueError(f"unknown tap point(s) {unknown}; the tap points are {list(TAP_POINTS)}")
+        for name, fn in taps.items():
+            if not callable(fn):
+                raise TypeError(f"the hook for {name!r} must be callable as fn(value, layer), got {type(fn).__name__}")
+        before = self.__dict__.get("_taps")
+        merged = dict(before or {})
+        for name, fn in taps.items():
+            merged[name] = merged.get(name, ()) + (fn,)
+        self._taps = merged
+        try:
+            yield self
+        finally:
+            self._taps = before
+
+    @staticmethod
+    def _tap(taps: dict, name: str, layer: int, value):
+        """Run the hooks of one tap point on ``value``; return the (possibly replaced) value."""
+        for fn in taps.get(name, ()):
+            out = fn(value, layer)
+            if out is not None:
+                if tuple(out.shape) != tuple(value.shape):
+                    raise ValueError(f"the {name!r} hook at layer {layer} returned shape {tuple(out.shape)}; "
+                                     f"it must return None or an array of shape {tuple(value.shape)}")
+                value = out
+        return value
+
     # ---- forward ------------------------------------------------------------
     def forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
         """Logits for token ids (B, T); see :meth:`_forward`. On the CPU a decode step
@@ -406,7 +462,10 @@ class Llama(Module):
         H, KV, D = c.n_heads, c.n_kv_heads, c.head_dim
         G = H // KV
         scale = 1.0 / math.sqrt(D)                                     # Python float: keeps float32
+        taps, tap = self._taps, self._tap                              # taps: None unless inside ``hooks``
         for li, blk in enumerate(self.blocks):
+            if taps:
+                x = tap(taps, "resid_pre", li, x)
             h = kernels.rms_norm(x, blk.attn_norm.data, c.norm_eps)    # (B, T, C)
             qkv = h @ blk.wqkv.data                                    # (B, T, (H + 2KV) D)
             qk = kernels.rope(qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D), cos, sin)  # (B, T, H+KV, D)
@@ -425,12 +484,24 @@ class Llama(Module):
             if mask is not None:
                 att = xp.where(mask[:, :, None], att, _NEG)            # mask (B, 1, 1, T, S)
             att = kernels.softmax(att)                                 # over the S keys
+            if taps:                                                   # query head h = kv * G + g
+                att = tap(taps, "attn_pattern", li, att.reshape(B, H, T, S)).reshape(B, KV, G, T, S)
             y = att.reshape(B, KV, G * T, S) @ v                       # (B, KV, G*T, D)
             y = y.reshape(B, KV, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)  # (B, T, H D)
-            x = x + y @ blk.wo.data                                    # (B, T, C)
+            if taps:
+                y = tap(taps, "head_out", li, y.reshape(B, T, H, D)).reshape(B, T, H * D)
+            a = y @ blk.wo.data                                        # (B, T, C)
+            if taps:
+                a = tap(taps, "attn_out", li, a)
+            x = x + a
             h = kernels.rms_norm(x, blk.ffn_norm.data, c.norm_eps)
             gu = h @ blk.wgu.data                                      # (B, T, 2F)
-            x = x + kernels.swiglu(gu[..., :c.ffn_dim], gu[..., c.ffn_dim:]) @ blk.wdown.data
+            m = kernels.swiglu(gu[..., :c.ffn_dim], gu[..., c.ffn_dim:]) @ blk.wdown.data  # (B, T, C)
+            if taps:
+                m = tap(taps, "mlp_out", li, m)
+            x = x + m
+            if taps:
+                x = tap(taps, "resid_post", li, x)
         if cache is not None:
             cache.length += T
             if cache.slot is not None:
