@@ -165,3 +165,30 @@ def test_weight_decay_only_on_matrices(data):
     assert len(decays) == len(model.parameters())
     for name, p in model.named_parameters():
         assert decays[id(p)] == (0.1 if p.data.ndim == 2 else 0.0), name
+
+
+def test_notebook_progress_bar_keeps_one_output(monkeypatch):
+    # In a Jupyter kernel every redraw must replace one display, not add a stderr chunk per redraw.
+    IPython_display = pytest.importorskip("IPython.display")
+
+    from tinyllm import train as train_module
+
+    calls = []
+
+    class FakeHandle:
+        def display(self, obj):
+            calls.append(("display", obj.data))
+
+        def update(self, obj):
+            calls.append(("update", obj.data))
+
+    monkeypatch.setattr(IPython_display, "DisplayHandle", FakeHandle)
+    monkeypatch.setattr(train_module, "_in_notebook", lambda: True)
+    bar = train_module._progress_bar(total=3, desc="training", unit="step", mininterval=0)
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    assert [kind for kind, _ in calls][0] == "display"
+    assert all(kind == "update" for kind, _ in calls[1:]) and len(calls) >= 2
+    assert calls[-1][1].startswith("training: 100%") and "3/3" in calls[-1][1]
+    assert all("\r" not in text and "\n" not in text for _, text in calls)

@@ -248,15 +248,56 @@ class Trainer:
                                 f"step {self.step}")
 
 
-def _progress_bar(**kwargs):
-    """A ``tqdm.auto`` bar (a widget in notebooks when ipywidgets is installed, text otherwise), redrawn
-    at most twice a second so a notebook's saved output stays small."""
-    import warnings
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, nbclient), False in a terminal or a script."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
-    with warnings.catch_warnings():                    # "IProgress not found": the text bar is fine
-        warnings.simplefilter("ignore")
-        from tqdm.auto import tqdm
-    return tqdm(mininterval=0.5, **kwargs)
+
+class _DisplayLine:
+    """A file for tqdm inside a Jupyter kernel: every redraw replaces one display in place.
+
+    tqdm's text bar writes a carriage return and the bar to stderr at each redraw. A notebook saved by nbclient
+    keeps every such write as a chunk of its own (hundreds per run, shown as error boxes); this
+    keeps one plain-text output, the bar's last state."""
+
+    encoding = "utf-8"                                 # lets tqdm draw its block characters
+
+    def __init__(self):
+        from IPython.display import DisplayHandle
+
+        self._handle = DisplayHandle()
+        self._text: str | None = None
+
+    def write(self, s: str) -> None:
+        from IPython.display import Pretty
+
+        lines = [part.strip() for part in s.replace("\r", "\n").split("\n") if part.strip()]
+        if not lines or lines[-1] == self._text:
+            return
+        if self._text is None:
+            self._handle.display(Pretty(lines[-1]))
+        else:
+            self._handle.update(Pretty(lines[-1]))
+        self._text = lines[-1]
+
+    def flush(self) -> None:
+        pass
+
+
+def _progress_bar(**kwargs):
+    """A text progress bar redrawn at most twice a second: on stderr in a terminal, as one
+    display updated in place in a notebook (so a saved notebook holds one line, not hundreds)."""
+    from tqdm import tqdm
+
+    if _in_notebook():
+        kwargs.setdefault("file", _DisplayLine())
+    kwargs.setdefault("mininterval", 0.5)
+    return tqdm(**kwargs)
 
 
 def _jsonable(obj):
@@ -324,14 +365,7 @@ class LivePlot:
         self._ax = None
         self._handle = None
 
-    @staticmethod
-    def _in_notebook() -> bool:
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return False
-        shell = get_ipython()
-        return shell is not None and hasattr(shell, "kernel")
+    _in_notebook = staticmethod(_in_notebook)
 
     def __call__(self, trainer: Trainer) -> None:
         if not self._in_notebook():
