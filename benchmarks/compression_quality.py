@@ -13,11 +13,12 @@ Every variant is scored in one process on the same model:
 4-bit variants use asymmetric groups of 64. Calibration sets are 16 x 128 tokens:
 "docs" (random windows of the documentation), "self" (text sampled from SmolLM2 itself
 from random first tokens, no data set needed) and "mix" (8 of each). GPTQ's dampening
-is chosen by measurement: GPTQ is fitted on 12 of the mix set's rows and its output error
-measured on the other 4, for blocks 0, 15 and 29.
+is chosen by measurement: GPTQ is fitted on 12 of the docs set's rows and its output error
+measured on the other 4, for the weights of blocks 0 and 29. The rows run in order of
+importance (a partial ``--save`` run keeps the rows it finished).
 
-``--quick`` runs fp32, RTN and the two W8A8 rows (about 10 minutes on a busy 2-core CPU);
-the full run takes about an hour there. ``--save`` writes the table to
+``--quick`` runs fp32, RTN and the two W8A8 rows; the full run adds the damp search,
+GPTQ (sequential on docs, mix and self; the old one on docs) and AWQ, several times longer. ``--save`` writes the table to
 ``benchmarks/results/compression_quality.md`` (row by row, so a partial run keeps its rows);
 lesson 11 shows that file and ``tests/test_compression_table.py`` re-measures one row.
 """
@@ -123,57 +124,65 @@ def main(argv=None) -> int:
         with_weights([rtn_weight(getattr(b, k).data, BITS, GROUP, SYM) for b, k in targets],
                      "RTN 4-bit asym g64", "-", bytes_4bit)
 
-    calib: dict[str, np.ndarray] = {}
-    if not args.quick:
-        calib["docs"] = text_calibration(tok.encode, calib_text, 16, 128, seed=0)
-        t0 = time.perf_counter()
-        calib["self"] = self_generated_calibration(model, 16, 128, seed=0)
-        print(f"self-generated calibration: {calib['self'].size} tokens sampled in {time.perf_counter() - t0:.0f} s;"
-              f" the first: {tok.decode(calib['self'][0, :40].tolist())!r}", flush=True)
-        calib["mix"] = mixed_calibration(calib["docs"][:8], calib["self"][:8], seed=0)
+    calib = {"docs": text_calibration(tok.encode, calib_text, 16, 128, seed=0)}
 
-        # dampening by measurement: fit on 12 rows of the mix, error on the other 4
-        probe = [j for i in (0, 15, 29) for j in range(4 * i, 4 * i + 4)]
-        fit = record_inputs(model, calib["mix"][:12], [targets[j] for j in probe])
-        val = record_inputs(model, calib["mix"][12:], [targets[j] for j in probe])
-        errs = np.array([damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(), v.hessian(),
-                                     DAMPS, bits=BITS, group_size=GROUP, symmetric=SYM, act_order=True)
-                         for j, f, v in zip(probe, fit, val)])              # (12, len(DAMPS))
-        mean_err = errs.mean(axis=0)
-        damp = DAMPS[int(np.argmin(mean_err))]
-        print("held-out output error of GPTQ by dampening (mean of 12 weights): "
-              + ", ".join(f"{d}: {e:.4f}" for d, e in zip(DAMPS, mean_err)) + f" -> damp {damp}", flush=True)
-
-        if wanted("GPTQ (old: float inputs)"):
-            w = gptq_model(model, calib["docs"], BITS, group_size=GROUP, symmetric=SYM, damp=0.01, sequential=False)
-            with_weights(w, "GPTQ (old: float inputs)", "docs, damp 0.01", bytes_4bit)
-        for cname in ("docs", "self", "mix"):
-            if wanted("GPTQ sequential"):
-                w = gptq_model(model, calib[cname], BITS, group_size=GROUP, symmetric=SYM, damp=damp, sequential=True)
-                with_weights(w, "GPTQ sequential", f"{cname}, damp {damp}", bytes_4bit)
-        if wanted("AWQ"):
-            recs = record_inputs(model, calib["mix"])
-            saved = [fold.block_arrays(b) for b in model.blocks]
-            alphas = awq_apply(model, recs, bits=BITS, group_size=GROUP, symmetric=SYM)
-            mean_alpha = {k: round(float(np.mean([a[k] for a in alphas])), 2) for k in fold.KINDS}
-            print(f"AWQ: mean alpha per weight kind {mean_alpha}", flush=True)
-            emit(score(model, tok, texts, "AWQ (RTN after scaling)", "mix", bytes_4bit, base))
+    def w8a8(name: str, alpha: float | None) -> None:
+        if not wanted(name):
+            return
+        recs = None if alpha is None else record_inputs(model, calib["docs"])
+        saved = [fold.block_arrays(b) for b in model.blocks]
+        w8a8_apply(model, recs, alpha=alpha)
+        try:
+            emit(score(model, tok, texts, name, "-" if alpha is None else "docs", bytes_8bit, base))
+        finally:
             for b, a in zip(model.blocks, saved):
                 fold.set_block_arrays(b, a)
 
-    sq_calib = calib.get("mix")
-    if sq_calib is None:
-        sq_calib = text_calibration(tok.encode, calib_text, 16, 128, seed=0)
-    for name, alpha in (("naive W8A8", None), ("SmoothQuant W8A8 a=0.5", 0.5)):
-        if not wanted(name):
-            continue
-        recs = None if alpha is None else record_inputs(model, sq_calib)
+    w8a8("naive W8A8", None)
+    w8a8("SmoothQuant W8A8 a=0.5", 0.5)
+    if args.quick:
+        print()
+        print(format_table(rows, COLUMNS))
+        return 0
+
+    # dampening by measurement: GPTQ fitted on 12 rows of the docs set, its output error measured on the other 4
+    probe = [j for i in (0, 29) for j in range(4 * i, 4 * i + 4)]
+    fit = record_inputs(model, calib["docs"][:12], [targets[j] for j in probe])
+    val = record_inputs(model, calib["docs"][12:], [targets[j] for j in probe])
+    errs = np.array([damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(), v.hessian(),
+                                 DAMPS, bits=BITS, group_size=GROUP, symmetric=SYM, act_order=True)
+                     for j, f, v in zip(probe, fit, val)])                  # (8, len(DAMPS))
+    mean_err = errs.mean(axis=0)
+    damp = DAMPS[int(np.argmin(mean_err))]
+    print("held-out output error of GPTQ by dampening (mean over the 8 weights of blocks 0 and 29): "
+          + ", ".join(f"{d}: {e:.4f}" for d, e in zip(DAMPS, mean_err)) + f" -> damp {damp}", flush=True)
+
+    def gptq(cname: str, sequential: bool, d: float) -> None:
+        name = "GPTQ sequential" if sequential else "GPTQ (old: float inputs)"
+        if wanted(name):
+            w = gptq_model(model, calib[cname], BITS, group_size=GROUP, symmetric=SYM, damp=d, sequential=sequential)
+            with_weights(w, name, f"{cname}, damp {d}", bytes_4bit)
+
+    gptq("docs", True, damp)
+    gptq("docs", False, 0.01)
+    t0 = time.perf_counter()
+    calib["self"] = self_generated_calibration(model, 16, 128, seed=0)
+    print(f"self-generated calibration: {calib['self'].size} tokens sampled in {time.perf_counter() - t0:.0f} s;"
+          f" the first: {tok.decode(calib['self'][0, :40].tolist())!r}", flush=True)
+    calib["mix"] = mixed_calibration(calib["docs"][:8], calib["self"][:8], seed=0)
+    gptq("mix", True, damp)
+    if wanted("AWQ (RTN after scaling)"):
+        recs = record_inputs(model, calib["mix"])
         saved = [fold.block_arrays(b) for b in model.blocks]
-        w8a8_apply(model, recs, alpha=alpha)
-        emit(score(model, tok, texts, name, "-" if alpha is None else ("mix" if "mix" in calib else "docs"),
-                   bytes_8bit, base))
-        for b, a in zip(model.blocks, saved):
-            fold.set_block_arrays(b, a)
+        alphas = awq_apply(model, recs, bits=BITS, group_size=GROUP, symmetric=SYM)
+        mean_alpha = {k: round(float(np.mean([a[k] for a in alphas])), 2) for k in fold.KINDS}
+        print(f"AWQ: mean alpha per weight kind {mean_alpha}", flush=True)
+        try:
+            emit(score(model, tok, texts, "AWQ (RTN after scaling)", "mix", bytes_4bit, base))
+        finally:
+            for b, a in zip(model.blocks, saved):
+                fold.set_block_arrays(b, a)
+    gptq("self", True, damp)
 
     print()
     print(format_table(rows, COLUMNS))
