@@ -32,8 +32,9 @@ from tinyllm.compress.quantize import fake_quantize
 
 def rtn_weight(w: Any, bits: int = 4, group_size: int | None = 64, symmetric: bool = False) -> Any:
     """Round-to-nearest of an ``(IN, OUT)`` weight, grouped along the inputs: dequantised ``(IN, OUT)``."""
+    xp = get_array_module(w)
     kw = {"granularity": "group", "group_size": group_size} if group_size else {"granularity": "channel"}
-    return np.ascontiguousarray(fake_quantize(np.ascontiguousarray(w.T), bits, symmetric=symmetric, **kw).T)
+    return xp.ascontiguousarray(fake_quantize(xp.ascontiguousarray(w.T), bits, symmetric=symmetric, **kw).T)
 
 
 def awq_search(w: Any, act_mean: Any, xtx: Any, *, bits: int = 4, group_size: int | None = 64,

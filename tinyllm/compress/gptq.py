@@ -188,7 +188,7 @@ def gptq_model(model: Any, calib: Any, bits: int = 4, *, group_size: int | None 
     forward passes.
 
     Returns the dequantised weights in :func:`~tinyllm.compress.patch.linear_weights` order,
-    each ``(IN, OUT)`` float32 C-contiguous. The model is left unchanged.
+    each ``(IN, OUT)`` float32 C-contiguous. The model is left unchanged. NumPy only (as the recorders are).
     """
     from tinyllm.compress.calibrate import block_output, record_inputs, run_block
     from tinyllm.compress.patch import InputRecorder, linear_weights, replace_weights, restore_weights
