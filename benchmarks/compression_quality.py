@@ -14,7 +14,8 @@ Every variant is scored in one process on the same model:
 "docs" (random windows of the documentation), "self" (text sampled from SmolLM2 itself
 from random first tokens, no data set needed) and "mix" (8 of each). GPTQ's dampening
 is chosen by measurement: GPTQ is fitted on 12 of the docs set's rows and its output error
-measured on the other 4, for the weights of blocks 0 and 29. The rows run in order of
+measured on the other 4, for the weights of blocks 0 and 29. "mix x4" has four times the
+tokens (32 windows of the documentation and 32 new self-generated sequences). The rows run in order of
 importance (a partial ``--save`` run keeps the rows it finished).
 
 ``--quick`` runs fp32, RTN and the two W8A8 rows; the full run adds the damp search,
@@ -46,9 +47,16 @@ from tinyllm.evaluate import choice_accuracy, format_table, heldout_text, perple
 from tinyllm.models.smollm2 import load_smollm2  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "compression_quality.md"
-COLUMNS = ["method", "calibration", "docs ppl", "docs vs fp32", "story ppl", "story vs fp32", "accuracy", "MB"]
+COLUMNS = ["method", "calibration", "docs ppl", "docs vs fp32", "story ppl", "story vs fp32", "choice acc", "MB"]
 BITS, GROUP, SYM = 4, 64, False
-DAMPS = (0.001, 0.01, 0.1)
+DAMPS = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    """The rows of a Markdown table written by ``format_table`` (cells as strings)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
 
 
 def setup():
@@ -67,7 +75,7 @@ def score(model, tok, texts, name, calibration, nbytes, base=None) -> dict:
         row[f"{k} ppl"] = f"{p:.2f}"
         row[f"{k} vs fp32"] = "-" if base is None else f"{p / base[k] - 1:+.1%}"
         row[f"_{k}"] = p
-    row["accuracy"] = f"{choice_accuracy(lambda x: model(x), tok.encode):.0%}"
+    row["choice acc"] = f"{choice_accuracy(lambda x: model(x), tok.encode):.0%}"
     row["MB"] = f"{nbytes / 1e6:.1f}"
     return row
 
@@ -81,10 +89,20 @@ def other_bytes(model) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fp32, RTN and the two W8A8 rows only")
-    ap.add_argument("--only", default="", help="comma-separated method names to run (fp32 always runs)")
+    ap.add_argument("--only", default="", help="comma-separated method names to run (fp32, RTN 4-bit asym g64, ...)")
     ap.add_argument("--save", action="store_true", help=f"write the table to {RESULTS.relative_to(ROOT)}")
+    ap.add_argument("--calib", type=lambda v: v.split(","), default=None,
+                    help="GPTQ's calibration sets to run (docs,self,mix,mix x4; default all)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where --save writes (to run parts in parallel)")
+    ap.add_argument("--merge", nargs="+", type=Path, help="only join the rows of these saved tables into --out")
     args = ap.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
+    header = f"Made by `python benchmarks/compression_quality.py{' --quick' if args.quick else ''} --save` " \
+             "(SmolLM2-135M-Instruct, CPU, float32).\n\n"
+    if args.merge:
+        merged = [row for path in args.merge for row in parse_table(path.read_text(encoding="utf-8"))]
+        args.out.write_text(header + format_table(merged, COLUMNS) + "\n", encoding="utf-8")
+        return 0
 
     t_start = time.perf_counter()
     model, tok, calib_text, texts = setup()
@@ -101,12 +119,10 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"[{time.perf_counter() - t_start:5.0f} s] " + " | ".join(str(row[c]) for c in COLUMNS), flush=True)
         if args.save:
-            RESULTS.parent.mkdir(exist_ok=True)
-            tmp = RESULTS.with_suffix(".tmp")
-            cmd = "python benchmarks/compression_quality.py" + (" --quick" if args.quick else "") + " --save"
-            tmp.write_text(f"Made by `{cmd}` (SmolLM2-135M-Instruct, CPU, float32).\n\n"
-                           + format_table(rows, COLUMNS) + "\n", encoding="utf-8")
-            tmp.replace(RESULTS)
+            args.out.parent.mkdir(exist_ok=True)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(header + format_table(rows, COLUMNS) + "\n", encoding="utf-8")
+            tmp.replace(args.out)
 
     def with_weights(weights, name, calibration, nbytes):
         old = replace_weights(targets, lambda w, it=iter(weights): next(it))
@@ -116,9 +132,12 @@ def main(argv=None) -> int:
             restore_weights(targets, old)
 
     bytes_fp32 = sum(getattr(b, k).data.nbytes for b, k in targets) + other_bytes(model)
-    base_row = score(model, tok, texts, "fp32", "-", bytes_fp32)
-    base = {k: base_row[f"_{k}"] for k in texts}
-    emit(base_row)
+    if wanted("fp32"):
+        base_row = score(model, tok, texts, "fp32", "-", bytes_fp32)
+        base = {k: base_row[f"_{k}"] for k in texts}
+        emit(base_row)
+    else:                                                                   # only the reference perplexities
+        base = {k: perplexity(model, ids, window=512) for k, ids in texts.items()}
 
     if wanted("RTN 4-bit asym g64"):
         with_weights([rtn_weight(getattr(b, k).data, BITS, GROUP, SYM) for b, k in targets],
@@ -159,7 +178,7 @@ def main(argv=None) -> int:
 
     def gptq(cname: str, sequential: bool, d: float) -> None:
         name = "GPTQ sequential" if sequential else "GPTQ (old: float inputs)"
-        if wanted(name):
+        if wanted(name) and (not args.calib or cname in args.calib):
             w = gptq_model(model, calib[cname], BITS, group_size=GROUP, symmetric=SYM, damp=d, sequential=sequential)
             with_weights(w, name, f"{cname}, damp {d}", bytes_4bit)
 
@@ -183,6 +202,12 @@ def main(argv=None) -> int:
             for b, a in zip(model.blocks, saved):
                 fold.set_block_arrays(b, a)
     gptq("self", True, damp)
+    if wanted("GPTQ sequential") and (not args.calib or "mix x4" in args.calib):   # four times the tokens
+        t0 = time.perf_counter()
+        more_self = self_generated_calibration(model, 32, 128, seed=1)
+        calib["mix x4"] = mixed_calibration(text_calibration(tok.encode, calib_text, 32, 128, seed=1), more_self, seed=0)
+        print(f"mix x4: {calib['mix x4'].size} tokens ({time.perf_counter() - t0:.0f} s to sample)", flush=True)
+        gptq("mix x4", True, damp)
 
     print()
     print(format_table(rows, COLUMNS))
