@@ -60,7 +60,7 @@ def parse_table(text: str) -> list[dict[str, str]]:
 
 
 def setup():
-    """The model, its tokenizer and the two evaluation texts, as every run (and the test) uses them."""
+    """The model, its tokenizer, the calibration text and the two evaluation texts (as lesson 11 makes them)."""
     model, tok = load_smollm2("cpu")
     corpus = load_corpus("pydoc")
     calib_text, eval_text = corpus[:-20_000], corpus[-20_000:]             # as in notebook 11
