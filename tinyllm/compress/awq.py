@@ -28,6 +28,7 @@ import numpy as np
 from tinyllm.backend import get_array_module
 from tinyllm.compress.fold import KINDS, expand_wo_scale, fold_input_scale, group_wo_stat
 from tinyllm.compress.quantize import fake_quantize
+from tinyllm.errors import QuantizationError
 
 
 def rtn_weight(w: Any, bits: int = 4, group_size: int | None = 64, symmetric: bool = False) -> Any:
@@ -50,11 +51,11 @@ def awq_search(w: Any, act_mean: Any, xtx: Any, *, bits: int = 4, group_size: in
     """
     xp = get_array_module(w)
     if grid < 2:
-        raise ValueError(f"grid must have at least 2 points, got {grid}")
+        raise QuantizationError(f"grid must have at least 2 points, got {grid}")
     expand = expand or (lambda s: s)
     base = xp.maximum(xp.asarray(act_mean, dtype=xp.float64), 1e-6)        # (K,)
     if expand(base).shape[0] != w.shape[0]:
-        raise ValueError(f"the scale expands to {expand(base).shape[0]} rows but w has {w.shape[0]}")
+        raise QuantizationError(f"the scale expands to {expand(base).shape[0]} rows but w has {w.shape[0]}")
     h = xp.asarray(xtx, dtype=xp.float32)                                  # (IN, IN)
     errors, best = [], (np.inf, None, 0.0)
     for alpha in np.linspace(0.0, 1.0, grid):

@@ -21,20 +21,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from tinyllm.compress.patch import InputRecorder, linear_weights, replace_weights, restore_weights
+from tinyllm.errors import QuantizationError
 
 
 def text_calibration(encode, text: str, n: int, length: int = 128, *, seed: int = 0) -> np.ndarray:
     """``n`` windows of ``length`` tokens from random places of ``text``: ``(n, length)`` int64."""
     if n <= 0 or length <= 0:
-        raise ValueError(f"n and length must be positive, got n={n}, length={length}")
+        raise QuantizationError(f"n and length must be positive, got n={n}, length={length}")
     chars = 30 * length                                                     # enough characters for `length` tokens
     if len(text) < chars + 1:
-        raise ValueError(f"the text has {len(text)} characters; {chars + 1} are needed for windows of {length} tokens")
+        raise QuantizationError(f"the text has {len(text)} characters; {chars + 1} are needed for windows of {length} tokens")
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(text) - chars, n)
     rows = [list(encode(text[s:s + chars]))[:length] for s in starts]
     if any(len(r) < length for r in rows):
-        raise ValueError("a window of the text encodes to fewer tokens than `length`")
+        raise QuantizationError("a window of the text encodes to fewer tokens than `length`")
     return np.array(rows, dtype=np.int64)
 
 
@@ -47,7 +48,7 @@ def self_generated_calibration(model: Any, n: int, length: int = 128, *, seed: i
     from tinyllm.generate import generate_batch
 
     if n <= 0 or length < 2:
-        raise ValueError(f"n must be positive and length at least 2, got n={n}, length={length}")
+        raise QuantizationError(f"n must be positive and length at least 2, got n={n}, length={length}")
     rng = np.random.default_rng(seed)
     hi = vocab_limit or model.config.vocab_size
     first = rng.integers(17, hi, n)                                         # skip SmolLM2's special tokens (ids < 17)
@@ -61,7 +62,7 @@ def self_generated_calibration(model: Any, n: int, length: int = 128, *, seed: i
 def mixed_calibration(*sets: np.ndarray, n: int | None = None, seed: int = 0) -> np.ndarray:
     """Rows of several ``(n_i, length)`` calibration sets, shuffled; ``n`` rows in all (default: all of them)."""
     if not sets or len({s.shape[1] for s in sets}) != 1:
-        raise ValueError("give at least one set, all with the same sequence length")
+        raise QuantizationError("give at least one set, all with the same sequence length")
     rows = np.concatenate(sets, axis=0)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(rows))[: n or len(rows)]

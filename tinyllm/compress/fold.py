@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from tinyllm.backend import get_array_module
+from tinyllm.errors import QuantizationError
 
 KINDS = ("wqkv", "wo", "wgu", "wdown")
 
@@ -37,7 +38,7 @@ def scale_width(kind: str, config: Any) -> int:
     c = config
     widths = {"wqkv": c.dim, "wgu": c.dim, "wdown": c.ffn_dim, "wo": c.n_kv_heads * c.head_dim}
     if kind not in widths:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise QuantizationError(f"kind must be one of {KINDS}, got {kind!r}")
     return widths[kind]
 
 
@@ -69,9 +70,9 @@ def fold_input_scale(blk: Any, kind: str, s: Any, config: Any) -> None:
     xp = get_array_module(blk.wqkv.data)
     s = xp.asarray(s, dtype=xp.float32)
     if s.shape != (width,):
-        raise ValueError(f"the scale of {kind} must have shape ({width},), got {tuple(s.shape)}")
+        raise QuantizationError(f"the scale of {kind} must have shape ({width},), got {tuple(s.shape)}")
     if not bool(xp.all(xp.isfinite(s))) or not bool(xp.all(s > 0)):
-        raise ValueError(f"the scale of {kind} must be positive and finite")
+        raise QuantizationError(f"the scale of {kind} must be positive and finite")
     H, KV, D, F = c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim
     if kind in ("wqkv", "wgu"):
         norm = blk.attn_norm if kind == "wqkv" else blk.ffn_norm

@@ -15,15 +15,16 @@ import numpy as np
 
 from tinyllm.evaluate import token_log_probs
 from tinyllm.models.llama import KVCache
+from tinyllm.errors import QuantizationError
 
 
 def cache_perplexity(model: Any, token_ids: Sequence[int], *, chunk: int = 128, int8: bool = False) -> float:
     """Perplexity of ``token_ids`` (one sequence, one window) fed ``chunk`` tokens at a time through a KV cache."""
     ids = np.asarray(token_ids, dtype=np.int64)
     if ids.ndim != 1 or len(ids) < 2:
-        raise ValueError(f"token_ids must be one sequence of at least 2 tokens, got shape {ids.shape}")
+        raise QuantizationError(f"token_ids must be one sequence of at least 2 tokens, got shape {ids.shape}")
     if chunk <= 0:
-        raise ValueError(f"chunk must be positive, got {chunk}")
+        raise QuantizationError(f"chunk must be positive, got {chunk}")
     model._ensure_rope(len(ids))
     cache = KVCache(model.config, 1, len(ids), xp=model.xp, int8=int8)
     nll = []

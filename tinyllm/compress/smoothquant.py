@@ -31,6 +31,7 @@ from tinyllm.backend import get_array_module
 from tinyllm.compress.fold import KINDS, fold_input_scale, group_wo_stat
 from tinyllm.compress.patch import MatmulWeight
 from tinyllm.compress.quantize import quantize
+from tinyllm.errors import QuantizationError
 
 
 def smooth_scales(act_absmax: Any, w: Any, alpha: float = 0.5) -> Any:
@@ -41,10 +42,10 @@ def smooth_scales(act_absmax: Any, w: Any, alpha: float = 0.5) -> Any:
     """
     xp = get_array_module(w)
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise QuantizationError(f"alpha must be in [0, 1], got {alpha}")
     a = xp.asarray(act_absmax, dtype=xp.float64)
     if a.shape != (w.shape[0],):
-        raise ValueError(f"act_absmax must have one entry per input channel ({w.shape[0]},), got {tuple(a.shape)}")
+        raise QuantizationError(f"act_absmax must have one entry per input channel ({w.shape[0]},), got {tuple(a.shape)}")
     wmax = xp.abs(w).max(axis=1).astype(xp.float64)                        # (IN,)
     ok = (a > 0) & (wmax > 0)
     s = xp.where(ok, xp.where(ok, a, 1.0) ** alpha / xp.where(ok, wmax, 1.0) ** (1.0 - alpha), 1.0)
