@@ -43,3 +43,15 @@ def distillation_loss__reversed_kl(student_logits, teacher_logits, labels, T=2.0
     kl = np.sum(np.exp(lq) * (lq - lp), axis=-1).mean()
     ce = -_log_softmax(student_logits)[np.arange(len(labels)), labels].mean()
     return float(alpha * T * T * kl + (1 - alpha) * ce)
+
+
+def smooth_scales__exponents_swapped(act_absmax, w, alpha=0.5):
+    return act_absmax ** (1 - alpha) / np.abs(w).max(axis=1) ** alpha
+
+
+def smooth_scales__weight_max_of_whole_matrix(act_absmax, w, alpha=0.5):
+    return act_absmax ** alpha / np.abs(w).max() ** (1 - alpha)
+
+
+def smooth_scales__zero_channels_unguarded(act_absmax, w, alpha=0.5):
+    return act_absmax ** alpha / np.abs(w).max(axis=1) ** (1 - alpha)

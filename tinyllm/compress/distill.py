@@ -139,8 +139,6 @@ def train_student(
     ``eval_loss`` the cross-entropy on ``eval_tokens`` (:func:`heldout_loss`, ``eval_batches``
     fixed batches) at step 0, every ``eval_every`` steps and at the end.
     """
-    from tqdm.auto import tqdm
-
     from tinyllm.optim import AdamW, clip_grad_norm  # h1's optimiser
 
     rng = np.random.default_rng(seed)
@@ -163,8 +161,12 @@ def train_student(
 
     student.train()
     record_eval(0)
-    bar = tqdm(range(steps), disable=not progress, desc="distilled" if teacher is not None else "baseline",
-               unit="step", mininterval=0.5)                                 # few redraws: small saved notebooks
+    bar = range(steps)
+    if progress:                           # imported only when used: tqdm.auto warns in a notebook without ipywidgets
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc="distilled" if teacher is not None else "baseline", unit="step",
+                   mininterval=0.5)                                          # few redraws: small saved notebooks
     for step in bar:
         x, y = get_batch(tokens, block_size, batch_size, rng)               # (B, T), (B, T)
         logits = student.forward(x)                                          # (B, T, V)

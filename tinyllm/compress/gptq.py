@@ -172,3 +172,77 @@ def output_error(x: Any, w: Any, w_hat: Any) -> float:
     x2 = x.reshape(-1, x.shape[-1])
     ref = x2 @ w.T
     return float(xp.linalg.norm(ref - x2 @ w_hat.T) / xp.linalg.norm(ref))
+
+
+def gptq_model(model: Any, calib: Any, bits: int = 4, *, group_size: int | None = 64, symmetric: bool = False,
+               damp: float = 0.01, act_order: bool = True, sequential: bool = True, batch: int = 8) -> list[Any]:
+    """GPTQ every block weight of a Llama-like ``model`` from calibration token ids ``calib`` ``(N, T)``.
+
+    ``sequential=False``: one forward pass of the float model records every Hessian, and
+    each weight is fitted to the inputs it sees in the *float* model. ``sequential=True``
+    (the paper's procedure, sec. 4 "Full algorithm"): block ``i`` is calibrated on the output of
+    blocks ``0..i-1`` *already quantised*, so each block learns to correct the errors
+    of those before it, as it will have to at inference. The residual stream is carried
+    from block to block (:func:`tinyllm.compress.calibrate.block_output`), so each block
+    runs twice (record, then produce its quantised output) and the whole costs about two
+    forward passes.
+
+    Returns the dequantised weights in :func:`~tinyllm.compress.patch.linear_weights` order,
+    each ``(IN, OUT)`` float32 C-contiguous. The model is left unchanged. NumPy only (as the recorders are).
+    """
+    from tinyllm.compress.calibrate import block_output, record_inputs, run_block
+    from tinyllm.compress.patch import InputRecorder, linear_weights, replace_weights, restore_weights
+
+    calib = np.asarray(calib)
+    if calib.ndim != 2 or calib.size == 0:
+        raise ValueError(f"calib must be token ids of shape (N, T), got shape {calib.shape}")
+
+    def quantise(w, rec):                                                   # (IN, OUT) float, recorder -> (IN, OUT)
+        _, q = gptq_quantize(np.ascontiguousarray(w.T), rec.hessian(), bits, group_size=group_size,
+                             symmetric=symmetric, damp=damp, act_order=act_order)
+        return np.ascontiguousarray(q.T)
+
+    targets = linear_weights(model)
+    if not sequential:
+        recs = record_inputs(model, calib, targets, batch=batch)
+        return [quantise(getattr(b, k).data, r) for (b, k), r in zip(targets, recs)]
+
+    out: list[Any] = []
+    x = model.tok_embd.data[calib].astype(np.float32)                       # (N, T, C) the embeddings
+    originals = []
+    try:
+        for i, blk in enumerate(model.blocks):
+            mine = [(blk, k) for k in ("wqkv", "wo", "wgu", "wdown")]
+            fp = replace_weights(mine, lambda w: InputRecorder(w, keep_inputs=False))   # the float weights
+            try:
+                run_block(model, i, x, batch=batch)
+                recs = [getattr(b, k).data for b, k in mine]
+            finally:
+                restore_weights(mine, fp)
+            q = [quantise(w, r) for w, r in zip(fp, recs)]
+            out += q
+            originals.append(replace_weights(mine, lambda w, it=iter(q): next(it)))
+            if i + 1 < len(model.blocks):
+                x = block_output(model, i, x, batch=batch)                 # through the quantised block
+    finally:
+        for blk, old in zip(model.blocks, originals):
+            restore_weights([(blk, k) for k in ("wqkv", "wo", "wgu", "wdown")], old)
+    return out
+
+
+def damp_errors(w: Any, h_fit: Any, h_val: Any, damps: Any, **kwargs: Any) -> list[float]:
+    """Relative output error on held-out inputs of GPTQ fitted with each dampening.
+
+    ``w`` is ``(OUT, IN)``; ``h_fit`` and ``h_val`` are Hessians of two disjoint parts of
+    the calibration set. The error ``sqrt(tr(D H_val D^T) / tr(W H_val W^T))`` with
+    ``D = W - W_hat`` measures how well the rounding fitted on one part carries to inputs
+    it never saw: too little dampening overfits ``h_fit``, too much ignores it.
+    """
+    xp = get_array_module(w)
+    ref = float(((w @ h_val) * w).sum())
+    errs = []
+    for d in damps:
+        _, q = gptq_quantize(w, h_fit, damp=float(d), **kwargs)
+        diff = (w - q).astype(xp.float64)
+        errs.append(float(np.sqrt(((diff @ h_val) * diff).sum() / ref)))
+    return errs

@@ -45,8 +45,9 @@ class InputRecorder(MatmulWeight):
     """Wraps a weight ``w (IN, OUT)``; each ``x @ recorder`` records ``x``, then returns ``x @ w``.
 
     ``keep_inputs=True`` stores the rows ``(N, IN)``; ``False`` keeps only running
-    statistics, enough for GPTQ and for importance scores: ``xtx`` (the sum of
-    ``x^T x``, float64 ``(IN, IN)``), ``abs_sum`` (sum of ``|x|`` per input) and ``rows``.
+    statistics, enough for GPTQ, AWQ, SmoothQuant and importance scores: ``xtx`` (the sum
+    of ``x^T x``, float64 ``(IN, IN)``), ``abs_sum`` (sum of ``|x|`` per input), ``abs_max``
+    (largest ``|x|`` per input) and ``rows``.
     """
 
     def __init__(self, w: Any, keep_inputs: bool = True):
@@ -58,6 +59,7 @@ class InputRecorder(MatmulWeight):
         self.rows = 0
         self.xtx = np.zeros((w.shape[0], w.shape[0]))                       # (IN, IN)
         self.abs_sum = np.zeros(w.shape[0])                                 # (IN,)
+        self.abs_max = np.zeros(w.shape[0], dtype=np.float32)               # (IN,)
 
     def rmatmul(self, x: Any) -> Any:
         rows = x.reshape(-1, x.shape[-1])                                   # (N, IN)
@@ -65,7 +67,9 @@ class InputRecorder(MatmulWeight):
             self.inputs.append(rows.copy())
         r32 = rows.astype(np.float32)                                       # float32 BLAS, float64 running sums
         self.xtx += r32.T @ r32
-        self.abs_sum += np.abs(r32).sum(axis=0, dtype=np.float64)
+        a = np.abs(r32)                                                     # (N, IN)
+        self.abs_sum += a.sum(axis=0, dtype=np.float64)
+        np.maximum(self.abs_max, a.max(axis=0), out=self.abs_max)
         self.rows += rows.shape[0]
         return x @ self.w
 

@@ -198,17 +198,29 @@ class KVCache:
     :meth:`track_slot_on_device` keeps it in device memory instead (``slot``,
     (1,) int64): decode steps then attend over all ``S_max`` slots (the empty ones
     masked) and every shape and pointer is the same from step to step, which is
-    what capturing a step as a CUDA graph needs (:class:`tinyllm.generate.CudaGraphDecoder`)."""
+    what capturing a step as a CUDA graph needs (:class:`tinyllm.generate.CudaGraphDecoder`).
 
-    def __init__(self, config: LlamaConfig, batch_size: int, max_len: int, xp=np, dtype=np.float32):
+    ``int8=True`` stores keys and values as int8 codes with one float32 scale per head
+    and token (symmetric, ``scale = max|k| / 127`` over the ``D`` entries of each head's
+    vector; simpler than KIVI, Liu et al. 2024, which groups keys per channel): 4 times
+    fewer bytes per token, plus the scales. :meth:`store` quantises on write and
+    dequantises the filled slots on read."""
+
+    def __init__(self, config: LlamaConfig, batch_size: int, max_len: int, xp=np, dtype=np.float32, *,
+                 int8: bool = False):
         for name, value in (("batch_size", batch_size), ("max_len", max_len)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_len > config.context_length:
             raise ValueError(f"max_len={max_len} exceeds the model's context length {config.context_length}")
         shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
-        self.k = xp.zeros(shape, dtype=dtype)          # (L, B, KV, S_max, D)
-        self.v = xp.zeros(shape, dtype=dtype)          # (L, B, KV, S_max, D)
+        self.int8 = bool(int8)
+        self.dtype = dtype
+        self.k = xp.zeros(shape, dtype=xp.int8 if int8 else dtype)   # (L, B, KV, S_max, D)
+        self.v = xp.zeros(shape, dtype=xp.int8 if int8 else dtype)   # (L, B, KV, S_max, D)
+        # one scale per (layer, batch, head, token) when int8
+        self.k_scale = xp.zeros(shape[:-1] + (1,), dtype=np.float32) if int8 else None  # (L, B, KV, S_max, 1)
+        self.v_scale = xp.zeros(shape[:-1] + (1,), dtype=np.float32) if int8 else None
         self.valid = xp.zeros((batch_size, max_len), dtype=bool)  # (B, S_max)
         self.n_valid = xp.zeros(batch_size, dtype=np.int64)      # (B,) real tokens so far
         self.length = 0
@@ -222,7 +234,32 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return int(self.k.nbytes + self.v.nbytes)
+        n = self.k.nbytes + self.v.nbytes
+        return int(n if not self.int8 else n + self.k_scale.nbytes + self.v_scale.nbytes)
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Bytes the cache holds per token of one sequence (all layers, keys and values, scales included)."""
+        return self.nbytes / (self.batch_size * self.max_len)
+
+    def store(self, layer: int, where, k, v, S: int):
+        """Write ``k, v`` (B, KV, T, D) into slots ``where`` of ``layer``; return slots ``[0, S)`` as (B, KV, S, D) each.
+
+        Plain caches return views; an int8 cache quantises on write and returns dequantised copies."""
+        if not self.int8:
+            k_all, v_all = self.k[layer], self.v[layer]                # (B, KV, S_max, D) views
+            k_all[:, :, where] = k
+            v_all[:, :, where] = v
+            return k_all[:, :, :S], v_all[:, :, :S]
+        xp = get_array_module(k)
+        out = []
+        for codes, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+            s = xp.abs(x).max(axis=-1, keepdims=True) / np.float32(127)  # (B, KV, T, 1)
+            inv = xp.where(s > 0, np.float32(1) / xp.where(s > 0, s, np.float32(1)), np.float32(0))
+            codes[layer][:, :, where] = xp.rint(x * inv).astype(xp.int8)
+            scales[layer][:, :, where] = s
+            out.append(codes[layer][:, :, :S].astype(self.dtype) * scales[layer][:, :, :S])   # (B, KV, S, D)
+        return out[0], out[1]
 
     def track_slot_on_device(self) -> "KVCache":
         """From now on keep the write position in device memory (``slot``), for static-shape decoding."""
@@ -473,10 +510,7 @@ class Llama(Module):
             k = qk[:, :, H:].transpose(0, 2, 1, 3)                     # (B, KV, T, D)
             v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D).transpose(0, 2, 1, 3)  # (B, KV, T, D)
             if cache is not None:
-                k_all, v_all = cache.k[li], cache.v[li]                # (B, KV, S_max, D) views
-                k_all[:, :, where] = k
-                v_all[:, :, where] = v
-                k, v = k_all[:, :, :S], v_all[:, :, :S]                # (B, KV, S, D) views
+                k, v = cache.store(li, where, k, v, S)                 # (B, KV, S, D)
             # queries of one group stacked: (B, KV, G*T, D); K is never repeated
             qg = q.reshape(B, T, KV, G, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, D)
             att = qg @ k.swapaxes(-1, -2)                              # (B, KV, G*T, S)

@@ -7,7 +7,8 @@ differ by one at an exact tie, which the judge allows); 2:4 semi-structured magn
 (NVIDIA Ampere sparsity, Mishra et al. 2021) from ``tinyllm.compress.prune.prune_n_m`` (groups of 4
 along the last axis); the distillation loss of Hinton et al. (2015),
 alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels), from
-``tinyllm.compress.distill.distillation_loss`` in float64.
+``tinyllm.compress.distill.distillation_loss`` in float64; SmoothQuant's migration factor
+(Xiao et al. 2023, eq. 4) from ``tinyllm.compress.smoothquant.smooth_scales``.
 """
 from __future__ import annotations
 
@@ -289,4 +290,71 @@ ex.test("matches the reference (T = 2, alpha = 0.5 and T = 4, alpha = 0.3)", 3,
         [call(s_logits, t_logits, labels, T, a) for T, a in DISTILL], _judge_distill)
 ex.test("alpha = 0 is the hard-label loss; a perfect student costs 0", 1,
         [call(s_logits, t_logits, labels, 2.0, 0.0), call(t_logits, t_logits, labels, 3.0, 1.0)], _judge_distill_limits)
+EXERCISES.append(ex)
+
+# --- SmoothQuant's migration factor ------------------------------------------------------------
+# Xiao et al. (2023), "SmoothQuant", eq. 4: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), from
+# ``tinyllm.compress.smoothquant.smooth_scales`` (channels with a zero maximum get s_j = 1).
+from tinyllm.compress.smoothquant import smooth_scales as lib_smooth  # noqa: E402
+
+ex = Exercise("smooth_scales", "SmoothQuant: the per-channel migration factor")
+IN_, OUT_ = 9, 5                                                     # not square: the axis of the weight maximum matters
+sq_w = rng.standard_normal((IN_, OUT_)).astype(np.float32)           # (IN, OUT), y = x @ W
+sq_a = rng.uniform(0.05, 3.0, IN_).astype(np.float32)
+sq_a[[1, 6]] = [40.0, 25.0]                                          # two outlier channels
+sq_a0, sq_w0 = sq_a.copy(), sq_w.copy()
+sq_a0[3] = 0.0                                                       # a channel never active
+sq_w0[7] = 0.0                                                       # a channel whose weights are all 0
+
+
+def ref_smooth(a, w, alpha):
+    return lib_smooth(a.astype(np.float64), w.astype(np.float64), alpha).astype(np.float64)
+
+
+def _s(r, what):
+    s = array(r, what, floating=True)
+    if s.shape == (OUT_,):
+        raise Fail(f"{what} has one entry per output channel ({OUT_}): W is (IN, OUT), so max|W_j| is "
+                   "np.abs(w).max(axis=1), one value per input channel")
+    if s.shape != (IN_,):
+        raise Fail(f"{what} has shape {s.shape}, expected ({IN_},): one factor per input channel")
+    return s
+
+
+def _judge_smooth(rs):
+    for r, alpha in zip(rs, (0.5, 0.8)):
+        what = f"smooth_scales(act_absmax, w, alpha={alpha})"
+        s = _s(r, what)
+        if not np.isfinite(s).all():
+            raise Fail(f"{what} contains NaN or inf")
+        if alpha != 0.5 and np.allclose(s, ref_smooth(sq_a, sq_w, 1 - alpha), rtol=1e-4):
+            raise Fail("the exponents are swapped: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha); "
+                       "alpha is the share of the difficulty moved into the weights")
+        if np.allclose(s, sq_a ** alpha / np.abs(sq_w).max() ** (1 - alpha), rtol=1e-4):
+            raise Fail("max|W_j| is the largest |w| of input channel j (np.abs(w).max(axis=1)), not of the whole matrix")
+        if np.allclose(s, sq_a ** alpha / np.abs(sq_w).mean(axis=1) ** (1 - alpha), rtol=1e-4):
+            raise Fail("max|W_j| is the largest |w| of input channel j, not its mean")
+        if np.allclose(s, 1.0 / ref_smooth(sq_a, sq_w, alpha), rtol=1e-4):
+            raise Fail("s is inverted: the activations are divided by s, so s must grow with max|X_j|")
+        close(s, ref_smooth(sq_a, sq_w, alpha), what, rtol=1e-4,
+              hint="s = act_absmax ** alpha / np.abs(w).max(axis=1) ** (1 - alpha)")
+
+
+def _judge_smooth_edges(rs):
+    s = _s(rs[0], "smooth_scales with a zero channel")
+    if not np.isfinite(s).all() or s[3] == 0 or s[7] == 0:
+        raise Fail("a channel whose activation maximum or weight maximum is 0 must get s_j = 1 "
+                   "(nothing to migrate), not 0, NaN or inf")
+    close(s, ref_smooth(sq_a0, sq_w0, 0.5), "smooth_scales with zero channels", rtol=1e-4,
+          hint="use s_j = 1 where max|X_j| == 0 or max|W_j| == 0")
+    s1 = _s(rs[1], "smooth_scales(..., alpha=0.0)")
+    close(s1, ref_smooth(sq_a, sq_w, 0.0), "smooth_scales(..., alpha=0.0)", rtol=1e-4,
+          hint="alpha = 0 gives s_j = 1 / max|W_j|")
+
+
+ex.test("matches s = max|X|^alpha / max|W|^(1-alpha) (alpha 0.5 and 0.8)", 3,
+        [call(sq_a.copy(), sq_w.copy(), 0.5), call(sq_a.copy(), sq_w.copy(), 0.8)], _judge_smooth)
+ex.test("zero channels get 1; alpha = 0", 2,
+        [call(sq_a0.copy(), sq_w0.copy(), 0.5), call(sq_a.copy(), sq_w.copy(), 0.0)],
+        _judge_smooth_edges)
 EXERCISES.append(ex)
