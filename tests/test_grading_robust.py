@@ -209,7 +209,8 @@ def test_table_output(capsys):
     out = capsys.readouterr().out
     assert "quantize_q8_0: Q8_0 quantisation: blocks of 32, one float16 scale each   0/4" in out
     assert "!! not implemented yet" in out and "FAIL  keeps the 2 largest |w| of every 4" in out
-    assert "total: 0/14 points (0%)" in out
+    total = round(sum(e.max_points for e in load_exercises("11_compression")))
+    assert f"total: 0/{total} points (0%)" in out
 
 
 def test_calling_the_library_scores_zero_and_says_why_however_it_is_reached():
