@@ -84,6 +84,19 @@ def _nodes(obj, path=()):
             yield from _nodes(v, path + (i,))
 
 
+def mutate_json_file(raw: bytes, choose: Choose) -> bytes:
+    """One to three edits of a JSON file: mostly structural (:func:`mutate_json`), else raw bytes."""
+    for _ in range(1 + choose(3)):
+        if choose(3):
+            try:
+                raw = mutate_json(json.loads(raw), choose)
+                continue
+            except (ValueError, RecursionError):
+                pass
+        raw = mutate_bytes(raw, choose, [(0, len(raw))])
+    return raw
+
+
 def mutate_json(obj, choose: Choose) -> bytes:
     """One structural edit of a JSON value: a node replaced by a wrong type, deleted, tweaked, or a
     key added or duplicated; huge numbers and deep nesting are spliced in as text."""
@@ -270,16 +283,7 @@ class ShardIndex:
         self.index = json.loads(self.base)
 
     def mutate(self, choose: Choose) -> bytes:
-        raw = self.base
-        for _ in range(1 + choose(3)):
-            if choose(3):
-                try:
-                    raw = mutate_json(json.loads(raw), choose)
-                    continue
-                except (ValueError, RecursionError):
-                    pass
-            raw = mutate_bytes(raw, choose, [(0, len(raw))])
-        return raw
+        return mutate_json_file(self.base, choose)
 
     def check(self, data: bytes) -> str:
         self.path.write_bytes(data)
@@ -399,16 +403,7 @@ class CharTokenizerFile:
         self.base = base.read_bytes()
 
     def mutate(self, choose: Choose) -> bytes:
-        raw = self.base
-        for _ in range(1 + choose(3)):
-            if choose(3):
-                try:
-                    raw = mutate_json(json.loads(raw), choose)
-                    continue
-                except (ValueError, RecursionError):
-                    pass
-            raw = mutate_bytes(raw, choose, [(0, len(raw))])
-        return raw
+        return mutate_json_file(self.base, choose)
 
     def check(self, data: bytes) -> str:
         self.path.write_bytes(data)
