@@ -1,6 +1,7 @@
 """A catalogue of typical learner mistakes: nearly all lose points, most get feedback that names the bug.
 
-Each file in tests/mistakes/ holds wrong versions of one lesson's graded functions, written
+Each file in tests/mistakes/ holds wrong versions of one lesson's graded functions (every lesson with graded
+checks has one, at least three mistakes per graded function), written
 ``<exercise>__<mistake>``, each with a docstring: the piece of feedback that names the bug, or
 ``None`` where the grader cannot tell the cause (it must still say what is wrong and where). The catch
 rate is the share that lose points, the naming rate the share whose feedback contains their docstring

@@ -392,7 +392,8 @@ def _diagnose_gqa(y, q, k, v, what):
                  "mask only key > query (np.triu(..., k=1))", _gqa_by_hand(q, k, v, diag=0)),
                 ("the mask is one off: each position also sees the next position; mask key > query "
                  "(np.triu(..., k=1))", _gqa_by_hand(q, k, v, diag=2)),
-                ("the scores are divided by D: divide q . k by sqrt(D), not by D", _gqa_by_hand(q, k, v, scale=1.0 / q.shape[-1])),
+                ("the scores are divided by D: divide q . k by sqrt(D), not by D",
+                 _gqa_by_hand(q, k, v, scale=1.0 / q.shape[-1])),
                 ("the softmax runs over the wrong axis (the queries): normalise each query's row over the keys, "
                  "axis=-1", _gqa_by_hand(q, k, v, axis=-2)),
                 ("the masked scores are set to 0, which still gets weight after exp: set them to -inf",
@@ -593,8 +594,10 @@ def _diagnose_forward(y, cfg, wts, ids, want, what):
          np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)),
     ]
     if L > 1:
-        variants += [("every layer runs the first block's weights: layer i uses weights['blocks'][i]", relayered([0] * L)),
-                     ("the blocks run in reverse order: weights['blocks'][0] comes first", relayered(range(L - 1, -1, -1)))]
+        variants += [("every layer runs the first block's weights: layer i uses weights['blocks'][i]",
+                      relayered([0] * L)),
+                     ("the blocks run in reverse order: weights['blocks'][0] comes first",
+                      relayered(range(L - 1, -1, -1)))]
     diagnose(y, want, variants, rtol=1e-4, atol=1e-4)
     close(y, want, what, rtol=1e-4, atol=1e-4,
           hint="x = tok_embd[ids]; x = llama_block(x, ...) for each block; logits = rms_norm(x, norm, eps) @ tok_embd.T")
