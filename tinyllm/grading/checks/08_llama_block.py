@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from tinyllm import kernels
-from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, diagnose, matches, value
+from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, diagnose, value
 from tinyllm.models.llama import Llama, LlamaConfig, apply_rope as lib_apply_rope, random_weights, rope_tables
 from tinyllm.models.llama import weights_from_gguf
 from tinyllm.models.smollm2 import ModelNotInstalledError, open_gguf
@@ -275,7 +275,7 @@ def _judge_rope(rs):
 
 
 def _judge_rope_base(rs):
-    if isinstance(rs[0], CallError) and rs[0].type == "IndexError":
+    if isinstance(rs[0], CallError) and rs[0].type == "IndexError" and "tuple index" in rs[0].message:
         raise Fail(f"apply_rope of a 3-D x (H, T, D) raised IndexError ({rs[0].message}): x may have any number of "
                    "leading axes; index from the end (x.shape[-1], x[..., :D // 2])")
     y = array(rs[0], "apply_rope(x, positions, base=500.0)", shape=xr2.shape, dtype=np.float32)
@@ -358,7 +358,7 @@ km, vm = rng.standard_normal((2, 1, 1, 4, 16)).astype(np.float32)
 q1 = rng.standard_normal((1, 4, 1, 8)).astype(np.float32)          # one position
 k1, v1 = rng.standard_normal((2, 1, 2, 1, 8)).astype(np.float32)
 qa = rng.standard_normal((1, 2, 5, 8)).astype(np.float32)          # H == KV, for the aliasing test
-_big = np.random.default_rng(808)                                  # scores in the hundreds: exp overflows
+_big = np.random.default_rng(808)                                  # scores of about +-700: exp overflows
 qbig = (30.0 * _big.standard_normal((1, 4, 6, 16))).astype(np.float32)   # 4 query heads, 2 KV heads
 kbig = (30.0 * _big.standard_normal((1, 2, 6, 16))).astype(np.float32)
 vbig = _big.standard_normal((1, 2, 6, 16)).astype(np.float32)
@@ -416,7 +416,7 @@ def _judge_gqa_mqa(rs):
     y1 = array(rs[1], "gqa_attention of a single position", shape=q1.shape, floating=True)
     close(y1, np.repeat(v1, 2, axis=1), "gqa_attention of a single position", rtol=1e-5, atol=1e-6,
           hint="one position attends only to itself: the output is its value vector")
-    what = "gqa_attention with scores in the hundreds"
+    what = "gqa_attention with scores of about +-700"
     yb = array(rs[2], what, shape=qbig.shape, floating=True)
     if not np.isfinite(yb).all():
         raise Fail(f"{what} contains NaN or inf: exp overflows; subtract each row's maximum before np.exp "
@@ -435,7 +435,7 @@ def _judge_gqa_alias(rs):
 
 
 ex.test("9 query heads, 3 KV heads (SmolLM2's grouping), float32", 3, [call(qg, kg, vg)], _judge_gqa)
-ex.test("one KV head (multi-query), a single position, and scores in the hundreds", 1,
+ex.test("one KV head (multi-query), a single position, and scores of about +-700", 1,
         [call(qm, km, vm), call(q1, k1, v1), call(qbig, kbig, vbig)], _judge_gqa_mqa)
 ex.test("leaves its inputs unchanged", 1, [call(qa, qa.copy(), qa.copy()), call(qa, qa, qa)], _judge_gqa_alias)
 EXERCISES.append(ex)
