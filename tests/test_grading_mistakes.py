@@ -1,6 +1,7 @@
 """A catalogue of typical learner mistakes: nearly all lose points, most get feedback that names the bug.
 
-Each file in tests/mistakes/ holds wrong versions of one lesson's graded functions, written
+Each file in tests/mistakes/ holds wrong versions of one lesson's graded functions (every lesson with graded
+checks has one, at least three mistakes per graded function), written
 ``<exercise>__<mistake>``, each with a docstring: the piece of feedback that names the bug, or
 ``None`` where the grader cannot tell the cause (it must still say what is wrong and where). The catch
 rate is the share that lose points, the naming rate the share whose feedback contains their docstring
@@ -22,7 +23,6 @@ from tinyllm.grading.runner import ExerciseResult, grade_source, lessons, load_e
 
 HERE = Path(__file__).parent / "mistakes"
 CATCH_GOAL, NAMING_GOAL = 0.95, 0.75
-NOT_HERE = {"apply_rope"}       # moving to lesson 08 with its own catalogue
 STUBS = {**{f"arg{k}": f"return args[{k}]" for k in range(5)},
          "first_two": "return args[0], args[1]", "state": "return args[0], args[2]",
          "adam_state": "return args[0], args[2], args[3]", "all_args": "return args", "raises": "raise ValueError('no')"}
@@ -40,7 +40,8 @@ def mistakes(path: Path) -> dict[str, str | None]:
 
 
 def catalogue_lessons() -> list[str]:
-    return sorted(p.stem for p in HERE.glob("[0-9][0-9]_*.py"))
+    """Every lesson with graded checks: each must have its catalogue file."""
+    return lessons()
 
 
 def _top_level_names(source: str) -> list[str]:
@@ -60,7 +61,7 @@ def graded(lesson: str) -> dict[str, dict[str, ExerciseResult]]:
     parts = {"mistakes": (HERE / f"{lesson}.py").read_text()}
     if (HERE / "correct" / f"{lesson}.py").exists():
         parts["correct"] = (HERE / "correct" / f"{lesson}.py").read_text()
-    functions = [e.function for e in load_exercises(lesson) if e.function not in NOT_HERE]
+    functions = [e.function for e in load_exercises(lesson)]
     parts["stubs"] = "\n".join(f"def {f}__{k}(*args, **kwargs):\n    {body}\n" for f in functions for k, body in STUBS.items())
     names = {group: _top_level_names(src) for group, src in parts.items()}
     every = [n for ns in names.values() for n in ns]
@@ -86,11 +87,17 @@ def grade_catalogue(lesson: str) -> list[tuple[str, bool, bool, str]]:
     return rows
 
 
+def test_every_lesson_with_graded_checks_has_a_catalogue():
+    missing = [lesson for lesson in lessons() if not (HERE / f"{lesson}.py").exists()]
+    assert not missing, f"no catalogue of mistakes in tests/mistakes/ for {missing}"
+    strays = sorted({p.stem for p in HERE.glob("[0-9][0-9]_*.py")} - set(lessons()))
+    assert not strays, f"catalogues of lessons without graded checks: {strays}"
+
+
 def test_every_graded_function_has_at_least_three_mistakes():
     for lesson in catalogue_lessons():
-        assert lesson in lessons(), f"{lesson}: no graded checks"
         names = mistakes(HERE / f"{lesson}.py")
-        graded_fns = {e.function for e in load_exercises(lesson)} - NOT_HERE
+        graded_fns = {e.function for e in load_exercises(lesson)}
         counts = {f: sum(n.split("__")[0] == f for n in names) for f in graded_fns}
         assert all(c >= 3 for c in counts.values()), f"{lesson}: {counts}"
         assert {n.split("__")[0] for n in names} <= graded_fns, f"{lesson}: mistakes of unknown exercises"

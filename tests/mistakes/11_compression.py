@@ -175,3 +175,48 @@ def distillation_loss__no_temperature(student_logits, teacher_logits, labels, T=
     kl = np.sum(np.exp(lp) * (lp - lq), axis=-1).mean()
     ce = -lq[np.arange(len(labels)), labels].mean()
     return float(alpha * T * T * kl + (1 - alpha) * ce)
+
+
+# SmoothQuant's migration factor (added with the exercise).
+
+
+def smooth_scales__mean_of_weights(act_absmax, w, alpha=0.5):
+    """not its mean"""
+    wm = np.abs(w).mean(axis=1)
+    ok = (act_absmax > 0) & (wm > 0)
+    return np.where(ok, act_absmax ** alpha / np.where(ok, wm, 1) ** (1 - alpha), 1.0).astype(np.float32)
+
+
+def smooth_scales__inverted(act_absmax, w, alpha=0.5):
+    """s is inverted"""
+    wmax = np.abs(w).max(axis=1)
+    ok = (act_absmax > 0) & (wmax > 0)
+    return np.where(ok, wmax ** (1 - alpha) / np.where(ok, act_absmax, 1) ** alpha, 1.0).astype(np.float32)
+
+
+def smooth_scales__output_channels(act_absmax, w, alpha=0.5):
+    """one entry per output channel"""
+    wmax = np.abs(w).max(axis=0)
+    return (np.max(act_absmax) ** alpha / wmax ** (1 - alpha)).astype(np.float32)
+
+
+def smooth_scales__no_abs(act_absmax, w, alpha=0.5):
+    """the absolute value"""
+    wmax = w.max(axis=1)
+    ok = (act_absmax > 0) & (wmax != 0)
+    with np.errstate(invalid="ignore"):
+        return np.where(ok, act_absmax ** alpha / np.where(ok, wmax, 1) ** (1 - alpha), 1.0).astype(np.float32)
+
+
+def smooth_scales__alpha_ignored(act_absmax, w, alpha=0.5):
+    """the alpha argument is ignored"""
+    wmax = np.abs(w).max(axis=1)
+    ok = (act_absmax > 0) & (wmax > 0)
+    return np.where(ok, np.sqrt(act_absmax / np.where(ok, wmax, 1)), 1.0).astype(np.float32)
+
+
+def smooth_scales__zero_channels_get_zero(act_absmax, w, alpha=0.5):
+    """must get s_j = 1"""
+    wmax = np.abs(w).max(axis=1)
+    ok = (act_absmax > 0) & (wmax > 0)
+    return np.where(ok, act_absmax ** alpha / np.where(ok, wmax, 1) ** (1 - alpha), 0.0).astype(np.float32)

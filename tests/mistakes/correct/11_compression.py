@@ -26,3 +26,18 @@ def distillation_loss__scipy_like(student_logits, teacher_logits, labels, T=2.0,
     kl = np.mean(np.sum(p * (np.log(p) - np.log(q)), -1))
     ce = -np.mean(np.log(sm(student_logits)[np.arange(len(labels)), labels]))
     return alpha * T ** 2 * kl + (1 - alpha) * ce
+
+def smooth_scales__loop_float64(act_absmax, w, alpha=0.5):
+    s = np.ones(len(act_absmax), dtype=np.float64)
+    for j in range(len(act_absmax)):
+        a, m = float(act_absmax[j]), float(np.max(np.abs(w[j])))
+        if a > 0 and m > 0:
+            s[j] = a ** alpha / m ** (1 - alpha)
+    return s.astype(np.float32)
+
+def smooth_scales__log_space(act_absmax, w, alpha=0.5):
+    wmax = np.linalg.norm(w, ord=np.inf, axis=1)
+    ok = (act_absmax > 0) & (wmax > 0)
+    with np.errstate(divide="ignore"):
+        log_s = alpha * np.log(act_absmax) - (1 - alpha) * np.log(wmax)
+    return np.where(ok, np.exp(np.where(ok, log_s, 0.0)), 1.0)

@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from tinyllm import kernels
-from tinyllm.grading.core import Exercise, Fail, array, call, close
+from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, diagnose, value
 from tinyllm.models.llama import Llama, LlamaConfig, apply_rope as lib_apply_rope, random_weights, rope_tables
 from tinyllm.models.llama import weights_from_gguf
 from tinyllm.models.smollm2 import ModelNotInstalledError, open_gguf
@@ -69,6 +69,12 @@ def ref_swiglu(x, wg, wu, wd, variant=""):
         return (u / (1.0 + np.exp(-g))) @ wd
     if variant == "after_product":
         return F.silu(g * u) @ wd
+    if variant == "relu":
+        return (np.maximum(g, 0.0) * u) @ wd
+    if variant == "gelu":
+        return (0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3))) * u) @ wd
+    if variant == "down_each":
+        return (F.silu(g) @ wd) * (u @ wd)
     return kernels.swiglu(g, u) @ wd
 
 
@@ -92,17 +98,21 @@ def ref_block(x, w, H, KV, positions, base, eps, variant=""):
     D = w["wq"].shape[1] // H
     pos = np.arange(T) if variant == "positions_ignored" else positions
     h = ref_rms(x, w["attn_norm"], eps)
-    q = (h @ w["wq"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)    # (B, H, T, D)
-    k = (h @ w["wk"]).reshape(B, T, KV, D).transpose(0, 2, 1, 3)   # (B, KV, T, D)
-    v = (h @ w["wv"]).reshape(B, T, KV, D).transpose(0, 2, 1, 3)
+
+    def heads(a, n):                                               # (B, T, n D) -> (B, n, T, D)
+        if variant == "split_by_reshape":
+            return a.reshape(B, n, T, D)
+        return a.reshape(B, T, n, D).transpose(0, 2, 1, 3)
+    q, k, v = heads(h @ w["wq"], H), heads(h @ w["wk"], KV), heads(h @ w["wv"], KV)
     q, k = ref_rope(q, pos, base), ref_rope(k, pos, base)
     if variant == "rope_on_v":
         v = ref_rope(v, pos, base)
-    y = ref_gqa(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, H * D)
+    y = ref_gqa(q, k, v)                                           # (B, H, T, D)
+    y = y.reshape(B, T, H * D) if variant == "merge_by_reshape" else y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
     attn = y @ w["wo"]
     hh = attn if variant == "no_residual_1" else x + attn
-    m = ref_swiglu(ref_rms(x if variant == "mlp_reads_input" else hh, w["ffn_norm"], eps), w["w_gate"], w["w_up"],
-                   w["w_down"])
+    norm2 = w["attn_norm"] if variant == "attn_norm_twice" else w["ffn_norm"]
+    m = ref_swiglu(ref_rms(x if variant == "mlp_reads_input" else hh, norm2, eps), w["w_gate"], w["w_up"], w["w_down"])
     return m + (attn if variant == "no_residual" else hh)
 
 
@@ -149,26 +159,36 @@ wtiny = rng.standard_normal(40).astype(np.float32)
 alias = (1.0 + rng.standard_normal(12)).astype(np.float32)
 
 
+def _rms_mistakes(x, w, eps):
+    """(feedback, what that mistake returns) for typical RMSNorm mistakes, in float64."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    ms = np.mean(x * x, axis=-1, keepdims=True)
+    return [
+        ("you subtract the mean: that is LayerNorm; RMSNorm divides by sqrt(mean(x^2) + eps) without centring",
+         ref_rms(x - x.mean(axis=-1, keepdims=True), w, eps)),
+        ("the weight w is missing: multiply the normalised x by w", ref_rms(x, np.ones_like(w), eps)),
+        ("you divide by the root of the SUM of squares: RMSNorm uses the MEAN, sqrt(mean(x^2) + eps)",
+         x / np.sqrt((x * x).sum(axis=-1, keepdims=True) + eps) * w),
+        ("the mean of x^2 is taken over the whole array: RMSNorm normalises each vector over the last axis "
+         "(np.mean(x * x, axis=-1, keepdims=True))", x / np.sqrt(np.mean(x * x) + eps) * w),
+        ("the square root is missing: divide by sqrt(mean(x^2) + eps), not by mean(x^2) + eps", x / (ms + eps) * w),
+        ("eps is added outside the square root: use sqrt(mean(x^2) + eps)", x / (np.sqrt(ms) + eps) * w),
+    ]
+
+
 def _judge_rms(rs):
     y = array(rs[0], "rms_norm(x, w)", shape=xn.shape, dtype=np.float32)
-    xc = xn - xn.mean(axis=-1, keepdims=True)
-    if np.allclose(y, ref_rms(xc, wn), atol=1e-4):
-        raise Fail("you subtract the mean: that is LayerNorm; RMSNorm divides by sqrt(mean(x^2) + eps) without centring")
-    if np.allclose(y, ref_rms(xn, np.ones_like(wn)), atol=1e-4):
-        raise Fail("the weight w is missing: multiply the normalised x by w")
-    if np.allclose(y, xn / np.sqrt((xn.astype(np.float64) ** 2).sum(axis=-1, keepdims=True) + 1e-5) * wn, atol=1e-4):
-        raise Fail("you divide by the root of the SUM of squares: RMSNorm uses the MEAN, sqrt(mean(x^2) + eps)")
+    diagnose(y, ref_rms(xn, wn), _rms_mistakes(xn, wn, 1e-5), rtol=1e-4, atol=1e-4)
     close(y, ref_rms(xn, wn), "rms_norm(x, w)", rtol=1e-4, atol=1e-5, hint="x / sqrt(mean(x**2, axis=-1) + eps) * w")
 
 
 def _judge_rms_eps(rs):
     y = array(rs[0], "rms_norm(x, w, eps=1e-4) of inputs of size 3e-3", shape=xtiny.shape, floating=True)
-    rms = np.sqrt(np.mean(xtiny.astype(np.float64) ** 2, axis=-1, keepdims=True))
-    if np.allclose(y, xtiny / (rms + 1e-4) * wtiny, rtol=1e-3):
-        raise Fail("eps is added outside the square root: use sqrt(mean(x^2) + eps)")
-    if np.allclose(y, ref_rms(xtiny, wtiny, 1e-5), rtol=1e-3):
-        raise Fail("the eps argument is ignored (you used 1e-5): with eps=1e-4 the result must change")
-    close(y, ref_rms(xtiny, wtiny, 1e-4), "rms_norm(x, w, eps=1e-4) of inputs of size 3e-3", rtol=1e-3, atol=1e-6,
+    want = ref_rms(xtiny, wtiny, 1e-4)
+    diagnose(y, want, _rms_mistakes(xtiny, wtiny, 1e-4)
+             + [("the eps argument is ignored (you used 1e-5): with eps=1e-4 the result must change",
+                 ref_rms(xtiny, wtiny, 1e-5))], rtol=1e-3, atol=1e-6)
+    close(y, want, "rms_norm(x, w, eps=1e-4) of inputs of size 3e-3", rtol=1e-3, atol=1e-6,
           hint="eps goes inside the square root")
 
 
@@ -207,6 +227,17 @@ def _rope_views(x, positions, base):
     return x
 
 
+def _rope_by_hand(x, positions, base, *, first=0, sign=1.0, swap=False):
+    """Half-split RoPE in float64 with a mistake: frequencies from i = ``first``, angle times ``sign``, or the
+    two rotated halves concatenated in swapped order."""
+    x = np.asarray(x, np.float64)
+    d = x.shape[-1]
+    ang = sign * np.asarray(positions, np.float64)[:, None] * base ** (-2.0 * np.arange(first, first + d // 2) / d)
+    a, b = x[..., :d // 2], x[..., d // 2:]
+    halves = [a * np.cos(ang) - b * np.sin(ang), b * np.cos(ang) + a * np.sin(ang)]
+    return np.concatenate(halves[::-1] if swap else halves, axis=-1)
+
+
 def _diagnose_rope(y, x, positions, base, what):
     want = ref_rope(x, positions, base)
     mistakes = [
@@ -223,6 +254,14 @@ def _diagnose_rope(y, x, positions, base, what):
         (ref_rope(x, positions, 10000.0),
          f"the base argument is ignored: apply_rope(..., base={base:g}) must use theta_i = base^(-2i/D) with that "
          "base, not 10000"),
+        (_rope_by_hand(x, positions, base, sign=-1.0),
+         "x rotates the wrong way (the signs of the sin terms are swapped): the first half becomes "
+         "x1 cos - x2 sin, the second x2 cos + x1 sin"),
+        (_rope_by_hand(x, positions, base, swap=True),
+         "the two rotated halves are concatenated in the wrong order: [x1 cos - x2 sin, x2 cos + x1 sin]"),
+        (_rope_by_hand(x, positions, base, first=1),
+         "the frequencies start one too late: theta_i = base^(-2i/D) for i = 0 .. D/2 - 1 (np.arange(D // 2)), "
+         "so the first pair turns by exactly positions[t] radians"),
     ]
     for bad, msg in mistakes:
         if not np.allclose(bad, want, atol=1e-4) and np.allclose(y, bad, atol=1e-4):
@@ -236,12 +275,18 @@ def _judge_rope(rs):
 
 
 def _judge_rope_base(rs):
+    if isinstance(rs[0], CallError) and rs[0].type == "IndexError" and "tuple index" in rs[0].message:
+        raise Fail(f"apply_rope of a 3-D x (H, T, D) raised IndexError ({rs[0].message}): x may have any number of "
+                   "leading axes; index from the end (x.shape[-1], x[..., :D // 2])")
     y = array(rs[0], "apply_rope(x, positions, base=500.0)", shape=xr2.shape, dtype=np.float32)
     _diagnose_rope(y, xr2, pos2, 500.0, "apply_rope(x, positions, base=500.0) at positions with gaps")
 
 
 def _judge_rope_norm(rs):
     y = array(rs[0], "apply_rope(x, positions)", shape=xr.shape, floating=True)
+    if np.allclose(y, xr, atol=1e-6):
+        raise Fail("apply_rope(x, positions) returned x unchanged: at positions 4..8 each pair turns by the angle "
+                   "positions[t] * theta_i")
     close(np.linalg.norm(y, axis=-1), np.linalg.norm(xr.astype(np.float64), axis=-1), "the vector lengths after RoPE",
           rtol=1e-4, hint="a rotation keeps every head vector's length")
     y0 = array(rs[1], "apply_rope at position 0", shape=xr[:, :, :1].shape, floating=True)
@@ -268,19 +313,34 @@ def _diagnose_swiglu(y, args, what):
     for variant, msg in (("gate_on_up", "SiLU goes on the gate projection x @ w_gate, not on x @ w_up"),
                          ("sigmoid", "the gate uses sigmoid(z): SwiGLU's gate is SiLU(z) = z * sigmoid(z)"),
                          ("after_product", "SiLU is applied after the product: it goes on the gate alone, "
-                                           "silu(x @ w_gate) * (x @ w_up)")):
+                                           "silu(x @ w_gate) * (x @ w_up)"),
+                         ("relu", "the gate uses ReLU: SwiGLU's gate is SiLU(z) = z * sigmoid(z)"),
+                         ("gelu", "the gate uses GELU: SwiGLU's gate is SiLU(z) = z * sigmoid(z)"),
+                         ("down_each", "w_down is applied to each factor and the results multiplied: w_down projects "
+                                       "the product, (silu(x @ w_gate) * (x @ w_up)) @ w_down")):
         bad = ref_swiglu(*args, variant=variant)
         if not np.allclose(bad, want, atol=1e-4) and np.allclose(y, bad, atol=1e-4):
             raise Fail(msg)
     close(y, want, what, rtol=1e-4, atol=1e-5, hint="(silu(x @ w_gate) * (x @ w_up)) @ w_down")
 
 
+def _no_down(r, x, w_up, what):
+    """Fail when the result has the hidden width F = w_up.shape[1]: the w_down projection is missing."""
+    r = value(r, what)
+    F_ = w_up.shape[1]
+    if isinstance(r, np.ndarray) and r.shape == x.shape[:-1] + (F_,) and F_ != x.shape[-1]:
+        raise Fail(f"{what} has shape {r.shape}, the hidden width F = {F_}: project back with w_down to "
+                   f"{x.shape}")
+
+
 def _judge_swiglu(rs):
+    _no_down(rs[0], xs, wsu, "swiglu_mlp(x, w_gate, w_up, w_down)")
     y = array(rs[0], "swiglu_mlp(x, w_gate, w_up, w_down)", shape=xs.shape, dtype=np.float32)
     _diagnose_swiglu(y, (xs, wsg, wsu, wsd), "swiglu_mlp(x, w_gate, w_up, w_down)")
 
 
 def _judge_swiglu_2d(rs):
+    _no_down(rs[0], xs2, ws2[1], "swiglu_mlp of a (7, 16) input, width 40")
     y = array(rs[0], "swiglu_mlp of a (7, 16) input, width 40", shape=xs2.shape, dtype=np.float32)
     _diagnose_swiglu(y, (xs2, *ws2), "swiglu_mlp of a (7, 16) input, width 40")
 
@@ -298,20 +358,50 @@ km, vm = rng.standard_normal((2, 1, 1, 4, 16)).astype(np.float32)
 q1 = rng.standard_normal((1, 4, 1, 8)).astype(np.float32)          # one position
 k1, v1 = rng.standard_normal((2, 1, 2, 1, 8)).astype(np.float32)
 qa = rng.standard_normal((1, 2, 5, 8)).astype(np.float32)          # H == KV, for the aliasing test
+_big = np.random.default_rng(808)                                  # scores of about +-700: exp overflows
+qbig = (30.0 * _big.standard_normal((1, 4, 6, 16))).astype(np.float32)   # 4 query heads, 2 KV heads
+kbig = (30.0 * _big.standard_normal((1, 2, 6, 16))).astype(np.float32)
+vbig = _big.standard_normal((1, 2, 6, 16)).astype(np.float32)
+
+
+def _gqa_by_hand(q, k, v, *, diag=1, scale=None, axis=-1, fill=-np.inf, heads=None):
+    """Causal attention in float64 with a mistake: the mask hides keys from ``diag`` positions after the query
+    on (1 is right), scores times ``scale`` (1/sqrt(D) is right), the softmax over ``axis``, masked scores set
+    to ``fill``, query head h reading KV head ``heads[h]``. Rows with nothing left give NaN, as they would."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    H, T, D = q.shape[1:]
+    heads = np.arange(H) // (H // k.shape[1]) if heads is None else heads
+    k, v = k[:, heads], v[:, heads]
+    s = q @ k.swapaxes(-1, -2) * (1.0 / np.sqrt(D) if scale is None else scale)
+    s = np.where(np.triu(np.ones((T, T), dtype=bool), diag), fill, s)
+    with np.errstate(all="ignore"):
+        e = np.exp(s - s.max(axis=axis, keepdims=True))
+        return (e / e.sum(axis=axis, keepdims=True)) @ v
 
 
 def _diagnose_gqa(y, q, k, v, what):
     want = ref_gqa(q, k, v)
-    G = q.shape[1] // k.shape[1]
-    for variant, msg in (
-            (dict(tiled=True), f"query head h reads key/value head h % KV: with G = H / KV = {G}, query heads 0..G-1 "
-                               "share KV head 0, so head h reads KV head h // G (np.repeat, not np.tile)"),
-            (dict(mask=False), "attention lets a position see later positions: apply the causal mask "
-                               "(key position <= query position)"),
-            (dict(scale=False), "the scores are not scaled: divide q . k by sqrt(D)")):
-        bad = ref_gqa(q, k, v, **variant)
-        if not np.allclose(bad, want, atol=1e-4) and np.allclose(y, bad, atol=1e-4):
-            raise Fail(msg)
+    H, KV = q.shape[1], k.shape[1]
+    G = H // KV
+    variants = [(f"query head h reads key/value head h % KV: with G = H / KV = {G}, query heads 0..G-1 "
+                 "share KV head 0, so head h reads KV head h // G (np.repeat, not np.tile)", ref_gqa(q, k, v, tiled=True)),
+                ("attention lets a position see later positions: apply the causal mask "
+                 "(key position <= query position)", ref_gqa(q, k, v, mask=False)),
+                ("the scores are not scaled: divide q . k by sqrt(D)", ref_gqa(q, k, v, scale=False)),
+                ("the mask also hides the diagonal, so position 0 sees nothing (NaN): a position attends to itself, "
+                 "mask only key > query (np.triu(..., k=1))", _gqa_by_hand(q, k, v, diag=0)),
+                ("the mask is one off: each position also sees the next position; mask key > query "
+                 "(np.triu(..., k=1))", _gqa_by_hand(q, k, v, diag=2)),
+                ("the scores are divided by D: divide q . k by sqrt(D), not by D",
+                 _gqa_by_hand(q, k, v, scale=1.0 / q.shape[-1])),
+                ("the softmax runs over the wrong axis (the queries): normalise each query's row over the keys, "
+                 "axis=-1", _gqa_by_hand(q, k, v, axis=-2)),
+                ("the masked scores are set to 0, which still gets weight after exp: set them to -inf",
+                 _gqa_by_hand(q, k, v, fill=0.0))]
+    if (np.arange(H) // KV < KV).all():
+        variants.append((f"query head h reads KV head h // KV: with G = H / KV = {G} query heads per KV head, head h "
+                         "reads KV head h // G", _gqa_by_hand(q, k, v, heads=np.arange(H) // KV)))
+    diagnose(y, want, variants, rtol=1e-4, atol=1e-4)
     close(y, want, what, rtol=1e-4, atol=1e-5)
 
 
@@ -326,6 +416,12 @@ def _judge_gqa_mqa(rs):
     y1 = array(rs[1], "gqa_attention of a single position", shape=q1.shape, floating=True)
     close(y1, np.repeat(v1, 2, axis=1), "gqa_attention of a single position", rtol=1e-5, atol=1e-6,
           hint="one position attends only to itself: the output is its value vector")
+    what = "gqa_attention with scores of about +-700"
+    yb = array(rs[2], what, shape=qbig.shape, floating=True)
+    if not np.isfinite(yb).all():
+        raise Fail(f"{what} contains NaN or inf: exp overflows; subtract each row's maximum before np.exp "
+                   "(softmax is unchanged by a shift)")
+    _diagnose_gqa(yb, qbig, kbig, vbig, what)
 
 
 def _judge_gqa_alias(rs):
@@ -339,7 +435,8 @@ def _judge_gqa_alias(rs):
 
 
 ex.test("9 query heads, 3 KV heads (SmolLM2's grouping), float32", 3, [call(qg, kg, vg)], _judge_gqa)
-ex.test("one KV head (multi-query), and a single position", 1, [call(qm, km, vm), call(q1, k1, v1)], _judge_gqa_mqa)
+ex.test("one KV head (multi-query), a single position, and scores of about +-700", 1,
+        [call(qm, km, vm), call(q1, k1, v1), call(qbig, kbig, vbig)], _judge_gqa_mqa)
 ex.test("leaves its inputs unchanged", 1, [call(qa, qa.copy(), qa.copy()), call(qa, qa, qa)], _judge_gqa_alias)
 EXERCISES.append(ex)
 
@@ -392,6 +489,11 @@ BLOCK_MISTAKES = (
     ("mlp_reads_input", "the MLP's RMSNorm reads the block input x: it must read h = x + attention(RMSNorm(x))"),
     ("rope_on_v", "RoPE rotates the queries and keys only, not the values"),
     ("positions_ignored", "the positions argument is ignored (you rotate by 0..T-1): pass positions to apply_rope"),
+    ("attn_norm_twice", "the MLP's RMSNorm uses w['attn_norm']: the second norm has its own weight, w['ffn_norm']"),
+    ("split_by_reshape", "the heads are split by reshaping (B, T, H D) straight to (B, H, T, D), which mixes "
+                         "positions and heads: reshape to (B, T, H, D), then transpose(0, 2, 1, 3)"),
+    ("merge_by_reshape", "the heads are merged by reshaping (B, H, T, D) straight to (B, T, H D): transpose back to "
+                         "(B, T, H, D) before the reshape"),
 )
 
 
@@ -404,13 +506,22 @@ def _diagnose_block(y, x, w, H, KV, positions, base, eps, want, what, atol):
           hint="check each piece with its own exercise first; then x + attention(RMSNorm(x)), then h + MLP(RMSNorm(h))")
 
 
+def _head_size(r, what):
+    """Fail when the call could not reshape: the head size was taken from C, which differs from H D here."""
+    if isinstance(r, CallError) and r.type == "ValueError" and "reshape" in r.message:
+        raise Fail(f"{what} raised ValueError ({r.message}): in this block C = 24 but H * D = 4 * 8 = 32; take the "
+                   "head size from the weights, D = w['wq'].shape[1] // n_heads, not from x.shape[-1] // n_heads")
+
+
 def _judge_block_random(rs):
+    _head_size(rs[0], "llama_block on a small random block")
     y = array(rs[0], "llama_block on a small random block", shape=xb.shape, dtype=np.float32)
     _diagnose_block(y, xb, blk_b, 4, 2, np.arange(6), 10000.0, 1e-5, want_b,
                     "llama_block on a small random block (against the library's Llama)", 1e-5)
 
 
 def _judge_block_positions(rs):
+    _head_size(rs[0], "llama_block at gapped positions")
     y = array(rs[0], "llama_block at gapped positions, base=500, eps=1e-3", shape=xb.shape, floating=True)
     want = ref_block(xb, blk_b, 4, 2, posb, 500.0, 1e-3)
     if np.allclose(y, ref_block(xb, blk_b, 4, 2, posb, 10000.0, 1e-3), rtol=1e-4, atol=1e-5):
@@ -454,26 +565,52 @@ cfg_f, wts_f, lw_f = _model_case(82, vocab_size=50, dim=40, n_layers=2, n_heads=
 ids_f = rng.integers(0, 50, size=(2, 7))
 want_f = Llama(cfg_f, weights=wts_f).forward(ids_f)                 # (2, 7, 50) the library's logits
 cfg_g, wts_g, lw_g = _model_case(83, vocab_size=37, dim=12, n_layers=3, n_heads=3, n_kv_heads=3, head_dim=4,
-                                 ffn_dim=20, rope_base=50.0, norm_eps=1e-6, context_length=64)
+                                 ffn_dim=20, rope_base=50.0, norm_eps=0.05, context_length=64)   # eps that matters
 ids_g1, ids_g9 = rng.integers(0, 37, size=(3, 1)), rng.integers(0, 37, size=(1, 9))
 want_g1, want_g9 = (Llama(cfg_g, weights=wts_g).forward(i) for i in (ids_g1, ids_g9))
 
 
 def _diagnose_forward(y, cfg, wts, ids, want, what):
     model = Llama(cfg, weights=wts)
-    if np.allclose(y, final_residual(model, ids) @ model.tok_embd.data.T, rtol=1e-4, atol=1e-4):
-        raise Fail("the final RMSNorm is missing: logits = rms_norm(x, weights['norm'], eps) @ weights['tok_embd'].T")
-    first = dict(wts)
-    for i in range(cfg.n_layers):
-        for name in ("attn_norm", "wqkv", "wo", "ffn_norm", "wgu", "wdown"):
-            first[f"blk.{i}.{name}"] = wts[f"blk.0.{name}"]
-    if cfg.n_layers > 1 and np.allclose(y, Llama(cfg, weights=first).forward(ids), rtol=1e-4, atol=1e-4):
-        raise Fail("every layer runs the first block's weights: layer i uses weights['blocks'][i]")
+    resid = final_residual(model, ids).astype(np.float64)          # (B, T, C)
+    E = wts["tok_embd"].astype(np.float64)
+    L = cfg.n_layers
+    names = ("attn_norm", "wqkv", "wo", "ffn_norm", "wgu", "wdown")
+
+    def relayered(order):
+        return Llama(cfg, weights={**wts, **{f"blk.{i}.{n}": wts[f"blk.{j}.{n}"] for i, j in enumerate(order)
+                                             for n in names}}).forward(ids)
+    z = want.astype(np.float64) - want.max(axis=-1, keepdims=True)
+    variants = [
+        ("the final RMSNorm is missing: logits = rms_norm(x, weights['norm'], eps) @ weights['tok_embd'].T",
+         resid @ E.T),
+        ("the final RMSNorm's weight weights['norm'] is missing: rms_norm(x, weights['norm'], eps)",
+         ref_rms(resid, np.ones(cfg.dim), cfg.norm_eps) @ E.T),
+        (f"the final rms_norm does not get eps (you used 1e-5, this model has eps = {cfg.norm_eps:g}): "
+         "pass eps=eps to it", ref_rms(resid, wts["norm"], 1e-5) @ E.T),
+        (f"the base argument does not reach the blocks (you used 10000, this model has base = {cfg.rope_base:g}): "
+         "pass base to llama_block", Llama(dataclasses.replace(cfg, rope_base=10000.0), weights=wts).forward(ids)),
+        ("the function returns probabilities, not logits: no softmax at the end",
+         np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)),
+    ]
+    if L > 1:
+        variants += [("every layer runs the first block's weights: layer i uses weights['blocks'][i]",
+                      relayered([0] * L)),
+                     ("the blocks run in reverse order: weights['blocks'][0] comes first",
+                      relayered(range(L - 1, -1, -1)))]
+    diagnose(y, want, variants, rtol=1e-4, atol=1e-4)
     close(y, want, what, rtol=1e-4, atol=1e-4,
           hint="x = tok_embd[ids]; x = llama_block(x, ...) for each block; logits = rms_norm(x, norm, eps) @ tok_embd.T")
 
 
+def _last_only(r, want, what):
+    r = value(r, what)
+    if isinstance(r, np.ndarray) and r.shape == want.shape[:1] + want.shape[2:] and want.shape[1] > 1:
+        raise Fail(f"{what} has shape {r.shape}: return the logits at every position, {want.shape}")
+
+
 def _judge_forward(rs):
+    _last_only(rs[0], want_f, "llama_forward on a random 2-layer Llama")
     y = array(rs[0], "llama_forward on a random 2-layer Llama", shape=want_f.shape, dtype=np.float32)
     _diagnose_forward(y, cfg_f, wts_f, ids_f, want_f,
                       "llama_forward on a random 2-layer Llama (6 query heads, 2 KV heads, base 1000, eps 1e-4)")
@@ -482,12 +619,13 @@ def _judge_forward(rs):
 def _judge_forward_mha(rs):
     for r, ids, want in zip(rs, (ids_g1, ids_g9), (want_g1, want_g9)):
         what = f"llama_forward on a random 3-layer multi-head Llama, ids of shape {ids.shape}"
+        _last_only(r, want, what)
         _diagnose_forward(array(r, what, shape=want.shape, floating=True), cfg_g, wts_g, ids, want, what)
 
 
 ex.test("a random 2-layer Llama (6 query heads, 2 KV heads) against the library's logits", 3,
         [call(ids_f, lw_f, 6, 2, base=1000.0, eps=1e-4)], _judge_forward)
 ex.test("a random 3-layer multi-head Llama, one token and nine", 2,
-        [call(ids_g1, lw_g, 3, 3, base=50.0, eps=1e-6), call(ids_g9, lw_g, 3, 3, base=50.0, eps=1e-6)],
+        [call(ids_g1, lw_g, 3, 3, base=50.0, eps=0.05), call(ids_g9, lw_g, 3, 3, base=50.0, eps=0.05)],
         _judge_forward_mha)
 EXERCISES.append(ex)

@@ -321,23 +321,35 @@ def _s(r, what):
     return s
 
 
+def _smooth_mistakes(a, w, alpha):
+    """(feedback, what that mistake returns) for typical mistakes of s = max|X_j|^alpha / max|W_j|^(1 - alpha)."""
+    a, w = a.astype(np.float64), w.astype(np.float64)
+    right = ref_smooth(a, w, alpha)
+    with np.errstate(all="ignore"):
+        return [
+            ("the exponents are swapped: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha); "
+             "alpha is the share of the difficulty moved into the weights", ref_smooth(a, w, 1 - alpha)),
+            ("max|W_j| is the largest |w| of input channel j (np.abs(w).max(axis=1)), not of the whole matrix",
+             a ** alpha / np.abs(w).max() ** (1 - alpha)),
+            ("max|W_j| is the largest |w| of input channel j, not its mean",
+             a ** alpha / np.abs(w).mean(axis=1) ** (1 - alpha)),
+            ("max|W_j| is taken without the absolute value: a channel whose largest weight is negative needs "
+             "np.abs(w).max(axis=1)", a ** alpha / w.max(axis=1) ** (1 - alpha)),
+            ("s is inverted: the activations are divided by s, so s must grow with max|X_j|", 1.0 / right),
+            (f"the alpha argument is ignored (you used 0.5): with alpha = {alpha:g}, s_j = max|X_j|^{alpha:g} / "
+             f"max|W_j|^{1 - alpha:g}", ref_smooth(a, w, 0.5)),
+        ]
+
+
 def _judge_smooth(rs):
     for r, alpha in zip(rs, (0.5, 0.8)):
         what = f"smooth_scales(act_absmax, w, alpha={alpha})"
         s = _s(r, what)
+        want = ref_smooth(sq_a, sq_w, alpha)
+        diagnose(s, want, _smooth_mistakes(sq_a, sq_w, alpha), rtol=1e-4, atol=1e-6)
         if not np.isfinite(s).all():
             raise Fail(f"{what} contains NaN or inf")
-        if alpha != 0.5 and np.allclose(s, ref_smooth(sq_a, sq_w, 1 - alpha), rtol=1e-4):
-            raise Fail("the exponents are swapped: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha); "
-                       "alpha is the share of the difficulty moved into the weights")
-        if np.allclose(s, sq_a ** alpha / np.abs(sq_w).max() ** (1 - alpha), rtol=1e-4):
-            raise Fail("max|W_j| is the largest |w| of input channel j (np.abs(w).max(axis=1)), not of the whole matrix")
-        if np.allclose(s, sq_a ** alpha / np.abs(sq_w).mean(axis=1) ** (1 - alpha), rtol=1e-4):
-            raise Fail("max|W_j| is the largest |w| of input channel j, not its mean")
-        if np.allclose(s, 1.0 / ref_smooth(sq_a, sq_w, alpha), rtol=1e-4):
-            raise Fail("s is inverted: the activations are divided by s, so s must grow with max|X_j|")
-        close(s, ref_smooth(sq_a, sq_w, alpha), what, rtol=1e-4,
-              hint="s = act_absmax ** alpha / np.abs(w).max(axis=1) ** (1 - alpha)")
+        close(s, want, what, rtol=1e-4, hint="s = act_absmax ** alpha / np.abs(w).max(axis=1) ** (1 - alpha)")
 
 
 def _judge_smooth_edges(rs):
@@ -348,6 +360,7 @@ def _judge_smooth_edges(rs):
     close(s, ref_smooth(sq_a0, sq_w0, 0.5), "smooth_scales with zero channels", rtol=1e-4,
           hint="use s_j = 1 where max|X_j| == 0 or max|W_j| == 0")
     s1 = _s(rs[1], "smooth_scales(..., alpha=0.0)")
+    diagnose(s1, ref_smooth(sq_a, sq_w, 0.0), _smooth_mistakes(sq_a, sq_w, 0.0), rtol=1e-4, atol=1e-6)
     close(s1, ref_smooth(sq_a, sq_w, 0.0), "smooth_scales(..., alpha=0.0)", rtol=1e-4,
           hint="alpha = 0 gives s_j = 1 / max|W_j|")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyllm.grading.core import Exercise, Fail, array, call, close, value
+from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, value
 from tinyllm.interp import direct_logit_attribution as lib_dla
 from tinyllm.interp import induction_score as lib_induction
 from tinyllm.interp import logit_lens as lib_lens
@@ -53,6 +53,10 @@ def _lens_variants(resid, w, head, targets, eps):
         p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         return np.take_along_axis(p, np.broadcast_to(t[None, :, None], p.shape[:2] + (1,)), -1)[..., 0]
     ms = (r ** 2).mean(-1, keepdims=True)
+    z = r / np.sqrt(ms + eps) * w @ head                                 # the right logits (L, T, V)
+    z = z - z.max(-1, keepdims=True)
+    over_layers = np.exp(z - z.max(0, keepdims=True)) / np.exp(z - z.max(0, keepdims=True)).sum(0, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
     return {
         "the final RMSNorm was skipped: normalise each residual vector (and multiply by the norm weight) before the head":
             prob(r @ head),
@@ -64,6 +68,10 @@ def _lens_variants(resid, w, head, targets, eps):
             prob(r / np.sqrt(ms + 1e-5) * w @ head),
         "that is LayerNorm: RMSNorm does not subtract the mean":
             prob((r - r.mean(-1, keepdims=True)) / np.sqrt(r.var(-1, keepdims=True) + eps) * w @ head),
+        "the softmax runs over the wrong axis (the layers): normalise over the vocabulary, axis=-1":
+            np.take_along_axis(over_layers, np.broadcast_to(t[None, :, None], z.shape[:2] + (1,)), -1)[..., 0],
+        "prob is a log-probability: return the probability itself, exp(logit - logsumexp)":
+            np.take_along_axis(log_p, np.broadcast_to(t[None, :, None], z.shape[:2] + (1,)), -1)[..., 0],
     }
 
 
@@ -81,15 +89,23 @@ def _judge_lens(resid, w, head, targets, eps, what):
             raise Fail(f"{what}: prob contains NaN or inf: the logits are large here, so subtract each row's "
                        "maximum before np.exp (softmax is unchanged by a shift)")
         if not np.allclose(prob, want_p, rtol=1e-3, atol=1e-6):
-            for msg, p in _lens_variants(resid, w, head, targets, eps).items():
-                if np.allclose(prob, p, rtol=1e-3, atol=1e-6):
-                    raise Fail(f"{what}: {msg}")
+            variants = _lens_variants(resid, w, head, targets, eps)
+            # tiny probabilities are compared relatively: a wrong norm moves them by orders of magnitude
+            diagnose(prob, want_p, [(f"{what}: {msg}", p) for msg, p in variants.items()], rtol=1e-3, atol=1e-12)
             close(prob, want_p, f"{what} prob", rtol=1e-3, atol=1e-6,
                   hint="prob[l, t] = softmax(RMSNorm(resid[l, t]) @ head)[targets[t]]")
         if np.issubdtype(rank.dtype, np.floating) and not np.all(rank == np.round(rank)):
             raise Fail(f"{what}: rank must hold whole numbers (counts of tokens)")
         if np.array_equal(rank, want_r + 1):
             raise Fail(f"{what}: rank is 1-based: count the tokens with a strictly larger logit, so the top token has rank 0")
+        r64 = resid.astype(np.float64)
+        top = np.argmax(r64 / np.sqrt((r64 ** 2).mean(-1, keepdims=True) + eps) * w @ head, axis=-1)   # (L, T)
+        if np.array_equal(rank, top) and not np.array_equal(top, want_r):
+            raise Fail(f"{what}: rank holds the id of the top token (argmax): the rank is the number of tokens whose "
+                       "logit is strictly larger than the target's")
+        if np.array_equal(rank, head.shape[-1] - 1 - want_r):
+            raise Fail(f"{what}: rank counts the tokens with a smaller logit (ascending order): count those with a "
+                       "strictly larger logit, so the top token has rank 0")
         if not np.array_equal(rank, want_r):
             bad = tuple(int(i) for i in np.argwhere(rank != want_r)[0])
             raise Fail(f"{what}: rank{bad} = {int(rank[bad])}, expected {int(want_r[bad])}: the rank is the number "
@@ -154,17 +170,27 @@ def _score_variants(p, tokens):
     for i, j in zip(q, k_prev):
         full += p[:, :, i, j + 1]
     out[f"the sum was divided by all {T} positions: average only over the positions whose token occurred before"] = full / T
+    out["that is the sum over the repeated positions: take their mean"] = full
+    q, k_next = np.array(q), np.array(k_prev) + 1
+    out["the query and key indices are swapped: patterns[l, h, i, j] is the attention of query i to key j, so read "
+        "patterns[:, :, i, prev + 1]"] = p[:, :, k_next, q].mean(-1)
+    out["that is the previous position (i - 1), a previous-token head: read the token after the previous occurrence "
+        "of the same token"] = p[:, :, q, q - 1].mean(-1)
     return out
 
 
 def _judge_score(p, tokens, what):
     def judge(rs):
-        got = array(rs[0], what, shape=p.shape[:2], floating=True)
+        got = value(rs[0], what)
+        n = len(tokens) - len(set(np.asarray(tokens).tolist()))      # positions whose token occurred before
+        if isinstance(got, np.ndarray) and got.shape == (p.shape[0], n) and n != p.shape[1]:
+            raise Fail(f"{what} has shape {got.shape}: you averaged over the heads; average over the {n} repeated "
+                       f"positions (the last axis) for one score per layer and head, {p.shape[:2]}")
+        got = array(got, what, shape=p.shape[:2], floating=True)
         want = lib_induction(p, tokens)
         if not np.allclose(got, want, rtol=1e-4, atol=1e-6):
-            for msg, v in _score_variants(p, tokens).items():
-                if np.allclose(got, v, rtol=1e-4, atol=1e-6):
-                    raise Fail(f"{what}: {msg}")
+            diagnose(got, want, [(f"{what}: {msg}", v) for msg, v in _score_variants(p, tokens).items()],
+                     rtol=1e-4, atol=1e-6)
             close(got, want, what, rtol=1e-4, atol=1e-6,
                   hint="score[l, h] = mean over repeated positions i of patterns[l, h, i, j + 1], j the previous occurrence")
     return judge
@@ -208,6 +234,14 @@ def _dla_variants(parts, final, w, direction, eps):
             (parts @ (w * direction)) / np.sqrt((f ** 2).mean() + 1e-5),
         "the sign is reversed: the attribution is components . direction (positive = towards the first answer)":
             -(parts @ (w * direction)) * scale,
+        "eps is outside the square root: rms = sqrt(mean(final_resid^2) + eps)":
+            (parts @ (w * direction)) / (np.sqrt((f ** 2).mean()) + eps),
+        "the result is multiplied by rms(final_resid): the final norm divides by it":
+            (parts @ (w * direction)) / scale,
+        "the rms uses the SUM of squares: rms = sqrt(MEAN(final_resid^2) + eps)":
+            (parts @ (w * direction)) / np.sqrt((f ** 2).sum() + eps),
+        "the direction is divided by norm_weight: the final norm multiplies by it, so read norm_weight * direction":
+            (parts @ (direction / w)) * scale,
     }
 
 
@@ -216,9 +250,8 @@ def _judge_dla(parts, final, w, direction, eps, what, total=None):
         got = array(rs[0], what, shape=parts.shape[:-1], floating=True)
         want = lib_dla(parts, final, w, direction, eps=eps)
         if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
-            for msg, v in _dla_variants(parts, final, w, direction, eps).items():
-                if np.allclose(got, v, rtol=1e-4, atol=1e-5):
-                    raise Fail(f"{what}: {msg}")
+            variants = _dla_variants(parts, final, w, direction, eps)
+            diagnose(got, want, [(f"{what}: {msg}", v) for msg, v in variants.items()], rtol=1e-4, atol=1e-6)
             close(got, want, what, rtol=1e-4, atol=1e-5,
                   hint="components @ (norm_weight * direction) / sqrt(mean(final_resid^2) + eps)")
         if total is not None and not np.isclose(float(got.sum()), total, rtol=1e-3, atol=1e-4):
