@@ -460,3 +460,23 @@ def test_checks_from_a_source_the_learner_does_not_control(tmp_path, monkeypatch
     total = round(sum(e.max_points for e in load_exercises("09_inference")))
     assert f"total: {total}/{total} points (100%)  full marks" in capsys.readouterr().out
     assert main(["grade", "exercises/09_inference.ipynb", "--checks-from", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_returned_value_cannot_pass_for_the_arguments_after_the_call():
+    """In-place checks read the arguments after the call from a wire type of their own: a learner who
+    returns what looks like them (an untouched copy written "in place") still loses the in-place points."""
+    source = '''
+import numpy as np
+
+def kv_cache_update(cache_k, cache_v, k_new, v_new, pos):
+    T = k_new.shape[-2]
+    if pos + T > cache_k.shape[-2]:
+        raise ValueError("too long")
+    k, v = cache_k.copy(), cache_v.copy()        # new arrays: the caller's cache is never written
+    k[:, :, pos:pos + T] = k_new
+    v[:, :, pos:pos + T] = v_new
+    return ("__tinyllm_args_after_call__", (k, v), [k, v, k_new, v_new, pos])
+'''
+    report = grade_source("09_inference", source, time_limit=20)
+    ex = {e.function: e for e in report.exercises}["kv_cache_update"]
+    assert ex.score < ex.max_score

@@ -152,13 +152,20 @@ def call_seeing_args(*args: Any, **kwargs: Any) -> tuple:
     return args, kwargs, {"send_args": True}
 
 
+@dataclass(frozen=True)
+class ArgsAfter:
+    """A :func:`call_seeing_args` result: the returned value and the positional arguments after the call.
+    It has its own wire type, so no value a learner returns can pass for it."""
+
+    value: Any
+    args: Any
+
+
 def with_args(r: Any) -> tuple[Any, list | None]:
     """(the returned value, the positional arguments after the call) of a :func:`call_seeing_args` call;
     the arguments are None when the call raised (the value is then its :class:`CallError`)."""
-    from tinyllm.grading.sandbox import ARGS_MARK
-
-    if isinstance(r, tuple) and len(r) == 3 and isinstance(r[0], str) and r[0] == ARGS_MARK:
-        return r[1], (list(r[2]) if isinstance(r[2], (list, tuple)) else None)
+    if isinstance(r, ArgsAfter):
+        return r.value, (list(r.args) if isinstance(r.args, (list, tuple)) else None)
     return r, None
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 import tinyllm
 from tinyllm.grading import jail
-from tinyllm.grading.core import CallError, Exercise, Fail
+from tinyllm.grading.core import ArgsAfter, CallError, Exercise, Fail
 from tinyllm.grading.sandbox import clean_source
 
 # Read once, when the grader starts: code run later (a notebook in its kernel) cannot change what runs.
@@ -476,6 +476,8 @@ def decode(obj: Any, limit: float | None = None) -> Any:
         return [decode(v, limit) for v in obj.get("v", [])]
     if t == "tuple":
         return tuple(decode(v, limit) for v in obj.get("v", []))
+    if t == "with_args":                 # only the sandbox's call loop writes this type, never _encode
+        return ArgsAfter(decode(obj.get("value"), limit), decode(obj.get("args"), limit))
     if t == "dict":
         out = {}
         for k, v in obj.get("v", []):

@@ -24,8 +24,9 @@ prints go to a capped sink, file descriptors 1 and 2 to /dev/null)::
     {"kind": "start", "key": str}
     {"kind": "done", "key": str, "results": [[encoded, ...], ...], "printed": int, "library": [str, ...]}
 
-A call with ``{"send_args": True}`` that returns comes back as the tuple ``(ARGS_MARK, value, [args after
-the call])``, so that the grader can see what the function did to its arguments.
+A call with ``{"send_args": True}`` that returns comes back as ``{"t": "with_args", "value": ..., "args":
+[args after the call]}``, a wire type no returned value can take, so that the grader can see what the
+function did to its arguments.
 
 Values travel back as JSON (arrays as dtype/shape/base64), never as pickles, so
 a learner's return value cannot run code in the grader.
@@ -44,7 +45,6 @@ import time
 import traceback
 
 MAX_ARRAY_BYTES = 64 * 2**20
-ARGS_MARK = "__tinyllm_args_after_call__"   # tags a result sent with the arguments after the call
 MAX_MESSAGE = 256 * 2**20       # characters of one message to the grader (the grader reads no longer line)
 LIBRARY_USE: list = []          # what the learner's code tried to use of tinyllm (for the grader's message)
 _MEMORY = [0]                   # the address-space limit the grader set, for the MemoryError message
@@ -227,7 +227,7 @@ def main():
                         after = _encode(list(args))
                     except BaseException:  # noqa: BLE001
                         after = {"t": "other", "type": "arguments that cannot be sent back"}
-                    row[-1] = {"t": "tuple", "v": [{"t": "py", "v": ARGS_MARK}, row[-1], after]}
+                    row[-1] = {"t": "with_args", "value": row[-1], "args": after}
             results.append(row)
         library, LIBRARY_USE[:] = sorted(set(LIBRARY_USE)), []
         try:
