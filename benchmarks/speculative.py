@@ -60,7 +60,8 @@ def timed(gen):
 
 def verify_cost(model, k: int, repeats: int = 5) -> float:
     """Median time of a (k+1)-token pass over a cache, over that of a 1-token step."""
-    from tinyllm.generate import _blas_limit, decode_threads, prefill, rewind_cache
+    from tinyllm.generate import prefill, rewind_cache
+    from tinyllm.threads import decode_threads, limit_blas_threads
 
     _, cache = prefill(model, [list(range(100, 300))], max_len=220)
     out = {}
@@ -68,7 +69,7 @@ def verify_cost(model, k: int, repeats: int = 5) -> float:
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            with _blas_limit(decode_threads()):
+            with limit_blas_threads(decode_threads()):
                 model.forward(np.arange(T)[None] + 400, cache=cache, last_only=T == 1)
             times.append(time.perf_counter() - t)
             rewind_cache(cache, 200)

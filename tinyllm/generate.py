@@ -143,45 +143,6 @@ def prefill(model, ids, attention_mask=None, max_len: int | None = None, *, max_
     return logits[:, -1], cache
 
 
-_BLAS_CONTROLLER = None
-
-
-def decode_threads() -> int:
-    """BLAS threads for a decode step: ``TINYLLM_DECODE_THREADS`` (default 1; 0 = no limit).
-
-    A decode step is ~120 small matrix-vector products (2-7 MB each). Waking a
-    second OpenBLAS thread for each costs more than it gains as soon as the
-    CPU is shared: measured on the course's 2-core machine with other jobs
-    running, 17 tokens/s with one thread against 2-3 with two. Prefill is a
-    matrix product and keeps all threads (1.6 s against 2.7 s for a 376-token
-    perplexity with two threads against one on the idle machine)."""
-    import os
-
-    value = os.environ.get("TINYLLM_DECODE_THREADS", "1")
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"TINYLLM_DECODE_THREADS must be an integer, got {value!r}") from None
-    return n
-
-
-def _blas_limit(n: int):
-    """A context manager limiting BLAS to ``n`` threads (``n <= 0``: no limit)."""
-    global _BLAS_CONTROLLER
-    import contextlib
-
-    if n <= 0:
-        return contextlib.nullcontext()
-    try:
-        if _BLAS_CONTROLLER is None:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS_CONTROLLER = ThreadpoolController()
-        return _BLAS_CONTROLLER.limit(limits=n, user_api="blas")
-    except Exception:  # noqa: BLE001 - no threadpoolctl or no BLAS found: run as is
-        return contextlib.nullcontext()
-
-
 def rewind_cache(cache, length: int):
     """Forget every slot from ``length`` on: the cache then holds its first ``length`` positions.
 
@@ -402,24 +363,6 @@ def generate_batch(model, prompts, max_new_tokens: int = 64, *, temperature: flo
     return out
 
 
-def generate_cached(model, idx, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
-                    top_p: float | None = None, seed: int | None = None):
-    """Like :func:`generate` (same arguments, no stop tokens) but with the KV cache: (B, T) -> (B, T + new)."""
-    xp = get_array_module(idx)
-    rng = np.random.default_rng(seed)
-    idx_np = to_numpy(idx)
-    logits, cache = prefill(model, idx_np, max_new_tokens=max_new_tokens)
-    new = []
-    for i in range(max_new_tokens):
-        nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
-        new.append(nxt)
-        if i + 1 < max_new_tokens:
-            logits = decode_step(model, cache, nxt)
-    if not new:
-        return idx
-    return xp.asarray(np.concatenate([idx_np, np.stack(new, axis=1).astype(idx_np.dtype)], axis=1))
-
-
 class TextStreamer:
     """Turn a stream of token ids into printable text pieces.
 
@@ -443,18 +386,6 @@ class TextStreamer:
         text = self.tokenizer.decode(self.ids)
         piece, self.emitted = text[self.emitted:], len(text)
         return piece
-
-
-def stream_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, **sampling):
-    """Yield text pieces of the continuation of ``prompt`` as they are generated."""
-    streamer = TextStreamer(tokenizer)
-    for tid in stream_generate(model, tokenizer.encode(prompt), max_new_tokens, **sampling):
-        piece = streamer.push(tid)
-        if piece:
-            yield piece
-    tail = streamer.flush()
-    if tail:
-        yield tail
 
 
 class ContextFullError(TinyLLMError, ValueError):

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyllm.backend import to_numpy
-from tinyllm.generate import _as_prompts, _blas_limit, decode_threads, grow_cache, prefill, rewind_cache
+from tinyllm.generate import _as_prompts, grow_cache, prefill, rewind_cache
+from tinyllm.threads import decode_threads, limit_blas_threads
 
 __all__ = ["EarlyExitDraft", "PromptLookup", "SpecStats", "speculative_generate"]
 
@@ -166,7 +167,7 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
         fed = cache.length
         ids = np.asarray([[context[-1], *draft]], dtype=np.int64)                  # (1, 1 + d)
         if draft:
-            with _blas_limit(decode_threads()):
+            with limit_blas_threads(decode_threads()):
                 out = model.forward(ids, cache=cache)[0]                           # (1 + d, V)
             choice = to_numpy(out).argmax(axis=-1)                               # (1 + d,) model's tokens
             m = 0

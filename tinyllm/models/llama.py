@@ -66,6 +66,7 @@ import numpy as np
 from tinyllm import kernels
 from tinyllm.backend import get_array_module, is_gpu_array, to_device
 from tinyllm.nn.module import Module, Parameter
+from tinyllm.threads import decode_threads, limit_blas_threads
 
 _NEG = -3.0e38  # "minus infinity" that stays finite, so a fully masked row gives no NaN
 
@@ -271,15 +272,8 @@ class KVCache:
 # the model
 # ---------------------------------------------------------------------------
 class LlamaBlock(Module):
-    """Weights of one decoder block (inference only)."""
-
-    def __init__(self, attn_norm, wqkv, wo, ffn_norm, wgu, wdown):
-        self.attn_norm = Parameter(attn_norm)   # (C,)
-        self.wqkv = Parameter(wqkv)             # (C, (H + 2 KV) D)
-        self.wo = Parameter(wo)                 # (H D, C)
-        self.ffn_norm = Parameter(ffn_norm)     # (C,)
-        self.wgu = Parameter(wgu)               # (C, 2F)
-        self.wdown = Parameter(wdown)           # (F, C)
+    """Weights of one decoder block (inference only), set by :class:`Llama`: ``attn_norm`` (C,),
+    ``wqkv`` (C, (H + 2 KV) D), ``wo`` (H D, C), ``ffn_norm`` (C,), ``wgu`` (C, 2F), ``wdown`` (F, C)."""
 
 
 class _NoGrad(Parameter):
@@ -309,7 +303,7 @@ class Llama(Module):
         self.tok_embd = _NoGrad(weights["tok_embd"])              # (V, C), also the head
         self.blocks = []
         for i in range(c.n_layers):
-            b = LlamaBlock.__new__(LlamaBlock)
+            b = LlamaBlock()
             for name in ("attn_norm", "wqkv", "wo", "ffn_norm", "wgu", "wdown"):
                 setattr(b, name, _NoGrad(weights[f"blk.{i}.{name}"]))
             self.blocks.append(b)
@@ -422,11 +416,9 @@ class Llama(Module):
     def forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
         """Logits for token ids (B, T); see :meth:`_forward`. On the CPU a decode step
         (T = 1: matrix-vector products) runs BLAS on ``TINYLLM_DECODE_THREADS`` threads
-        (default 1, see :func:`tinyllm.generate.decode_threads`); longer inputs (prefill,
+        (default 1, see :func:`tinyllm.threads.decode_threads`); longer inputs (prefill,
         perplexity) are matrix products and use all of BLAS's threads."""
-        from tinyllm.generate import _blas_limit, decode_threads
-
-        with _blas_limit(decode_threads() if self.xp is np and np.shape(ids)[-1] == 1 else 0):
+        with limit_blas_threads(decode_threads() if self.xp is np and np.shape(ids)[-1] == 1 else 0):
             return self._forward(ids, cache, attention_mask, last_only=last_only)
 
     def _forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):

@@ -1,0 +1,71 @@
+"""tinyllm.threads: the BLAS thread policy (decode steps on TINYLLM_DECODE_THREADS, prefill on all)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from tinyllm.models.llama import Llama, LlamaConfig
+from tinyllm.threads import decode_threads, limit_blas_threads
+
+
+def _blas_threads() -> list[int]:
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+needs_blas = pytest.mark.skipif(not _blas_threads(), reason="threadpoolctl finds no BLAS behind NumPy")
+
+
+@pytest.mark.parametrize("value, expected", [(None, 1), ("3", 3), ("0", 0), (" 2 ", 2)])
+def test_decode_threads_reads_the_environment(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("TINYLLM_DECODE_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("TINYLLM_DECODE_THREADS", value)
+    assert decode_threads() == expected
+
+
+def test_decode_threads_rejects_a_non_integer(monkeypatch):
+    monkeypatch.setenv("TINYLLM_DECODE_THREADS", "two")
+    with pytest.raises(ValueError, match="TINYLLM_DECODE_THREADS must be an integer, got 'two'"):
+        decode_threads()
+
+
+@needs_blas
+def test_limit_blas_threads_limits_inside_and_restores_after():
+    before = _blas_threads()
+    with limit_blas_threads(1):
+        assert set(_blas_threads()) == {1}
+    assert _blas_threads() == before
+    for n in (0, -1):                                   # no limit
+        with limit_blas_threads(n):
+            assert _blas_threads() == before
+
+
+@needs_blas
+def test_llama_decode_step_runs_on_decode_threads_and_prefill_on_all(monkeypatch):
+    monkeypatch.setenv("TINYLLM_DECODE_THREADS", "1")
+    cfg = LlamaConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, ffn_dim=24, context_length=16)
+    model = Llama(cfg, rng=0)
+    seen = []
+    real = Llama._forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(_blas_threads())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Llama, "_forward", spy)
+    all_threads = _blas_threads()
+    cache = model.new_cache(1, 8)
+    model.forward(np.array([[1, 2, 3]]), cache=cache)   # prefill: a matrix product, every thread
+    model.forward(np.array([[4]]), cache=cache)         # decode step: matrix-vector products, one thread
+    assert seen == [all_threads, [1] * len(all_threads)]
+
+
+def test_the_model_does_not_import_the_generation_module():
+    code = "import sys, tinyllm.models.llama; print('tinyllm.generate' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
