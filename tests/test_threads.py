@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
+from tinyllm.errors import ConfigError
+
 from tinyllm.models.llama import Llama, LlamaConfig
 from tinyllm.threads import decode_threads, limit_blas_threads
 
@@ -30,7 +32,7 @@ def test_decode_threads_reads_the_environment(monkeypatch, value, expected):
 
 def test_decode_threads_rejects_a_non_integer(monkeypatch):
     monkeypatch.setenv("TINYLLM_DECODE_THREADS", "two")
-    with pytest.raises(ValueError, match="TINYLLM_DECODE_THREADS must be an integer, got 'two'"):
+    with pytest.raises(ConfigError, match="TINYLLM_DECODE_THREADS must be an integer, got 'two'"):
         decode_threads()
 
 

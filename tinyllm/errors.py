@@ -28,3 +28,7 @@ class TrainingError(TinyLLMError, RuntimeError):
 
 class QuantizationError(TinyLLMError, ValueError):
     """A tensor cannot be quantised as asked (bad block size, NaN/inf weights, empty tensor)."""
+
+
+class ConfigError(TinyLLMError, ValueError):
+    """A setting (an environment variable such as ``TINYLLM_DECODE_THREADS``) has a value tinyllm cannot use."""

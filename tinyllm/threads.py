@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from tinyllm.errors import ConfigError
+
 _BLAS_CONTROLLER = None
 
 
@@ -25,7 +27,8 @@ def decode_threads() -> int:
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"TINYLLM_DECODE_THREADS must be an integer, got {value!r}") from None
+        raise ConfigError(f"TINYLLM_DECODE_THREADS must be an integer, got {value!r}: set it to a number of "
+                          "threads such as 1, or unset it") from None
     return n
 
 
