@@ -9,7 +9,6 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from tinyllm.errors import ConfigError
-
 from tinyllm.models.llama import Llama, LlamaConfig
 from tinyllm.threads import decode_threads, limit_blas_threads
 
