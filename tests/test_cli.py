@@ -80,6 +80,43 @@ def test_generate_greedy_speed_report(tiny, capsys):
     assert "prefill: 3 tokens" in out and "decode:" in out
 
 
+def test_generate_speculative_lookup_gives_the_greedy_text(tiny, monkeypatch, capsys):
+    from tinyllm import speculative
+
+    stats = speculative.SpecStats()
+    real = speculative.speculative_generate
+    monkeypatch.setattr(speculative, "speculative_generate", lambda *a, **kw: real(*a, **kw, stats=stats))
+    for prompt, flags in [("abcabcabcabc", []), ("0123456789 0123", ["--top-k", "5", "--stream"])]:
+        argv = ["generate", prompt, "--max-new-tokens", "40", *flags]
+        passes = stats.verify_passes
+        assert cli.main(argv) == 0
+        plain = capsys.readouterr().out
+        assert stats.verify_passes == passes          # plain decoding does not speculate
+        assert cli.main(argv + ["--speculative", "lookup"]) == 0
+        assert capsys.readouterr().out == plain
+        assert stats.verify_passes > passes
+    assert stats.accepted > 0 and stats.accepted < stats.drafted   # both accepted and rejected drafts were verified
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "0.7"], "use --temperature 0 (got 0.7) or --speculative off"),
+    (["--repetition-penalty", "1.3"], "needs --repetition-penalty 1 (got 1.3)"),
+])
+def test_generate_speculative_refuses_sampling(flags, message, monkeypatch, capsys):
+    monkeypatch.setattr("tinyllm.chat._load", lambda device: pytest.fail("the options are checked before loading"))
+    assert cli.main(["generate", "hi", "--speculative", "lookup", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinyllm generate: error: --speculative lookup ")
+    assert message in err
+
+
+def test_generate_speculative_choices(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["generate", "hi", "--speculative", "draft"])
+    assert exc.value.code == 2
+    assert "argument --speculative: invalid choice: 'draft'" in capsys.readouterr().err
+
+
 def test_chat_reads_turns_from_stdin(tiny, monkeypatch, capsys):
     pytest.importorskip("tinyllm.tokenizers.chat", reason="the chat template (h3) is not merged yet")
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n\n/reset\nagain\n/exit\nnever read\n"))

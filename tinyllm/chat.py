@@ -1,14 +1,17 @@
 """The ``tinyllm generate`` and ``tinyllm chat`` commands (SmolLM2-135M-Instruct).
 
     tinyllm generate "The capital of France is" --max-new-tokens 20 --stream --speed
+    tinyllm generate "Repeat this text: ..." --speculative lookup --speed
     tinyllm chat --temperature 0.7 --top-p 0.9 --seed 1
 
 ``generate`` continues the prompt as plain text; ``chat`` wraps each line you
 type in the model's chat template and keeps the conversation and its KV cache,
-so each turn reads only the new tokens. Chat commands: ``/help``, ``/reset``
-(start over), ``/exit`` (or Ctrl-D). Ctrl-C stops a reply and keeps the
-conversation. The prompt has line editing and history (``readline``) where the
-standard library has it.
+so each turn reads only the new tokens. ``generate --speculative lookup`` decodes
+greedily with speculative decoding (``tinyllm.speculative``, prompt-lookup drafts):
+the same text, faster when the reply copies from the prompt. Chat commands:
+``/help``, ``/reset`` (start over), ``/exit`` (or Ctrl-D). Ctrl-C stops a reply
+and keeps the conversation. The prompt has line editing and history (``readline``)
+where the standard library has it.
 """
 from __future__ import annotations
 
@@ -75,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str = "generate") ->
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (default: off)")
     parser.add_argument("--speed", "--show-speed", dest="speed", action="store_true",
                         help="print prefill and decode tokens/s at the end (default: off)")
+    if command == "generate":
+        parser.add_argument("--speculative", choices=["off", "lookup"], default="off",
+                            help="speculative decoding with prompt-lookup drafts: the greedy text, faster when it "
+                                 "copies from the prompt; greedy only (default: %(default)s)")
 
 
 def _load(device):
@@ -128,6 +135,10 @@ class _Timer:
 def run(args: argparse.Namespace) -> int:
     from tinyllm.models.smollm2 import ModelNotInstalledError
 
+    problem = _speculative_problem(args)
+    if problem:
+        print(f"tinyllm {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         model, tokenizer = _load(args.device)
     except ModelNotInstalledError as exc:
@@ -138,8 +149,33 @@ def run(args: argparse.Namespace) -> int:
     return _chat(model, tokenizer, args)
 
 
+def _speculative_problem(args) -> str | None:
+    """Why ``--speculative`` cannot run with these options (None if it can): it verifies drafts greedily."""
+    if getattr(args, "speculative", "off") == "off":
+        return None
+    if args.temperature > 0:
+        return (f"--speculative {args.speculative} decodes greedily; use --temperature 0 "
+                f"(got {args.temperature}) or --speculative off")
+    if args.repetition_penalty != 1.0:
+        return (f"--speculative {args.speculative} needs --repetition-penalty 1 (got {args.repetition_penalty}); "
+                "or use --speculative off")
+    return None
+
+
+def _token_stream(model, ids, eos, args):
+    """The generated token ids: plain decoding, or greedy speculative decoding with prompt lookup."""
+    if args.speculative == "lookup":
+        from tinyllm.speculative import PromptLookup, speculative_generate
+
+        # k = 16: the draft length benchmarks/speculative.py measured for prompt lookup
+        return speculative_generate(model, ids, args.max_new_tokens, PromptLookup(), k=16, stop_ids=eos)
+    from tinyllm.generate import stream_generate
+
+    return stream_generate(model, ids, args.max_new_tokens, stop_ids=eos, seed=args.seed, **_sampling(args))
+
+
 def _generate(model, tokenizer, args) -> int:
-    from tinyllm.generate import TextStreamer, stream_generate
+    from tinyllm.generate import TextStreamer
 
     ids = tokenizer.encode(args.prompt, allowed_special="all")
     if not ids:
@@ -152,7 +188,7 @@ def _generate(model, tokenizer, args) -> int:
     eos = _eos_ids(tokenizer)
     if args.stream:
         print(args.prompt, end="", flush=True)
-    for tid in stream_generate(model, ids, args.max_new_tokens, stop_ids=eos, seed=args.seed, **_sampling(args)):
+    for tid in _token_stream(model, ids, eos, args):
         timer.tick()
         piece = streamer.push(tid)
         if args.stream and piece:
