@@ -75,8 +75,6 @@ EXPECTED = {
     "llama_block__drops_base": "does not reach apply_rope",
     "llama_forward__no_final_norm": "the final RMSNorm is missing",
     "llama_forward__first_block_only": "weights['blocks'][i]",
-    "rms_norm__subtracts_mean": "that is LayerNorm",
-    "rms_norm__eps_outside": "outside the square root",
     "quantize_q8_0__signed_max": "largest magnitude",
     "quantize_q8_0__float32_scales": "one float16 scale per block",
     "dequantize_q8_0__not_flattened": "flatten it back",

@@ -114,31 +114,6 @@ def kv_cache_update__ignores_pos(cache_k, cache_v, k_new, v_new, pos):
     return cache_k, cache_v
 
 
-def rms_norm__no_sqrt(x, w, eps=1e-5):
-    """the square root is missing"""
-    return (x / (np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)) * w).astype(x.dtype)
-
-
-def rms_norm__no_weight(x, w, eps=1e-5):
-    """the weight w is not applied"""
-    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps))).astype(x.dtype)
-
-
-def rms_norm__l2_norm(x, w, eps=1e-5):
-    """divided by its norm"""
-    return (x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + np.float32(eps)) * w).astype(x.dtype)
-
-
-def rms_norm__fixed_eps(x, w, eps=1e-5):
-    """does not depend on eps"""
-    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(1e-5)) * w).astype(x.dtype)
-
-
-def rms_norm__global(x, w, eps=1e-5):
-    """over the whole array"""
-    return (x / np.sqrt(np.mean(x * x) + np.float32(eps)) * w).astype(x.dtype)
-
-
 # Written after the checks, graded once before any change to them (see the report).
 
 
@@ -152,8 +127,3 @@ def top_p_filter__keep_top_k(logits, p):
 def kv_cache_update__returns_new_only(cache_k, cache_v, k_new, v_new, pos):
     """None"""
     return k_new, v_new
-
-
-def rms_norm__var(x, w, eps=1e-5):
-    """None"""
-    return (x / np.sqrt(x.var(axis=-1, keepdims=True) + np.float32(eps)) * w).astype(x.dtype)

@@ -24,12 +24,3 @@ def kv_cache_update__next_slot(cache_k, cache_v, k_new, v_new, pos):
     cache_k[:, :, pos + 1:pos + 1 + T] = k_new
     cache_v[:, :, pos + 1:pos + 1 + T] = v_new
     return cache_k, cache_v
-
-
-def rms_norm__subtracts_mean(x, w, eps=1e-5):
-    x = x - x.mean(axis=-1, keepdims=True)
-    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)) * w).astype(x.dtype)
-
-
-def rms_norm__eps_outside(x, w, eps=1e-5):
-    return (x / (np.sqrt(np.mean(x * x, axis=-1, keepdims=True)) + np.float32(eps)) * w).astype(x.dtype)

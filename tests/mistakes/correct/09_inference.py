@@ -20,7 +20,3 @@ def kv_cache_update__copyto(cache_k, cache_v, k_new, v_new, pos):
     np.copyto(cache_k[:, :, pos:pos + T], k_new)
     np.copyto(cache_v[:, :, pos:pos + T], v_new)
     return cache_k, cache_v
-
-def rms_norm__norm(x, w, eps=1e-5):
-    rms = np.sqrt(np.square(x).mean(-1, keepdims=True) + eps)
-    return (x / rms * w).astype(x.dtype)
