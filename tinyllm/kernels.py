@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module, is_gpu_array
 
 QK = 32  # weights per quantisation block
@@ -252,6 +253,7 @@ def _elementwise_kernel(name: str):
 # ---------------------------------------------------------------------------
 # the interface
 # ---------------------------------------------------------------------------
+@plug.point("rms_norm")
 def rms_norm(x: Any, w: Any, eps: float = 1e-5):
     """RMSNorm over the last axis (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * w``.  (..., C), (C,) -> (..., C)"""
     _check_float("x", x)
