@@ -16,12 +16,16 @@ HERE = Path(__file__).parent / "wrong_impls"
 
 # function in wrong_impls -> a piece of the feedback it must get
 EXPECTED = {
-    "count_parameters__weights_only": "counts only the weights",
-    "normal_init__var_as_std": "sqrt(0.1) = 0.316",
-    "normal_init__global_rng": "draw every number from the rng argument",
-    "kaiming_normal__no_gain": "gain of 2 for ReLU is missing",
-    "kaiming_normal__float64": "dtype float64, expected float32",
-    "xavier_uniform__positive_only": "symmetric around 0",
+    "layer_stats__pre_activation": "before the activation",
+    "layer_stats__includes_input": "report the output of each layer, not the input x",
+    "layer_stats__ddof1": "ddof=1",
+    "choose_gain__last_layer_only": "not every layer's",
+    "choose_gain__largest": "return the smallest",
+    "choose_gain__theory": "pick one of the candidate gains",
+    "linear_weight__variance_as_std": "the variance passed as the standard deviation",
+    "linear_weight__no_gain": "the gain sqrt(2) for ReLU is missing",
+    "linear_weight__global_rng": "draw every number from the rng argument",
+    "linear_weight__float64": "dtype float64, expected float32",
     "to_bfloat16_bits__truncate": "truncated (x >> 16)",
     "to_bfloat16_bits__ties_up": "ties go to the even result",
     "parse_safetensors_header__offset_without_length": "after the 8 length bytes AND the header",
