@@ -297,6 +297,12 @@ def test_the_glossary_rule(repo, chinese, problem):
     assert problem in _error(repo)
 
 
+def test_the_english_term_may_be_named_in_an_earlier_cell(repo):
+    write_catalogue(repo, "notebooks/01_small.ipynb", _catalogue("notebooks/01_small.ipynb", ENGLISH, [
+        CHINESE[0] + "（后面会用到激活函数（activation function）。）", "更多参数，以及一个激活函数。"]))
+    assert i18n.make_translations(repo)[1] == ["exercises/01_small.ipynb"]
+
+
 def test_glossary_matching():
     terms = i18n.load_glossary(ROOT / i18n.GLOSSARY)
     found = lambda text: sorted(t.en for t in i18n.terms_in(text, terms))  # noqa: E731
@@ -305,6 +311,7 @@ def test_glossary_matching():
     assert found("the activation function, then the activations") == ["activation", "activation function"]
     assert found("`gradient` in code, $\\text{loss}$, exercises/01_x.ipynb, [x](batch.md)") == []
     assert found("a KV-cache and self-attention") == ["KV cache", "self-attention"]
+    assert found("**Multi-head** attention") == ["multi-head attention"]
     assert found("unbiased, lossless, batched, tokens_per_step") == []
 
 

@@ -122,7 +122,7 @@ _NOT_ENGLISH_PROSE = re.compile(_CODE_AND_MATH + r"|[\w.-]*/[\w./-]*|\b[\w-]+\.(
 
 def terms_in(english: str, terms: list[Term]) -> list[Term]:
     """The glossary terms in an English markdown text's prose; a longer term's words do not count again."""
-    text = _NOT_ENGLISH_PROSE.sub(" ", english)
+    text = _NOT_ENGLISH_PROSE.sub(" ", english).replace("*", "")       # **Multi-head** attention
     claimed = [False] * len(text)
     found = []
     for term in terms:
@@ -139,16 +139,18 @@ def terms_in(english: str, terms: list[Term]) -> list[Term]:
 def glossary_problems(cells: list[tuple[str, str, str]], terms: list[Term]) -> list[str]:
     """Check a notebook's translations against the glossary; ``cells`` are (where, English, Chinese) in order.
 
-    When an English cell contains a term, its Chinese cell must contain the term's Chinese; the first cell of
-    the notebook with the term must also name the English term, as in 中文术语（English term）."""
-    problems, seen = [], set()
+    When an English cell contains a term, its Chinese cell must contain the term's Chinese; by the first cell of
+    the notebook with the term (that cell or an earlier one), the Chinese must also have named the English term,
+    as in 中文术语（English term）."""
+    problems, seen, named = [], set(), set()
     for where, english, chinese in cells:
-        zh_prose = _NOT_PROSE.sub(" ", chinese)
+        zh_prose = _NOT_PROSE.sub(" ", chinese).replace("*", "")
+        named |= {t.en for t in terms if t.pattern.search(zh_prose)}
         for term in terms_in(english, terms):
             if term.zh not in chinese:
                 problems.append(f"{where}: the English says {term.en!r}; the glossary's term is {term.zh!r}, "
                                 f"which this translation does not use")
-            elif term.en not in seen and term.zh != term.en and not term.pattern.search(zh_prose):
+            elif term.en not in seen and term.zh != term.en and term.en not in named:
                 problems.append(f"{where}: first {term.en!r} of the notebook; write it as {term.zh}（{term.en}）")
             seen.add(term.en)
     return problems
