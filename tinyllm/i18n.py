@@ -228,7 +228,7 @@ def relink(text: str, source: str, translated: set[str], root: Path) -> tuple[st
         if repo.startswith("..") or not (root / repo).exists():
             problems.append(f"link {target!r} points to no file of the repository (from {source})")
             return m.group(0)
-        if repo in translated:
+        if repo in translated and posixpath.dirname(repo) in FOLDERS:    # a lesson or exercise, not the landing page
             repo = edition_path(repo)
         new = posixpath.relpath(repo, there) + ("/" if path.endswith("/") else "")
         return m.group(1) + new + sep + fragment
