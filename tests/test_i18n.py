@@ -337,3 +337,27 @@ def test_make_translations_command(repo):
     (repo / "notebooks/02_next.ipynb").write_text(json.dumps(_notebook([_md("Changed.")])), encoding="utf-8")
     r = subprocess.run(cmd + ["--check"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "stale translation" in r.stderr and "02_next" in r.stderr
+
+
+def test_grading_a_chinese_exercise_hides_the_tinyllm_of_its_repository(tmp_path, monkeypatch):
+    """exercises/zh/ is one folder deeper than exercises/: the repository's tinyllm/ is still hidden from the sandbox,
+    whatever the working directory."""
+    from tinyllm.grading import runner
+
+    lesson = lessons()[0]
+    (tmp_path / "tinyllm").mkdir()
+    (tmp_path / "tinyllm" / "__init__.py").write_text("", encoding="utf-8")
+    notebook = tmp_path / "exercises" / "zh" / f"{lesson}.ipynb"
+    notebook.parent.mkdir(parents=True)
+    notebook.write_text((ROOT / "exercises" / f"{lesson}.ipynb").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    seen = {}
+
+    def grade_cells(lesson, cells, **kwargs):
+        seen.update(kwargs)
+        return runner.Report(notebook=str(notebook), lesson=lesson)
+
+    monkeypatch.setattr(runner, "grade_cells", grade_cells)
+    report = runner.grade_notebook(notebook, execute=False)
+    assert report.lesson == lesson and str((tmp_path / "tinyllm").resolve()) in seen["hidden"]
