@@ -323,6 +323,13 @@ def test_a_broken_link_fails(repo):
     assert "link '03_missing.ipynb' points to no file of the repository" in _error(repo)
 
 
+def test_a_link_already_written_for_the_zh_folder_is_kept(repo):
+    write_catalogue(repo, "notebooks/01_small.ipynb", _catalogue("notebooks/01_small.ipynb", ENGLISH, [
+        CHINESE[0] + " 另见 [README](../../README.md)。", CHINESE[1]]))
+    i18n.make_translations(repo)
+    assert "另见 [README](../../README.md)。" in generated(repo)["cells"][0]["source"]
+
+
 def test_make_translations_command(repo):
     cmd = [sys.executable, "-m", "tinyllm.cli", "make-translations", "--root", str(repo)]
     r = subprocess.run(cmd + ["--check"], capture_output=True, text=True, timeout=120)

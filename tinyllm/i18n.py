@@ -12,7 +12,8 @@ comments::
 :func:`make_translations` writes ``notebooks/zh/<stem>.ipynb`` and ``exercises/zh/<stem>.ipynb``: code cells and
 their saved outputs are copied (with the catalogue's comments translated), markdown cells are replaced by their
 translations, and relative links, written in the catalogue as in the English notebook, are rewritten to work from
-the zh folder (to the Chinese edition of a translated lesson or exercise, else to the English file). A cell
+the zh folder (to the Chinese edition of a translated lesson or exercise, else to the English file; a link that
+only resolves from the zh folder is kept as it is). A cell
 without a translation, a translation of an English text that has since changed, a comment that no longer exists
 and a translation that does not use the glossary's terms (:func:`glossary_problems`) each raise
 :class:`~tinyllm.errors.TranslationError` naming the notebook and cell. ``tinyllm make-translations [--check]``
@@ -226,6 +227,9 @@ def relink(text: str, source: str, translated: set[str], root: Path) -> tuple[st
         path, sep, fragment = target.partition("#")
         repo = posixpath.normpath(posixpath.join(here, path))
         if repo.startswith("..") or not (root / repo).exists():
+            from_zh = posixpath.normpath(posixpath.join(there, path))
+            if not from_zh.startswith("..") and (root / from_zh).exists():
+                return m.group(0)                               # already written for the zh folder
             problems.append(f"link {target!r} points to no file of the repository (from {source})")
             return m.group(0)
         if repo in translated and posixpath.dirname(repo) in FOLDERS:    # a lesson or exercise, not the landing page
