@@ -168,7 +168,7 @@ def glossary_markdown(path: str | Path = GLOSSARY) -> str:
         "中文版课程的统一译名：每个概念在所有课程中只用一个中文术语；每个 notebook 中某个术语第一次出现时，"
         "写作“中文术语（English term）”。代码、公式、文件名和 logits 等保留英文。",
         "",
-        f"本页由 `tinyllm make-translations` 根据 [`glossary.json`](glossary.json) 生成，请勿手工修改。",
+        "本页由 `tinyllm make-translations` 根据 [`glossary.json`](glossary.json) 生成，请勿手工修改。",
         "",
         "| English | 中文 | 说明 |",
         "|---|---|---|",
