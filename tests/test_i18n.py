@@ -3,6 +3,7 @@ follows the glossary, the committed notebooks/zh/ and exercises/zh/ are exactly 
 makes, their links work from there, and a Chinese exercise notebook grades exactly like the English one."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -20,13 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # English notebooks whose catalogues other contributors are still writing. Each must get its catalogue
 # (i18n/zh/...json) and then leave this list; the final state of the course has it empty.
 PENDING = {
-    "notebooks/07_loading_a_real_model.ipynb",
-    "notebooks/08_llama_block.ipynb",
-    "notebooks/09_inference.ipynb",
-    "notebooks/10_gpu_and_parallelism.ipynb",
-    "notebooks/11_compression.ipynb",
-    "notebooks/12_performance_evaluation.ipynb",
-    "notebooks/13_inside_the_model.ipynb",
     "exercises/01_parameters_and_initialization.ipynb",
     "exercises/02_gradient_descent.ipynb",
     "exercises/03_backpropagation.ipynb",
@@ -368,3 +362,32 @@ def test_grading_a_chinese_exercise_hides_the_tinyllm_of_its_repository(tmp_path
     monkeypatch.setattr(runner, "grade_cells", grade_cells)
     report = runner.grade_notebook(notebook, execute=False)
     assert report.lesson == lesson and str((tmp_path / "tinyllm").resolve()) in seen["hidden"]
+
+
+def _stray_emphasis(markdown: str) -> int:
+    """Emphasis markers that CommonMark leaves as literal text (outside code), e.g. ``**推理（inference）**指``:
+    a closing ``**`` after a full-width bracket and before a CJK letter does not close."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    text = "".join(child.content for t in tokens if t.type == "inline" for child in (t.children or [])
+                   if child.type == "text")
+    return text.count("**") + len(re.findall(r"(?<![\w*])\*(?=\S)", text))
+
+
+@pytest.mark.parametrize("source", TRANSLATED)
+def test_chinese_emphasis_renders_like_the_english(source):
+    pytest.importorskip("markdown_it")
+    nb = json.loads((ROOT / source).read_text(encoding="utf-8"))
+    english = {hashlib.sha256(src.encode("utf-8")).hexdigest()[:16]: src
+               for src in ("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")}
+    bad = [entry["en_sha"] for entry in i18n.read_catalogue(ROOT, source)["cells"]
+           if _stray_emphasis(entry["zh"]) > _stray_emphasis(english.get(entry["en_sha"], ""))]
+    assert not bad, (f"{source}: bold/italic that does not render in the Chinese of cells {bad}; put a full-width "
+                     "bracket after the closing ** (write **推理**（inference）, not **推理（inference）**)")
+
+
+def test_the_emphasis_check_finds_an_unclosed_bold():
+    pytest.importorskip("markdown_it")
+    assert _stray_emphasis("**推理（inference）**指的是") > 0
+    assert _stray_emphasis("**推理**（inference）指的是") == 0
