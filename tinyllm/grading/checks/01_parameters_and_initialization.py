@@ -243,3 +243,40 @@ def _judge_weight(rs):
 ex.test("shape (fan_in, fan_out), float32, normal with std sqrt(2 / fan_in), from rng", 3,
         [call(fi, fo, np.random.default_rng(s)) for fi, fo in FANS for s in (2, 2, 3)], _judge_weight)
 EXERCISES.append(ex)
+
+
+# --- end to end: tinyllm's Linear layers start from the learner's initialiser ----------------------
+E2E_DEPTH, E2E_WIDTH = 20, 128
+E2E_X = np.random.default_rng(7).standard_normal((64, E2E_WIDTH)).astype(np.float32)
+
+
+def _deep_relu_net(seed):
+    from tinyllm.nn import Linear, ReLU, Sequential
+
+    layers = [(Linear(E2E_WIDTH, E2E_WIDTH, bias=False, rng=np.random.default_rng(seed + i)), ReLU())
+              for i in range(E2E_DEPTH)]                    # a generator per layer: independent weights
+    return Sequential(*[m for pair in layers for m in pair])
+
+
+def _run_library(learner):
+    from tinyllm import plug
+
+    with plug.use(linear_weight=learner.linear_weight):
+        net = _deep_relu_net(300)
+    default = _deep_relu_net(300)
+    w = net.layers[0].weight.data
+    if w.dtype != np.float32 or np.array_equal(w, default.layers[0].weight.data):
+        raise Fail("tinyllm's Linear did not take its weight from your linear_weight")
+    h, stds = E2E_X, []
+    for lin, act in zip(net.layers[::2], net.layers[1::2]):
+        h = act.forward(lin.forward(h))
+        stds.append(float(h.std()))
+    bad = [(i + 1, s) for i, s in enumerate(stds) if not 0.5 <= s <= 2.0]
+    if bad:
+        layer, s = bad[0]
+        raise Fail(f"a {E2E_DEPTH}-layer ReLU network of tinyllm's Linear layers initialised by your linear_weight has "
+                   f"std {s:.3g} after layer {layer}, outside [0.5, 2]: check the gain")
+
+
+ex.end_to_end(f"tinyllm's Linear layers start from your initialiser: a {E2E_DEPTH}-layer ReLU net keeps std in [0.5, 2]",
+              2, _run_library)
