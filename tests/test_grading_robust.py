@@ -14,9 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm.grading.runner import code_cells, grade_cells, grade_notebook, grade_source, load_exercises
+from tinyllm.grading import runner
+from tinyllm.grading.runner import code_cells, grade_cells, grade_notebook, grade_source, load_exercises, use_checks
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def plain_checks(monkeypatch):
+    """Grade lessons 02 and 03 with tests/fixtures/plain_checks: plain functions (softmax, gd_step, ...) that the
+    tests below attack, independent of how the course's assignments evolve."""
+    monkeypatch.setattr(runner, "_CHECKS", runner._CHECKS)       # restored after the test
+    use_checks(str(ROOT / "tests" / "fixtures" / "plain_checks"))
 
 
 def notebook(*sources: str, lesson: str | None = None) -> dict:
@@ -43,7 +52,7 @@ def softmax(x):
 """
 
 
-def test_broken_cells_each_zero_one_exercise_and_the_rest_is_graded(tmp_path, monkeypatch):
+def test_broken_cells_each_zero_one_exercise_and_the_rest_is_graded(tmp_path, monkeypatch, plain_checks):
     monkeypatch.chdir(tmp_path)
     nb = notebook(
         "import numpy as np\n%matplotlib inline\n",
@@ -73,7 +82,7 @@ def test_broken_cells_each_zero_one_exercise_and_the_rest_is_graded(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_endless_loop_is_interrupted_at_the_time_limit():
+def test_an_endless_loop_is_interrupted_at_the_time_limit(plain_checks):
     from tinyllm.grading.runner import grade_source
 
     report = grade_source("03_backpropagation", "def softmax(x):\n    while True:\n        pass\n", time_limit=1)
@@ -82,7 +91,7 @@ def test_an_endless_loop_is_interrupted_at_the_time_limit():
     assert by_function(report)["relu_backward"].message.startswith("function `relu_backward` is not defined")
 
 
-def test_exception_at_import_wrong_shape_exit_and_file_writes(tmp_path, monkeypatch):
+def test_exception_at_import_wrong_shape_exit_and_file_writes(tmp_path, monkeypatch, plain_checks):
     monkeypatch.chdir(tmp_path)
     nb = notebook(
         "import numpy as np\n",
@@ -103,7 +112,7 @@ def test_exception_at_import_wrong_shape_exit_and_file_writes(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []          # the learner's code ran in a temporary directory
 
 
-def test_student_code_cannot_change_tests_points_or_references():
+def test_student_code_cannot_change_tests_points_or_references(plain_checks):
     nb = notebook(
         "import numpy as np\nimport numpy\n",
         # patch NumPy in the sandbox and shadow the grader's names: the judging happens elsewhere
@@ -213,7 +222,7 @@ def test_table_output(capsys):
     assert f"total: 0/{total} points (0%)" in out
 
 
-def test_calling_the_library_scores_zero_and_says_why_however_it_is_reached():
+def test_calling_the_library_scores_zero_and_says_why_however_it_is_reached(plain_checks):
     root = str(ROOT)
     nb = notebook(
         "import numpy as np\nimport sys, importlib\nimport tinyllm.nn.functional as F\nimport tinyllm\n",
@@ -329,7 +338,7 @@ needs_confinement = pytest.mark.skipif(not _writes_confined(), reason="writes ar
 
 
 @needs_confinement
-def test_graded_code_cannot_write_outside_its_scratch_folder_nor_leave_processes(tmp_path, monkeypatch):
+def test_graded_code_cannot_write_outside_its_scratch_folder_nor_leave_processes(tmp_path, monkeypatch, plain_checks):
     from tinyllm.grading import jail
 
     monkeypatch.chdir(tmp_path)
