@@ -1,9 +1,12 @@
 """Graded checks for exercises/02_gradient_descent.ipynb.
 
-The optimiser references are ``tinyllm.optim.SGD`` (momentum) and ``tinyllm.optim.Adam``
-run in float64 from the given state; they follow PyTorch's update rules. The
-variants used to recognise typical mistakes (no bias correction, ...) are written out here:
-a message names a mistake only when the learner's result equals that variant's result.
+The references are the library's: ``tinyllm.optim.SGD`` (momentum) and ``tinyllm.optim.Adam`` run in float64
+from the given state (they follow PyTorch's update rules), one step for ``sgd_momentum_step``/``adam_step`` and a
+whole training run on hidden data with non-default hyperparameters for ``fit_linear`` (the fitted parameters and
+the loss history). The variants used to recognise typical mistakes (no bias correction, the loss recorded after
+the step, ...) are written out here: a message names a mistake only when the learner's result equals that
+variant's result. End to end, ``tinyllm.optim.Adam`` trains a ``tinyllm.nn.Linear`` through the plug point
+``adam_step`` with the learner's function and must give the library's own losses.
 """
 from __future__ import annotations
 
