@@ -416,3 +416,42 @@ ex.test("sampled with a seed: the library's tokens, idx's dtype kept, idx untouc
 ex.test("a model with a context window: only the last block_size tokens go in", 2,
         [call_seeing_args(*c[:3], **c[3]) for c in GEN["block"]], _judge_gen(GEN["block"]))
 EXERCISES.append(ex)
+
+
+# --- end to end: the library's batched, cached generation chooses its tokens with the learner's sampler -----
+def _tiny_llama():
+    from tinyllm.models.llama import Llama, LlamaConfig
+
+    return Llama(LlamaConfig(vocab_size=96, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+                             context_length=64), rng=90)
+
+
+TINY = _tiny_llama()
+E2E_PROMPTS = [[5, 17, 2, 40, 7], [9, 9], [60, 1, 33, 33, 8, 71, 4]]
+E2E_RUNS = [dict(temperature=0.9, top_k=30, top_p=0.9, repetition_penalty=1.2, seed=5),
+            dict(temperature=0.0, repetition_penalty=1.5)]
+
+
+def _e2e_sampler(learner):
+    from tinyllm import plug
+    from tinyllm.generate import generate_batch
+
+    def plugged(logits, *, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0, previous=None, rng=None):
+        out = learner.sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  repetition_penalty=repetition_penalty, previous=previous, rng=rng)
+        if temperature != 0:
+            rng.random((np.shape(logits)[0], 1))     # the learner drew from a copy of rng: advance the library's the same
+        return np.asarray(out)
+
+    for kw in E2E_RUNS:
+        want = generate_batch(TINY, E2E_PROMPTS, 10, **kw)
+        with plug.use(sample_next=plugged):
+            got = generate_batch(TINY, E2E_PROMPTS, 10, **kw)
+        if got != want:
+            row = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+            raise Fail(f"with your sample_next, a Llama's generate_batch(3 prompts, 10 tokens, {_describe(kw)}) gives "
+                       f"{got[row]} for prompt {row}, the library {want[row]}")
+
+
+EXERCISES[0].end_to_end("a Llama generates the library's tokens with your sampler (batched, KV cache, seed)", 3,
+                        _e2e_sampler)

@@ -177,3 +177,42 @@ ex.test("float data, fewer numbers than ranks, a single rank", 1, [call(g) for g
 ex.test("2 (R - 1) steps", 1, [call(g) for g in BYTES + EXACT], _judge_steps)
 ex.test("the bytes each rank sent, N not divisible by R", 3, [call(g) for g in BYTES], _judge_bytes)
 EXERCISES.append(ex)
+
+
+# --- end to end: data-parallel gradients of tinyllm's GPT, averaged with the learner's ring -----------------
+def _gradients():
+    """Per-rank gradients of a small GPT on 4 shards of a batch (R, P), and the global batch's gradient (P,)."""
+    from tinyllm.models.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig.preset("char-small")
+    model = GPT(cfg, rng=10)
+    data = np.random.default_rng(11).integers(0, cfg.vocab_size, size=(8, 13))
+    x, y = data[:, :-1], data[:, 1:]
+
+    def flat(xs, ys):
+        model.zero_grad()
+        model.loss(xs, ys)
+        model.backward()
+        return np.concatenate([p.grad.ravel() for p in model.parameters()])   # (P,)
+
+    return np.stack([flat(x[2 * r:2 * r + 2], y[2 * r:2 * r + 2]) for r in range(4)]), flat(x, y)
+
+
+PER_RANK, WHOLE = _gradients()
+
+
+def _e2e_data_parallel(learner):
+    got = learner.ring_allreduce(PER_RANK)
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        raise Fail(f"ring_allreduce returned {type(got).__name__}, expected a tuple (out, steps, bytes_sent)")
+    out = array(got[0], "ring_allreduce of 4 ranks' GPT gradients", shape=PER_RANK.shape)
+    mean = out / np.float32(4)
+    if not (mean == mean[0]).all():
+        raise Fail("after your all-reduce the 4 ranks hold different gradients: every copy of the model must take "
+                   "the same step")
+    close(mean[0], WHOLE, "the all-reduced gradient / R, against the gradient of the whole batch on one process",
+          rtol=1e-4, atol=1e-6)
+
+
+ex.end_to_end("data parallelism: 4 ranks' gradients of tinyllm's GPT average to the global batch's", 1,
+              _e2e_data_parallel)

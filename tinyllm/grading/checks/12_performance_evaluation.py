@@ -307,3 +307,32 @@ for name, pts, cases in (("prefill and decode: medians and percentiles in ms", 3
     ex.test(name, pts, [call(*a, **k) for a, k in (_speed_args(s, n, d, **kw) for s, n, d, kw in cases)],
             _judge_speed(cases))
 EXERCISES.append(ex)
+
+
+# --- end to end: the library's perplexity of a Llama, read in the learner's windows -------------------------
+def _tiny_llama():
+    from tinyllm.models.llama import Llama, LlamaConfig
+
+    return Llama(LlamaConfig(vocab_size=96, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+                             context_length=64), rng=120)
+
+
+TINY = _tiny_llama()
+TEXT = np.random.default_rng(121).integers(0, 96, 83)                  # (83,) token ids
+PPL_RUNS = [(16, 5), (24, 24), (12, 1)]                                 # (window, stride)
+
+
+def _e2e_perplexity(learner):
+    from tinyllm import evaluate, plug
+
+    for window, stride in PPL_RUNS:
+        want = evaluate.perplexity(TINY, TEXT, window, stride, return_details=True)
+        with plug.use(perplexity_windows=learner.perplexity_windows):
+            got = evaluate.perplexity(TINY, TEXT, window, stride, return_details=True)
+        what = f"the perplexity of a Llama on 83 tokens, window {window}, stride {stride}, with your windows"
+        if got["n_tokens"] != want["n_tokens"]:
+            raise Fail(f"{what} scores {got['n_tokens']} tokens, the library {want['n_tokens']}")
+        close(got["perplexity"], want["perplexity"], what, rtol=1e-9, atol=0)
+
+
+EXERCISES[0].end_to_end("tinyllm.evaluate.perplexity of a Llama with your windows", 2, _e2e_perplexity)
