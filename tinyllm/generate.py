@@ -91,6 +91,7 @@ def sample_next(logits: Any, *, temperature: float = 1.0, top_k: int | None = No
     return np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), z.shape[-1] - 1)
 
 
+@plug.point("generate")
 def generate(model, idx: Any, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, seed: int | None = None, block_size: int | None = None):
     """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T) using ``model(idx) -> logits (B, T, V)``.

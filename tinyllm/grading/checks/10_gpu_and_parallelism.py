@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyllm.grading.core import (CallError, Exercise, Fail, array, call, call_seeing_args, close, diagnose_cases,
+from tinyllm.grading.core import (Exercise, Fail, array, call, call_seeing_args, close, diagnose_cases,
                                   matches, unchanged, value, with_args)
 from tinyllm.parallel import ring_allreduce as lib_ring
 

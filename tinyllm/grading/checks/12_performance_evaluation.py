@@ -11,7 +11,6 @@ learner's results equal what that mistake gives on every call.
 """
 from __future__ import annotations
 
-import copy
 import functools
 
 import numpy as np
