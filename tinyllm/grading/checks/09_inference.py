@@ -455,3 +455,30 @@ def _e2e_sampler(learner):
 
 EXERCISES[0].end_to_end("a Llama generates the library's tokens with your sampler (batched, KV cache, seed)", 3,
                         _e2e_sampler)
+
+
+# --- end to end: one cache through a whole generation ---------------------------------------------------------
+def _e2e_cache(learner):
+    """A prompt of 5 tokens, 6 decode steps and a chunk of 3 through the learner's function, with ONE pair of cache
+    arrays kept here (what the call writes in place comes back into them): each output must equal causal
+    attention over the whole sequence so far, so every step finds the keys and values the earlier ones wrote."""
+    r = np.random.default_rng(990)
+    B, H, D, S = 2, 3, 8, 16
+    q, k, v = (r.standard_normal((B, H, 14, D)).astype(np.float32) for _ in range(3))
+    cache_k = np.full((B, H, S, D), 7.0, np.float32)                  # leftovers of an earlier sequence
+    cache_v = np.full((B, H, S, D), -7.0, np.float32)
+    spans = [(0, 5)] + [(t, t + 1) for t in range(5, 11)] + [(11, 14)]
+    for a, b in spans:
+        y = learner.cached_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], cache_k, cache_v, a)
+        y = array(y, f"cached_attention at pos={a} (T={b - a})", shape=(B, H, b - a, D), floating=True)
+        want = _attend(q[:, :, :b], k[:, :, :b], v[:, :, :b], np.zeros((B, H, b, D), np.float32),
+                       np.zeros((B, H, b, D), np.float32), 0)[:, :, a:b]
+        if not np.array_equal(cache_k[:, :, :b], k[:, :, :b]):
+            raise Fail(f"after the call at pos={a}, the cache's slots 0 .. {b - 1} do not hold the keys written so far: "
+                       "write the new keys into the cache you are given, in place")
+        close(y, want, f"the step at pos={a} (T={b - a}) of a generation through one cache, against attention over "
+              f"all {b} tokens", rtol=1e-4, atol=1e-5)
+
+
+EXERCISES[1].end_to_end("one cache through a prefill, 6 decode steps and a chunk: each step equals full attention", 1,
+                        _e2e_cache)
