@@ -10,6 +10,10 @@ KV-cache attention is checked against its definition, causal attention over the 
 ``model(idx) = TABLE[idx]``, and a causal linear model whose logits depend on the whole context and that only
 accepts exactly ``block_size`` tokens, so that the context crop is visible. A message names a mistake only
 when the learner's results equal what that mistake gives on every call.
+
+End to end: a small random Llama generates with the library's ``generate_batch`` (left padding, KV cache,
+penalty, a seed) and the learner's ``sample_next`` plugged in, and must give the library's tokens; and one
+pair of cache arrays, kept in the grader, carries a whole generation through the learner's ``cached_attention``.
 """
 from __future__ import annotations
 
@@ -453,8 +457,8 @@ def _e2e_sampler(learner):
                        f"{got[row]} for prompt {row}, the library {want[row]}")
 
 
-EXERCISES[0].end_to_end("a Llama generates the library's tokens with your sampler (batched, KV cache, seed)", 3,
-                        _e2e_sampler)
+next(e for e in EXERCISES if e.function == "sample_next").end_to_end(
+    "a Llama generates the library's tokens with your sampler (batched, KV cache, seed)", 3, _e2e_sampler)
 
 
 # --- end to end: one cache through a whole generation ---------------------------------------------------------
@@ -480,5 +484,5 @@ def _e2e_cache(learner):
               f"all {b} tokens", rtol=1e-4, atol=1e-5)
 
 
-EXERCISES[1].end_to_end("one cache through a prefill, 6 decode steps and a chunk: each step equals full attention", 1,
-                        _e2e_cache)
+next(e for e in EXERCISES if e.function == "cached_attention").end_to_end(
+    "one cache through a prefill, 6 decode steps and a chunk: each step equals full attention", 1, _e2e_cache)

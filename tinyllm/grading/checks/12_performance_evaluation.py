@@ -8,6 +8,9 @@ The harness is graded with a fake clock, never with real timings: ``fn``, ``cloc
 consumes the next value. What the learner's harness returns then shows exactly which calls it made, in which
 order; the reference runs the library's harness on an identical copy. A message names a mistake only when the
 learner's results equal what that mistake gives on every call.
+
+End to end: ``tinyllm.evaluate.perplexity`` of a small random Llama, with the learner's windows plugged in, must
+equal the library's for three (window, stride) pairs.
 """
 from __future__ import annotations
 
@@ -334,4 +337,5 @@ def _e2e_perplexity(learner):
         close(got["perplexity"], want["perplexity"], what, rtol=1e-9, atol=0)
 
 
-EXERCISES[0].end_to_end("tinyllm.evaluate.perplexity of a Llama with your windows", 2, _e2e_perplexity)
+next(e for e in EXERCISES if e.function == "perplexity_windows").end_to_end(
+    "tinyllm.evaluate.perplexity of a Llama with your windows", 2, _e2e_perplexity)
