@@ -203,7 +203,7 @@ PER_RANK, WHOLE = _gradients()
 
 
 def _e2e_data_parallel(learner):
-    got = learner.ring_allreduce(PER_RANK)
+    got = learner.ring_allreduce(PER_RANK.copy())           # a copy: what the call writes in place comes back
     if not isinstance(got, (tuple, list)) or len(got) != 3:
         raise Fail(f"ring_allreduce returned {type(got).__name__}, expected a tuple (out, steps, bytes_sent)")
     out = array(got[0], "ring_allreduce of 4 ranks' GPT gradients", shape=PER_RANK.shape)
