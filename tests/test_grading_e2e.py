@@ -75,7 +75,23 @@ def _fill(learner):
 
 fill.end_to_end("fills the buffer in place", 1, _fill)
 
-EXERCISES = [norm, cls, fill]
+total = Exercise("total", "sums a big constant array")
+BIG = np.arange(2**15, dtype=np.float32).reshape(128, 256)
+
+
+def _total(learner):
+    from tinyllm.grading.core import freeze
+
+    big = freeze([BIG.copy()])[0]
+    for _ in range(3):                       # sent once, then by reference: still the same values
+        close(learner.total(big), float(BIG.sum()), "total(big)")
+    if learner.try_write(big) != "read-only":
+        raise Fail("a read-only array arrived writable")
+
+
+total.end_to_end("sums a read-only array", 1, _total)
+
+EXERCISES = [norm, cls, fill, total]
 '''
 
 RIGHT = '''
@@ -102,6 +118,16 @@ def count_calls(norm):
 
 def fill(buf, value):
     buf[...] = value
+
+def total(a):
+    return float(a.sum())
+
+def try_write(a):
+    try:
+        a[0, 0] = 1
+    except ValueError:
+        return "read-only"
+    return "written"
 '''
 
 
@@ -132,7 +158,7 @@ def with_norm(body: str) -> str:
 
 def test_a_right_function_and_class_score_full_marks(toy):
     got = toy(RIGHT)
-    for name in ("rms_norm", "make_norm", "fill"):
+    for name in ("rms_norm", "make_norm", "fill", "total"):
         assert got[name].passed, feedback(got[name])
 
 

@@ -14,7 +14,7 @@ turns into zero points for that function.
 Protocol. stdin: framed pickles from the grader (trusted direction), each an 8-byte big-endian length and
 the pickle. The first::
 
-    {"chunks": [(cell, code), ...],          # top-level defs/imports of the notebook, in order
+    {"chunks": [(cell, code[, notebook]), ...],   # top-level defs/imports, in order (one namespace per notebook)
      "jobs": [{"key": str, "attr": str, "tests": [[(args, kwargs[, {"send_args": True}]), ...], ...]}, ...],
      "time_limit": float, "print_cap": int, "memory": int, "hidden": [folder, ...], "serve": bool}
 
@@ -31,6 +31,9 @@ each, for the grader's end-to-end tests (the library runs in the grader; only th
     {"op": "call", "target": name | handle id, "attr": str | None, "args": tuple, "kwargs": dict, "limit": float}
     {"op": "get", "target": handle id, "attr": str, "limit": float}       # an attribute of a learner's object
     {"op": "value", "target": name, "limit": float}                       # a top-level value of the notebook
+    {"op": "names", "limit": float}                                       # top-level functions: name -> is a stub
+    each wrapped as {"arrays": {key: array}, "request": the pickle above}: a read-only array (with every
+    array it views) of 64 KiB or more travels once, then as the persistent id ("array", key)
     -> {"kind": "reply", "value": encoded, "inplace": [[index or keyword, encoded], ...], "printed": int,
         "library": [str, ...]}
 
@@ -209,14 +212,19 @@ def main():
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    namespace = {"__name__": "__student__", "__builtins__": __builtins__}
+    spaces: dict = {}             # one namespace per notebook (a chunk's optional third item names it)
     errors = []
-    known = Known()
-    for cell, source in payload["chunks"]:
+    for cell, source, *group in payload["chunks"]:
+        group = group[0] if group else None
+        space, known = spaces.setdefault(group, ({"__name__": "__student__", "__builtins__": __builtins__}, Known()))
+        where = f"<cell {cell}>" if group is None else f"<cell {cell} of {group}>"
         try:
-            timed(limit, run_definitions, ast.parse(clean_source(source)), f"<cell {cell}>", namespace, known)
+            timed(limit, run_definitions, ast.parse(clean_source(source)), where, space, known)
         except BaseException as exc:  # noqa: BLE001 - anything the learner's code raises is a grading result
-            errors.append({"cell": cell, **_error(exc)})
+            errors.append({"cell": cell, **({} if group is None else {"group": group}), **_error(exc)})
+    namespace = {}
+    for space, _ in spaces.values():              # a later notebook's definition of a name wins
+        namespace.update(space)
     LIBRARY_USE.clear()
     send({"kind": "loaded", "errors": errors})
 
@@ -263,6 +271,12 @@ def main():
     os._exit(0)
 
 
+def is_stub(fn) -> bool:
+    """Whether ``fn`` is still an exercise's stub: its own code raises NotImplementedError."""
+    code = getattr(fn, "__code__", None)
+    return code is not None and "NotImplementedError" in code.co_names
+
+
 def read_frame(inp):
     """One framed message from the grader (8-byte big-endian length, then the bytes); None at the end."""
     head = inp.read(8)
@@ -280,6 +294,7 @@ def serve(namespace, inp, send, timed, sink):
     import numpy as np
 
     table = {}
+    frozen = {}                   # read-only arrays the grader sent once (a model's weights), by key
 
     def keep(value):
         table[len(table) + 1] = value
@@ -288,6 +303,8 @@ def serve(namespace, inp, send, timed, sink):
     class Request(pickle.Unpickler):
         def persistent_load(self, pid):
             if isinstance(pid, tuple) and len(pid) == 2:
+                if pid[0] == "array" and pid[1] in frozen:
+                    return frozen[pid[1]]
                 if pid[0] == "handle" and pid[1] in table:
                     return table[pid[1]]
                 if pid[0] == "name" and pid[1] in namespace:
@@ -303,7 +320,11 @@ def serve(namespace, inp, send, timed, sink):
         before, mark = sink.count, len(LIBRARY_USE)
         inplace = []
         try:
-            req = Request(io.BytesIO(frame)).load()
+            outer = pickle.loads(frame)
+            for key, a in outer["arrays"].items():
+                a.setflags(write=False)           # read-only in the grader: read-only here too
+                frozen[key] = a
+            req = Request(io.BytesIO(outer["request"])).load()
         except BaseException as exc:  # noqa: BLE001
             value = {"t": "error", "type": "ArgumentError", "message": str(exc)[:500], "where": ""}
             del LIBRARY_USE[mark:]                  # what unpickling tried is not the learner's doing
@@ -313,7 +334,9 @@ def serve(namespace, inp, send, timed, sink):
         op, target, attr = req.get("op"), req.get("target"), req.get("attr")
         try:
             obj = namespace.get(target) if isinstance(target, str) else table.get(target)
-            if op == "value":
+            if op == "names":                      # the learner's top-level functions: name -> still a stub
+                value = _encode({k: is_stub(v) for k, v in namespace.items() if callable(v) and not k.startswith("__")})
+            elif op == "value":
                 value = timed(req["limit"], _encode, obj, 0, keep) if target in namespace else {"t": "missing"}
             elif op == "get":
                 got = timed(req["limit"], getattr, obj, attr)
@@ -329,14 +352,15 @@ def serve(namespace, inp, send, timed, sink):
                               "message": f"'{type(fn).__name__}' object is not callable"})
                 else:
                     args, kwargs = req.get("args", ()), req.get("kwargs", {})
-                    arrays = [(i, a) for i, a in [*enumerate(args), *kwargs.items()] if isinstance(a, np.ndarray)]
-                    copies = [a.copy() for _, a in arrays]
+                    watched = [(i, a) for i, a in [*enumerate(args), *kwargs.items()]
+                               if isinstance(a, np.ndarray) and a.flags.writeable]
+                    copies = [a.copy() for _, a in watched]
 
                     def run():
                         return _encode(fn(*args, **kwargs), 0, keep)
 
                     value = timed(req["limit"], run)
-                    for (key, a), old in zip(arrays, copies):
+                    for (key, a), old in zip(watched, copies):
                         if a.shape != old.shape or not np.array_equal(a, old, equal_nan=a.dtype.kind in "fc"):
                             inplace.append([key, _encode(a)])
         except BaseException as exc:  # noqa: BLE001 - anything the learner's code raises is a result
