@@ -32,10 +32,12 @@ each, for the grader's end-to-end tests (the library runs in the grader; only th
     {"op": "get", "target": handle id, "attr": str, "limit": float}       # an attribute of a learner's object
     {"op": "value", "target": name, "limit": float}                       # a top-level value of the notebook
     {"op": "names", "limit": float}                                       # top-level functions: name -> is a stub
-    each wrapped as {"arrays": {key: array}, "request": the pickle above}: a read-only array (with every
-    array it views) of 64 KiB or more travels once, then as the persistent id ("array", key)
     -> {"kind": "reply", "value": encoded, "inplace": [[index or keyword, encoded], ...], "printed": int,
         "library": [str, ...]}
+
+Each request is pickled inside ``{"arrays": {key: array}, "request": bytes}``: a read-only array of 64 KiB or
+more (read-only with every array it views, such as a model's weights) travels once, in ``arrays``, and is
+referred to by the persistent id ``("array", key)`` from then on; it stays read-only here.
 
 In replies, a value that has no wire type (an instance of a class the learner wrote, a closure) stays here in a
 table and travels as ``{"t": "handle", "id": int, "type": str}``; the grader sends it back as the persistent id
