@@ -75,6 +75,22 @@ def _fill(learner):
 
 fill.end_to_end("fills the buffer in place", 1, _fill)
 
+store = Exercise("store", "writes into a library object's arrays")
+
+
+def _store(learner):
+    cache = MODEL.new_cache(1, 8)                 # a tinyllm KVCache: it travels as a namespace of its attributes
+    k = np.ones((1, CFG.n_kv_heads, 2, CFG.head_dim), np.float32)
+    extra, more = [np.zeros(3, np.float32)], {"b": np.zeros(2, np.float32)}
+    learner.store(cache, 1, k, extra, more)
+    close(cache.k[1, :, :, :2], k, "cache.k[1] after store(cache, 1, k)")
+    close(extra[0], np.ones(3), "the array in a list after store")
+    close(more["b"], np.full(2, 2.0), "the array in a dict after store")
+    close(cache.k[0], np.zeros_like(cache.k[0]), "cache.k[0], which store must not change")
+
+
+store.end_to_end("writes into the cache in place", 1, _store)
+
 total = Exercise("total", "sums a big constant array")
 BIG = np.arange(2**15, dtype=np.float32).reshape(128, 256)
 
@@ -91,7 +107,7 @@ def _total(learner):
 
 total.end_to_end("sums a read-only array", 1, _total)
 
-EXERCISES = [norm, cls, fill, total]
+EXERCISES = [norm, cls, fill, total, store]
 '''
 
 RIGHT = '''
@@ -121,6 +137,11 @@ def fill(buf, value):
 
 def total(a):
     return float(a.sum())
+
+def store(cache, layer, k, extra, more):
+    cache.k[layer, :, :, :k.shape[2]] = k
+    extra[0][:] = 1
+    more["b"][:] = 2
 
 def try_write(a):
     try:
@@ -158,7 +179,7 @@ def with_norm(body: str) -> str:
 
 def test_a_right_function_and_class_score_full_marks(toy):
     got = toy(RIGHT)
-    for name in ("rms_norm", "make_norm", "fill", "total"):
+    for name in ("rms_norm", "make_norm", "fill", "total", "store"):
         assert got[name].passed, feedback(got[name])
 
 

@@ -653,6 +653,21 @@ def _frozen(a: np.ndarray) -> bool:
     return True
 
 
+def _follow(args: tuple, kwargs: dict, path: Any) -> Any:
+    """The object at ``path`` (the sandbox's ``_writable_arrays``) in a call's arguments, or None."""
+    if not isinstance(path, list) or not path:
+        return None
+    key, *steps = path
+    obj = args[key] if isinstance(key, int) and 0 <= key < len(args) else kwargs.get(key) if isinstance(key, str) else None
+    for step in steps:
+        try:
+            kind, k = step
+            obj = getattr(obj, k) if kind == "a" and isinstance(k, str) else obj[k]
+        except Exception:  # noqa: BLE001 - a path that does not lead anywhere changes nothing
+            return None
+    return obj
+
+
 class Learner:
     """What an end-to-end test's ``run`` receives: ``learner.NAME(*args, **kwargs)`` calls the learner's
     top-level ``NAME`` in the sandbox; ``learner.NAME`` can be passed to ``plug.use``; ``learner._value(NAME)``
@@ -865,8 +880,8 @@ class EndToEndSession:
         changed here too, as they would be by an in-process call."""
         value, inplace = self.request({"op": "call", "target": target, "attr": attr, "args": tuple(args),
                                        "kwargs": dict(kwargs)}, what, handle=handle, names=names)
-        for key, enc in inplace:
-            orig = args[key] if isinstance(key, int) and 0 <= key < len(args) else kwargs.get(key)
+        for path, enc in inplace:
+            orig = _follow(args, kwargs, path)
             new = decode(enc)
             if (isinstance(orig, np.ndarray) and orig.flags.writeable and isinstance(new, np.ndarray)
                     and new.shape == orig.shape):

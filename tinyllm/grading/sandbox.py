@@ -32,7 +32,7 @@ each, for the grader's end-to-end tests (the library runs in the grader; only th
     {"op": "get", "target": handle id, "attr": str, "limit": float}       # an attribute of a learner's object
     {"op": "value", "target": name, "limit": float}                       # a top-level value of the notebook
     {"op": "names", "limit": float}                                       # top-level functions: name -> is a stub
-    -> {"kind": "reply", "value": encoded, "inplace": [[index or keyword, encoded], ...], "printed": int,
+    -> {"kind": "reply", "value": encoded, "inplace": [[path, encoded], ...], "printed": int,
         "library": [str, ...]}
 
 Each request is pickled inside ``{"arrays": {key: array}, "request": bytes}``: a read-only array of 64 KiB or
@@ -42,8 +42,10 @@ referred to by the persistent id ``("array", key)`` from then on; it stays read-
 In replies, a value that has no wire type (an instance of a class the learner wrote, a closure) stays here in a
 table and travels as ``{"t": "handle", "id": int, "type": str}``; the grader sends it back as the persistent id
 ``("handle", id)`` (a bound method as ``("method", id, name)``), and a learner's top-level function as
-``("name", name)``. ``inplace`` holds the array
-arguments that the call changed, so the grader can write the change back, as an in-process call would.
+``("name", name)``. ``inplace`` holds the arrays
+that the call changed in its arguments (an argument, or an array inside a list, dict or library object it got;
+``path`` as :func:`_writable_arrays` writes it), so the grader can write the change back, as an in-process
+call would.
 
 A call with ``{"send_args": True}`` that returns comes back as ``{"t": "with_args", "value": ..., "args":
 [args after the call]}``, a wire type no returned value can take, so that the grader can see what the
@@ -279,6 +281,32 @@ def is_stub(fn) -> bool:
     return code is not None and "NotImplementedError" in code.co_names
 
 
+def _writable_arrays(value, path, out, depth=0):
+    """Append (path, array) for the writable arrays in an argument: the argument itself, or inside the lists,
+    tuples, dicts and namespaces (the library's objects) it holds, up to 3 levels down. A path is the argument's
+    index or keyword, then ["i", index or key] / ["a", attribute] steps."""
+    import types
+
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        if value.flags.writeable:
+            out.append((path, value))
+        return
+    if depth >= 3:
+        return
+    if isinstance(value, (list, tuple)):
+        steps = [(["i", i], v) for i, v in enumerate(value[:1000])]
+    elif isinstance(value, dict):
+        steps = [(["i", k], v) for k, v in list(value.items())[:1000] if isinstance(k, (str, int))]
+    elif type(value) is types.SimpleNamespace:
+        steps = [(["a", k], v) for k, v in vars(value).items()]
+    else:
+        return
+    for step, v in steps:
+        _writable_arrays(v, path + [step], out, depth + 1)
+
+
 def read_frame(inp):
     """One framed message from the grader (8-byte big-endian length, then the bytes); None at the end."""
     head = inp.read(8)
@@ -354,17 +382,18 @@ def serve(namespace, inp, send, timed, sink):
                               "message": f"'{type(fn).__name__}' object is not callable"})
                 else:
                     args, kwargs = req.get("args", ()), req.get("kwargs", {})
-                    watched = [(i, a) for i, a in [*enumerate(args), *kwargs.items()]
-                               if isinstance(a, np.ndarray) and a.flags.writeable]
+                    watched = []
+                    for key, a in [*enumerate(args), *kwargs.items()]:
+                        _writable_arrays(a, [key], watched)
                     copies = [a.copy() for _, a in watched]
 
                     def run():
                         return _encode(fn(*args, **kwargs), 0, keep)
 
                     value = timed(req["limit"], run)
-                    for (key, a), old in zip(watched, copies):
+                    for (path, a), old in zip(watched, copies):
                         if a.shape != old.shape or not np.array_equal(a, old, equal_nan=a.dtype.kind in "fc"):
-                            inplace.append([key, _encode(a)])
+                            inplace.append([path, _encode(a)])
         except BaseException as exc:  # noqa: BLE001 - anything the learner's code raises is a result
             value = _error(exc)
         library, LIBRARY_USE[:] = sorted(set(LIBRARY_USE)), []
