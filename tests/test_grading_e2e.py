@@ -91,6 +91,18 @@ def _store(learner):
 
 store.end_to_end("writes into the cache in place", 1, _store)
 
+draw = Exercise("draw", "draws from the generator it gets")
+
+
+def _draw(learner):
+    for rng in (np.random.default_rng(5), np.random.Generator(np.random.MT19937(5))):
+        mine = [learner.draw(rng) for _ in range(3)] + [float(rng.random())]    # the generator advances here too
+        twin = np.random.Generator(type(rng.bit_generator)(5))
+        close(mine, [float(twin.random()) for _ in range(4)], "three draws through draw(rng), then one here")
+
+
+draw.end_to_end("the generator advances as in-process", 1, _draw)
+
 total = Exercise("total", "sums a big constant array")
 BIG = np.arange(2**15, dtype=np.float32).reshape(128, 256)
 
@@ -107,7 +119,7 @@ def _total(learner):
 
 total.end_to_end("sums a read-only array", 1, _total)
 
-EXERCISES = [norm, cls, fill, total, store]
+EXERCISES = [norm, cls, fill, total, store, draw]
 '''
 
 RIGHT = '''
@@ -137,6 +149,9 @@ def fill(buf, value):
 
 def total(a):
     return float(a.sum())
+
+def draw(rng):
+    return float(rng.random())
 
 def store(cache, layer, k, extra, more):
     cache.k[layer, :, :, :k.shape[2]] = k
@@ -179,7 +194,7 @@ def with_norm(body: str) -> str:
 
 def test_a_right_function_and_class_score_full_marks(toy):
     got = toy(RIGHT)
-    for name in ("rms_norm", "make_norm", "fill", "total", "store"):
+    for name in ("rms_norm", "make_norm", "fill", "total", "store", "draw"):
         assert got[name].passed, feedback(got[name])
 
 

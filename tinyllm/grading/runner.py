@@ -653,8 +653,17 @@ def _frozen(a: np.ndarray) -> bool:
     return True
 
 
+def _unplain(x: Any) -> Any:
+    """The inverse of the sandbox's ``_plain``: a random generator's state from JSON."""
+    if isinstance(x, dict):
+        if set(x) == {"ndarray", "dtype"}:
+            return np.asarray(x["ndarray"], dtype=np.dtype(x["dtype"]))
+        return {k: _unplain(v) for k, v in x.items()}
+    return x
+
+
 def _follow(args: tuple, kwargs: dict, path: Any) -> Any:
-    """The object at ``path`` (the sandbox's ``_writable_arrays``) in a call's arguments, or None."""
+    """The object at ``path`` (the sandbox's ``_mutables``) in a call's arguments, or None."""
     if not isinstance(path, list) or not path:
         return None
     key, *steps = path
@@ -876,12 +885,19 @@ class EndToEndSession:
 
     def call(self, target: str | int, attr: str | None, args: tuple, kwargs: dict, what: str, *,
              handle: Any = None, names: tuple = ()) -> Any:
-        """Call the learner's function (or a handle's method); array arguments the call changed in place are
-        changed here too, as they would be by an in-process call."""
+        """Call the learner's function (or a handle's method); arrays and random generators in the arguments
+        that the call changed in place are changed here too, as they would be by an in-process call."""
         value, inplace = self.request({"op": "call", "target": target, "attr": attr, "args": tuple(args),
                                        "kwargs": dict(kwargs)}, what, handle=handle, names=names)
         for path, enc in inplace:
             orig = _follow(args, kwargs, path)
+            if isinstance(enc, dict) and enc.get("t") == "rng":         # a random generator the call advanced
+                if isinstance(orig, np.random.Generator):
+                    try:
+                        orig.bit_generator.state = _unplain(enc.get("state"))
+                    except Exception:  # noqa: BLE001 - a state NumPy refuses leaves the generator as it was
+                        pass
+                continue
             new = decode(enc)
             if (isinstance(orig, np.ndarray) and orig.flags.writeable and isinstance(new, np.ndarray)
                     and new.shape == orig.shape):

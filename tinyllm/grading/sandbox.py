@@ -43,9 +43,9 @@ In replies, a value that has no wire type (an instance of a class the learner wr
 table and travels as ``{"t": "handle", "id": int, "type": str}``; the grader sends it back as the persistent id
 ``("handle", id)`` (a bound method as ``("method", id, name)``), and a learner's top-level function as
 ``("name", name)``. ``inplace`` holds the arrays
-that the call changed in its arguments (an argument, or an array inside a list, dict or library object it got;
-``path`` as :func:`_writable_arrays` writes it), so the grader can write the change back, as an in-process
-call would.
+and random generators that the call changed in its arguments (an argument, or one inside a list, dict or library
+object it got; ``path`` as :func:`_mutables` writes it; a generator as ``{"t": "rng", "state": ...}``), so the
+grader can write the change back, as an in-process call would.
 
 A call with ``{"send_args": True}`` that returns comes back as ``{"t": "with_args", "value": ..., "args":
 [args after the call]}``, a wire type no returned value can take, so that the grader can see what the
@@ -281,17 +281,21 @@ def is_stub(fn) -> bool:
     return code is not None and "NotImplementedError" in code.co_names
 
 
-def _writable_arrays(value, path, out, depth=0):
-    """Append (path, array) for the writable arrays in an argument: the argument itself, or inside the lists,
-    tuples, dicts and namespaces (the library's objects) it holds, up to 3 levels down. A path is the argument's
-    index or keyword, then ["i", index or key] / ["a", attribute] steps."""
+def _mutables(value, path, arrays, rngs, depth=0):
+    """Collect what a call can change in an argument: (path, array) of the writable arrays, and (path, generator)
+    of the NumPy random generators, in the argument itself or inside the lists, tuples, dicts and namespaces (the
+    library's objects) it holds, up to 3 levels down. A path is the argument's index or keyword, then
+    ["i", index or key] / ["a", attribute] steps."""
     import types
 
     import numpy as np
 
     if isinstance(value, np.ndarray):
         if value.flags.writeable:
-            out.append((path, value))
+            arrays.append((path, value))
+        return
+    if isinstance(value, np.random.Generator):
+        rngs.append((path, value))
         return
     if depth >= 3:
         return
@@ -304,7 +308,18 @@ def _writable_arrays(value, path, out, depth=0):
     else:
         return
     for step, v in steps:
-        _writable_arrays(v, path + [step], out, depth + 1)
+        _mutables(v, path + [step], arrays, rngs, depth + 1)
+
+
+def _plain(x):
+    """A random generator's state as JSON (its arrays as {"ndarray": list, "dtype": str})."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return {"ndarray": x.tolist(), "dtype": x.dtype.str}
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def read_frame(inp):
@@ -382,10 +397,11 @@ def serve(namespace, inp, send, timed, sink):
                               "message": f"'{type(fn).__name__}' object is not callable"})
                 else:
                     args, kwargs = req.get("args", ()), req.get("kwargs", {})
-                    watched = []
+                    watched, rngs = [], []
                     for key, a in [*enumerate(args), *kwargs.items()]:
-                        _writable_arrays(a, [key], watched)
+                        _mutables(a, [key], watched, rngs)
                     copies = [a.copy() for _, a in watched]
+                    states = [_plain(g.bit_generator.state) for _, g in rngs]
 
                     def run():
                         return _encode(fn(*args, **kwargs), 0, keep)
@@ -394,6 +410,10 @@ def serve(namespace, inp, send, timed, sink):
                     for (path, a), old in zip(watched, copies):
                         if a.shape != old.shape or not np.array_equal(a, old, equal_nan=a.dtype.kind in "fc"):
                             inplace.append([path, _encode(a)])
+                    for (path, g), old in zip(rngs, states):
+                        state = _plain(g.bit_generator.state)
+                        if state != old:
+                            inplace.append([path, {"t": "rng", "state": state}])
         except BaseException as exc:  # noqa: BLE001 - anything the learner's code raises is a result
             value = _error(exc)
         library, LIBRARY_USE[:] = sorted(set(LIBRARY_USE)), []
