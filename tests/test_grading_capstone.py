@@ -95,3 +95,20 @@ def test_grading_the_capstone_full_marks_on_the_solutions_and_zero_on_the_stubs(
     assert ex.error is None and ex.score == 0 and ex.max_score == sol.max_score
     assert all(e.message.startswith("not implemented yet") for e in ex.exercises[:-1])
     assert "is written yet" in ex.exercises[-1].tests[0].feedback
+
+
+def test_grade_all_includes_the_capstone_after_the_lessons(monkeypatch, capsys):
+    from tinyllm.cli import main
+    from tinyllm.grading import cli
+    from tinyllm.grading.runner import Report
+
+    graded = []
+
+    def fake(path, **kw):
+        graded.append(Path(path).name)
+        return Report(notebook=str(path), lesson=lesson_for(path), error="not graded in this test")
+
+    monkeypatch.setattr(cli, "grade_notebook", fake)
+    monkeypatch.chdir(ROOT)
+    main(["grade", "--all", "--no-execute"])
+    assert graded == [f"{lesson}.ipynb" for lesson in lessons()] + ["capstone.ipynb"]
