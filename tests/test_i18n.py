@@ -26,10 +26,7 @@ PENDING = {
     "exercises/06_parameter_storage.ipynb",
     "exercises/07_loading_a_real_model.ipynb",
     "exercises/08_llama_block.ipynb",
-    "exercises/09_inference.ipynb",
-    "exercises/10_gpu_and_parallelism.ipynb",
     "exercises/11_compression.ipynb",
-    "exercises/12_performance_evaluation.ipynb",
     "exercises/13_inside_the_model.ipynb",
 }
 
