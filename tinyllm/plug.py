@@ -93,8 +93,8 @@ def in_use() -> dict[str, Callable]:
 
 # Modules that define plug points: imported on first use of :func:`use` / :func:`points`, so that every point
 # is known even when the caller has not imported its module yet.
-_MODULES = ("tinyllm.kernels", "tinyllm.nn.functional", "tinyllm.nn.attention", "tinyllm.models.llama",
-            "tinyllm.generate")
+_MODULES = ("tinyllm.kernels", "tinyllm.nn.functional", "tinyllm.nn.attention", "tinyllm.models.gpt",
+            "tinyllm.models.llama", "tinyllm.generate")
 
 
 def _load_all() -> None:
