@@ -4,7 +4,7 @@ References, all from the library and computed in float64 where they are pure fun
 
 - RMSNorm (Zhang & Sennrich, 2019): ``tinyllm.nn.functional.rms_norm``;
 - RoPE, half-split layout (Su et al., 2021; HF's rotate_half): ``tinyllm.models.llama.rope_tables`` and
-  ``apply_rope`` (= ``tinyllm.kernels.rope``);
+  ``tinyllm.kernels.rope``;
 - SwiGLU (Shazeer, 2020): ``tinyllm.kernels.swiglu``;
 - grouped-query attention (Ainslie et al., 2023): ``tinyllm.nn.attention.causal_attention`` with each key/value
   head repeated for the ``H / KV`` query heads of its group;
@@ -24,7 +24,7 @@ import numpy as np
 
 from tinyllm import kernels
 from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, diagnose, value
-from tinyllm.models.llama import Llama, LlamaConfig, apply_rope as lib_apply_rope, random_weights, rope_tables
+from tinyllm.models.llama import Llama, LlamaConfig, random_weights, rope_tables
 from tinyllm.models.llama import weights_from_gguf
 from tinyllm.models.smollm2 import ModelNotInstalledError, open_gguf
 from tinyllm.nn import functional as F
@@ -43,7 +43,7 @@ def ref_rms(x, w, eps=1e-5):
 
 
 def ref_rope(x, positions, base=10000.0, interleaved=False, exponent=2.0):
-    """The library's RoPE (``rope_tables`` + ``apply_rope``) in float64 on x (..., T, D) at ``positions`` (T,).
+    """The library's RoPE (``rope_tables`` + ``kernels.rope``) in float64 on x (..., T, D) at ``positions`` (T,).
 
     The mistakes are expressed through it: frequencies base^(-i/D) are base'^(-2i/D) with base' = sqrt(base),
     and the interleaved layout is the half-split one on the even/odd-permuted vector."""
@@ -55,9 +55,9 @@ def ref_rope(x, positions, base=10000.0, interleaved=False, exponent=2.0):
     if interleaved:
         perm = np.concatenate([np.arange(0, d, 2), np.arange(1, d, 2)])   # evens first, then odds
         out = np.empty_like(x)
-        out[..., perm] = lib_apply_rope(x[..., perm], cos, sin)
+        out[..., perm] = kernels.rope(x[..., perm], cos, sin)
         return out
-    return lib_apply_rope(x, cos, sin)
+    return kernels.rope(x, cos, sin)
 
 
 def ref_swiglu(x, wg, wu, wd, variant=""):
