@@ -9,6 +9,9 @@ hidden inputs (a directional derivative). The float64 re-implementations below (
 :func:`_block`) only name mistakes: a message names a mistake only when the learner's result equals what
 that mistake computes on the same inputs; at import each is checked to equal the library when it has no
 mistake switched on.
+
+The end-to-end tests train a small GPT of the library for a few AdamW steps with the learner's attention (or
+block) plugged in (``tinyllm.plug``) and compare the loss history with the library's own.
 """
 from __future__ import annotations
 
@@ -16,11 +19,14 @@ import math
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, value
 from tinyllm.models.gpt import block_backward as lib_block_backward
+from tinyllm.models.gpt import GPT, GPTConfig
 from tinyllm.models.gpt import block_forward as lib_block_forward
 from tinyllm.nn.attention import attention_backward as lib_attention_backward
 from tinyllm.nn.attention import attention_forward as lib_attention_forward
+from tinyllm.optim import AdamW
 
 rng = np.random.default_rng(5005)
 EXERCISES: list[Exercise] = []
@@ -429,3 +435,47 @@ ex.test("the attention and MLP weights' gradients", 1, [call(DY1, *BB1)],
 ex.test("eps=1e-2, 3 heads of 2, batch 1: everything", 1, [call(DY2, *BB2, eps=1e-2)],
         _judge_block_grads(DY2, *BB2, 1e-2, ["dx"] + list(KEYS), "block_backward(dy, x, p, 3, eps=1e-2)"))
 EXERCISES.append(ex)
+
+# --- end to end: the library's GPT trains on the learner's code -----------------------------------
+E2E_CFG = GPTConfig(vocab_size=11, block_size=10, n_layer=2, n_head=4, n_embd=16)   # not the notebook's GPT
+E2E_STEPS = 4
+
+
+def train_gpt(**plugs) -> np.ndarray:
+    """Loss history of a small GPT trained with AdamW for E2E_STEPS steps (fixed seeds), with ``plugs`` plugged."""
+    model = GPT(E2E_CFG, rng=7)
+    opt = AdamW(model.parameters(), lr=2e-2)
+    r = np.random.default_rng(8)
+    losses = []
+    with plug.use(**plugs):
+        for _ in range(E2E_STEPS):
+            start = r.integers(0, 7, size=(3, 1))
+            ids = (start + np.arange(E2E_CFG.block_size + 1) * r.integers(1, 3, size=(3, 1))) % E2E_CFG.vocab_size
+            opt.zero_grad()
+            losses.append(model.loss(ids[:, :-1], ids[:, 1:]))
+            model.backward()
+            opt.step()
+    return np.array(losses)
+
+
+REF_LOSSES = train_gpt()
+
+
+def _e2e(what: str, names: tuple[str, ...]):
+    def run(learner):
+        try:
+            got = train_gpt(**{n: getattr(learner, n) for n in names})
+        except Fail:
+            raise
+        except Exception as exc:  # noqa: BLE001 - what the learner returned did not fit the library
+            raise Fail(f"training the library's GPT on your {what} stopped: {type(exc).__name__}: {exc} (check the "
+                       "shapes and types your functions return)") from None
+        close(got, REF_LOSSES, f"the losses of the library's GPT trained on your {what} for {E2E_STEPS} AdamW steps",
+              rtol=0.0, atol=1e-4)
+    return run
+
+
+EXERCISES[1].end_to_end("the library's GPT trains on your attention (forward and backward): the same losses", 3,
+                        _e2e("attention", ("attention_forward", "attention_backward")))
+EXERCISES[3].end_to_end("the library's GPT trains on your block (forward and backward): the same losses", 4,
+                        _e2e("block", ("block_forward", "block_backward")))
