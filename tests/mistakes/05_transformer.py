@@ -273,3 +273,28 @@ def block_backward__missing_ln_bias(dy, x, p, n_head, eps=1e-5):
 def block_backward__default_eps(dy, x, p, n_head, eps=1e-5):
     """None"""
     return _block_backward(dy, x, p, n_head)
+
+
+# ---- attempts to game the grader -------------------------------------------------------------------------
+
+
+class _EqualsAnything(np.ndarray):
+    """An array whose comparisons are always True."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+
+def block_forward__equals_anything(x, p, n_head, eps=1e-5):
+    """is off by"""
+    return np.zeros_like(x).view(_EqualsAnything)
+
+
+def attention_forward__visible_example_only(x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """None"""
+    if x.shape == (1, 5, 8) and n_head == 2:                    # the notebook's example: the right answer
+        return attention_forward(x, w_qkv, b_qkv, w_o, b_o, n_head)
+    return np.zeros_like(x)

@@ -19,7 +19,6 @@ arbitrary positions; at import it is checked against the library on both the ran
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
@@ -633,7 +632,7 @@ EXERCISES.append(ex)
 
 # --- end to end: the library's Llama runs on the learner's pieces ---------------------------------------
 # A random Llama (6 query heads, 2 KV heads, base 500, eps 1e-4) with one piece plugged in at a time, and the
-# real SmolLM2 (all 30 blocks, loaded on first use) with the learner's llama_block in every layer.
+# real SmolLM2 (all 30 blocks, loaded by the test) with the learner's llama_block in every layer.
 E2E_CFG = LlamaConfig(vocab_size=64, dim=40, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=8, ffn_dim=56,
                       rope_base=500.0, norm_eps=1e-4, context_length=64)
 E2E_MODEL = Llama(E2E_CFG, weights=random_weights(E2E_CFG, np.random.default_rng(84), std=0.2))
@@ -642,9 +641,8 @@ E2E_REF = E2E_MODEL.forward(E2E_IDS)                                  # (2, 9, 6
 SMOL_IDS = np.array([[3575, 282, 5197, 314, 3040, 28, 1097]])       # hidden token ids, 7 positions
 
 
-@functools.lru_cache(maxsize=1)
 def _smollm2():
-    """(SmolLM2 as the library loads it, its logits on SMOL_IDS): loaded once, when a test first needs it."""
+    """(SmolLM2 as the library loads it, its logits on SMOL_IDS), loaded when the test runs (not kept: 538 MB)."""
     reader = open_gguf()
     model = Llama.from_gguf(reader.metadata, reader.dequantize)
     return model, model.forward(SMOL_IDS)
