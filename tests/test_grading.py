@@ -201,8 +201,8 @@ def test_github_classroom_config_covers_every_exercise_with_its_points():
 def test_a_classroom_command_passes_on_the_solution(capsys):
     from tinyllm.cli import main
 
-    assert main(["grade", str(ROOT / "solutions" / "09_inference.ipynb"), "--only", "top_p_filter", "--no-execute"]) == 0
-    assert "total: 4/4 points (100%)  full marks" in capsys.readouterr().out
+    assert main(["grade", str(ROOT / "solutions" / "09_inference.ipynb"), "--only", "generate", "--no-execute"]) == 0
+    assert "total: 5/5 points (100%)  full marks" in capsys.readouterr().out
 
 
 def test_a_pinned_classroom_config_installs_the_instructors_copy_and_refuses_the_learners_checks():

@@ -1200,7 +1200,7 @@ def grade_notebook(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, execut
     notes = execute_notebook(nb, timeout, notebook_timeout=notebook_timeout, memory=memory) if execute else []
     here = path.resolve().parent
     report = grade_cells(lesson, code_cells(nb), time_limit=timeout, only=only, notebook=str(path), memory=memory,
-                         hidden=library_dirs(Path.cwd(), here, here.parent))
+                         hidden=library_dirs(Path.cwd(), here, *here.parents[:2]))   # exercises/zh/ is one deeper
     seen = {m.group(1) for m in (re.match(r"cell (\d+) \(", n) for n in notes) if m}
     report.notes = notes + [n for n in report.notes if n not in notes and not (
         (m := re.match(r"cell (\d+) raised", n)) and m.group(1) in seen)]      # said once, by the kernel run
