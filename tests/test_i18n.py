@@ -25,10 +25,8 @@ PENDING = {
     "exercises/02_gradient_descent.ipynb",
     "exercises/03_backpropagation.ipynb",
     "exercises/04_tokenization.ipynb",
-    "exercises/05_transformer.ipynb",
     "exercises/06_parameter_storage.ipynb",
     "exercises/07_loading_a_real_model.ipynb",
-    "exercises/08_llama_block.ipynb",
     "exercises/11_compression.ipynb",
     "exercises/13_inside_the_model.ipynb",
 }
