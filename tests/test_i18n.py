@@ -22,10 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # (i18n/zh/...json) and then leave this list; the final state of the course has it empty.
 PENDING = {
     "exercises/04_tokenization.ipynb",
-    "exercises/05_transformer.ipynb",
     "exercises/06_parameter_storage.ipynb",
     "exercises/07_loading_a_real_model.ipynb",
-    "exercises/08_llama_block.ipynb",
     "exercises/11_compression.ipynb",
     "exercises/13_inside_the_model.ipynb",
 }
