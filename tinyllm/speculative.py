@@ -33,6 +33,7 @@ import numpy as np
 
 from tinyllm.backend import to_numpy
 from tinyllm.generate import _as_prompts, decode_step, grow_cache, prefill, rewind_cache
+from tinyllm.nn.functional import softmax
 from tinyllm.threads import decode_threads, limit_blas_threads
 
 __all__ = ["EarlyExitDraft", "PromptLookup", "SpecStats", "speculative_generate"]
@@ -103,7 +104,7 @@ class EarlyExitDraft:
         for j in range(k):
             z = to_numpy(logits).astype(np.float64)
             t = int(z.argmax())
-            if self.min_confidence > 0 and 1.0 / np.exp(z - z[t]).sum() < self.min_confidence:
+            if self.min_confidence > 0 and softmax(z)[t] < self.min_confidence:
                 break
             out.append(t)
             if j + 1 < k:
