@@ -105,6 +105,32 @@ def profile_decode(args) -> None:
           f"({nbytes / t_mm / 1e9:.1f} GB/s, {ceiling / t_mm:.0%} of the ceiling's bandwidth)")
     print(f"  everything else {(t_step - t_mm) * 1e3:.1f} ms = {(t_step - t_mm) / t_step:.0%} of the step; "
           f"entering+leaving the BLAS thread limit once: {t_limit * 1e6:.0f} us")
+    own_ceiling = nbytes / (bw_own * 1e9)
+    gap = t_step - ceiling
+    print(f"  the gap to the ceiling, {gap * 1e3:.1f} ms: {args.threads} thread(s) stream slower than the best "
+          f"{(own_ceiling - ceiling) * 1e3:.1f} ms ({(own_ceiling - ceiling) / gap:.0%}); the products below that "
+          f"{(t_mm - own_ceiling) * 1e3:.1f} ms ({(t_mm - own_ceiling) / gap:.0%}); the rest of the step "
+          f"{(t_step - t_mm) * 1e3:.1f} ms ({(t_step - t_mm) / gap:.0%})")
+
+    kinds = {"wqkv": [], "wo": [], "wgu": [], "wdown": []}
+    for blk in model.blocks:
+        for kind, group in kinds.items():
+            group.append(getattr(blk, kind).data)
+    kinds["head"] = [mats[-1]]
+    parts = []
+    for kind, group in kinds.items():
+        gx = [np.ones((1, 1, m.shape[0]), dtype=np.float32) for m in group]
+
+        def run(gx=gx, group=group):
+            with limit_blas_threads(args.threads):
+                for x, m in zip(gx, group):
+                    x @ m
+
+        run()
+        t = _median_time(run, max(n // 3, 3))
+        size = sum(m.nbytes for m in group)
+        parts.append(f"{kind} {size / len(group) / 1e6:.1f} MB x{len(group)}: {size / t / 1e9:.1f} GB/s")
+    print("  the products by matrix (size, bandwidth): " + "; ".join(parts))
 
     prof = cProfile.Profile()
     prof.enable()
