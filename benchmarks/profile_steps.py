@@ -16,7 +16,9 @@ own time).
 each part gets with more threads.
 
 Both print shares of one run next to each other, which survive other load on the machine
-better than absolute times; still, run it on an idle machine for figures to quote.
+better than absolute times. On one thread the times (and the profiles) are the process's CPU
+time, so time slices taken by other jobs are not counted; with more threads they are wall
+time. Still, run it on an idle machine for figures to quote.
 """
 from __future__ import annotations
 
@@ -36,12 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 
-def _median_time(fn, n: int) -> float:
+def _clock(threads: int):
+    """CPU time of this process on one thread: time slices lost to other jobs on a shared machine are
+    not counted (a thread stalled on memory still counts); wall time with more threads."""
+    return time.process_time if threads == 1 else time.perf_counter
+
+
+def _median_time(fn, n: int, clock=time.perf_counter) -> float:
     times = []
     for _ in range(n):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
@@ -85,32 +93,27 @@ def profile_decode(args) -> None:
                 x @ m
 
     products()
+    clock = _clock(args.threads)
     t_step, t_mm = [], []
     for _ in range(3):                                              # interleaved: load hits both alike
-        t_step.append(_median_time(step, n // 3 or 1))
-        t_mm.append(_median_time(products, n // 3 or 1))
+        t_step.append(_median_time(step, n // 3 or 1, clock))
+        t_mm.append(_median_time(products, n // 3 or 1, clock))
     t_step, t_mm = statistics.median(t_step), statistics.median(t_mm)
     t_limit = _median_time(lambda: _enter_exit(limit_blas_threads(args.threads)), 50)
-    bw = matvec_bandwidth()
-    bw_own = _bandwidth(args.threads)
+    bw = matvec_bandwidth()                                         # wall time, best of 1 and 2 threads
+    bw_own = _bandwidth(args.threads)                               # the step's threads and clock
     nbytes = weight_bytes_per_token(model)
-    ceiling = nbytes / (bw * 1e9)
+    ceiling = nbytes / (bw_own * 1e9)
     print(f"decode step of SmolLM2-135M (fp32), batch 1, context {len(ids)}+, "
-          f"{args.threads} BLAS thread(s), median of {n}:")
-    print(f"  weights read per token {nbytes / 1e6:.0f} MB; bandwidth of one large x @ W {bw:.1f} GB/s "
-          f"(best of 1 and 2 threads, as decode_speed.py) -> ceiling {ceiling * 1e3:.1f} ms/token; "
-          f"on {args.threads} thread(s) only: {bw_own:.1f} GB/s")
+          f"{args.threads} BLAS thread(s), median of {n}, {'CPU' if args.threads == 1 else 'wall'} time:")
+    print(f"  weights read per token {nbytes / 1e6:.0f} MB; one large x @ W streams {bw_own:.1f} GB/s on "
+          f"{args.threads} thread(s) -> ceiling {ceiling * 1e3:.1f} ms/token (decode_speed.py's ceiling, "
+          f"wall time and the best of 1 and 2 threads: {bw:.1f} GB/s)")
     print(f"  step {t_step * 1e3:.1f} ms = {ceiling / t_step:.0%} of the ceiling")
     print(f"  the {len(mats)} weight products alone {t_mm * 1e3:.1f} ms = {t_mm / t_step:.0%} of the step "
-          f"({nbytes / t_mm / 1e9:.1f} GB/s, {ceiling / t_mm:.0%} of the ceiling's bandwidth)")
+          f"({nbytes / t_mm / 1e9:.1f} GB/s = {ceiling / t_mm:.0%} of the large product's bandwidth)")
     print(f"  everything else {(t_step - t_mm) * 1e3:.1f} ms = {(t_step - t_mm) / t_step:.0%} of the step; "
           f"entering+leaving the BLAS thread limit once: {t_limit * 1e6:.0f} us")
-    own_ceiling = nbytes / (bw_own * 1e9)
-    gap = t_step - ceiling
-    print(f"  the gap to the ceiling, {gap * 1e3:.1f} ms: {args.threads} thread(s) stream slower than the best "
-          f"{(own_ceiling - ceiling) * 1e3:.1f} ms ({(own_ceiling - ceiling) / gap:.0%}); the products below that "
-          f"{(t_mm - own_ceiling) * 1e3:.1f} ms ({(t_mm - own_ceiling) / gap:.0%}); the rest of the step "
-          f"{(t_step - t_mm) * 1e3:.1f} ms ({(t_step - t_mm) / gap:.0%})")
 
     kinds = {"wqkv": [], "wo": [], "wgu": [], "wdown": []}
     for blk in model.blocks:
@@ -127,12 +130,12 @@ def profile_decode(args) -> None:
                     x @ m
 
         run()
-        t = _median_time(run, max(n // 3, 3))
+        t = _median_time(run, max(n // 3, 3), clock)
         size = sum(m.nbytes for m in group)
         parts.append(f"{kind} {size / len(group) / 1e6:.1f} MB x{len(group)}: {size / t / 1e9:.1f} GB/s")
     print("  the products by matrix (size, bandwidth): " + "; ".join(parts))
 
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(clock)
     prof.enable()
     for _ in range(n):
         step()
@@ -154,7 +157,7 @@ def _bandwidth(threads: int, repeats: int = 20) -> float:
     x = rng.standard_normal((1, 576), dtype=np.float32)            # (1, IN)
     with limit_blas_threads(threads):
         x @ w
-        return w.nbytes / _median_time(lambda: x @ w, repeats) / 1e9
+        return w.nbytes / _median_time(lambda: x @ w, repeats, _clock(threads)) / 1e9
 
 
 def _enter_exit(ctx) -> None:
@@ -182,7 +185,7 @@ def profile_train(args) -> None:
             step = build_tinyllm(cfg, 1e-3)
             step(x, y)                                              # warm-up
             steps[threads] = _median_time(lambda: step(x, y), args.steps)
-            prof = cProfile.Profile()
+            prof = cProfile.Profile(_clock(threads))
             prof.enable()
             for _ in range(args.steps):
                 step(x, y)
