@@ -142,7 +142,7 @@ def profile_decode(args) -> None:
     prof.disable()
     stats = pstats.Stats(prof)
     total = sum(v[2] for v in stats.stats.values())
-    print(f"  cProfile of {n} steps ({stats.total_calls / n:.0f} Python-level calls a step), "
+    print(f"  cProfile of {n} steps ({stats.total_calls / n:.0f} function calls a step, Python and C), "
           f"own time by function (share of the profiled time):")
     for name, share in _top(prof, total, args.top, str(Path(__file__).resolve().parents[1])):
         print(f"    {share:6.1%}  {name}")
