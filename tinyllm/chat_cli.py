@@ -293,4 +293,3 @@ def _chat(model, tokenizer, args) -> int:
             t = session.last_turn
             print(_speed_line(t.prefill_tokens, t.ttft_s, t.new_tokens, t.decode_s))
     return 0
-

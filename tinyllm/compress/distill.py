@@ -65,14 +65,14 @@ def distillation_loss(
     n = max(int(valid.sum()), 1)
     w = valid.astype(zs.dtype)[:, None] / zs.dtype.type(n)                   # (N, 1) mean weights
 
-    log_q = log_softmax(zs / zs.dtype.type(T))                              # (N, V) student, softened
-    log_p = log_softmax(zt / zs.dtype.type(T))                              # (N, V) teacher, softened
+    log_q = log_softmax(zs / zs.dtype.type(T))                               # (N, V) student, softened
+    log_p = log_softmax(zt / zs.dtype.type(T))                               # (N, V) teacher, softened
     p = xp.exp(log_p)
     kl = float(((p * (log_p - log_q)) * w).sum())
     grad = zs.dtype.type(alpha * T) * (xp.exp(log_q) - p) * w                # (N, V)
     loss = alpha * T * T * kl
     if alpha < 1.0:
-        log_s = log_softmax(zs)                                             # (N, V)
+        log_s = log_softmax(zs)                                              # (N, V)
         y_safe = xp.where(valid, y, 0)
         picked = xp.take_along_axis(log_s, y_safe[:, None], axis=1)[:, 0]   # (N,)
         ce = float(-(picked * w[:, 0]).sum())
