@@ -12,13 +12,7 @@ import numpy as np
 
 from tinyllm import plug
 from tinyllm.backend import get_array_module, is_gpu_array, to_numpy
-
-
-def softmax_np(z: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis, in float64 on the host."""
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+from tinyllm.nn import functional as F
 
 
 def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
@@ -38,7 +32,7 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
         raise ValueError(f"top_p must be in (0, 1], got {p}")
     order = np.argsort(-logits, axis=-1, kind="stable")                # (B, V) best first
     sorted_logits = np.take_along_axis(logits, order, axis=-1)
-    probs = softmax_np(sorted_logits)
+    probs = F.softmax(sorted_logits)
     mass_before = np.cumsum(probs, axis=-1) - probs                      # mass of strictly better tokens
     drop_sorted = mass_before >= p                                       # keeps the crossing token
     drop = np.empty_like(drop_sorted)
@@ -83,7 +77,7 @@ def sample_next(logits: Any, *, temperature: float = 1.0, top_k: int | None = No
     if temperature == 0:
         return z.argmax(axis=-1)
     z = top_p_filter(top_k_filter(z / temperature, top_k), top_p)
-    probs = softmax_np(z)                                               # (B, V)
+    probs = F.softmax(z)                                               # (B, V)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     u = rng.random((z.shape[0], 1))                                     # inverse-CDF sampling, one draw a row
     return np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), z.shape[-1] - 1)

@@ -34,6 +34,7 @@ import numpy as np
 
 from tinyllm import plug
 from tinyllm.backend import get_array_module
+from tinyllm.nn import functional as F
 from tinyllm.nn.dropout import Dropout
 from tinyllm.nn.linear import Linear
 from tinyllm.nn.module import Module, _check_float_array
@@ -63,9 +64,7 @@ def causal_attention(q: Any, k: Any, v: Any, *, dropout: Dropout | None = None):
     scale = 1.0 / math.sqrt(D)                                             # Python float: keeps float32
     att = (q * scale) @ k.swapaxes(-1, -2)                                 # (B, H, T, T) scores
     att += causal_mask(T, xp, att.dtype)                                   # future -> -inf
-    att -= att.max(axis=-1, keepdims=True)                                 # stable softmax
-    xp.exp(att, out=att)
-    att /= att.sum(axis=-1, keepdims=True)                                 # (B, H, T, T) rows sum to 1
+    F.softmax(att, out=att)                                                # (B, H, T, T) rows sum to 1
     p = att if dropout is None else dropout.forward(att)
     y = p @ v                                                              # (B, H, T, D)
     return y, att
