@@ -1,0 +1,65 @@
+"""Plug points of lessons 04 and 07: bpe_merge (BPE training and encoding) and the GGML row dequantisers."""
+import numpy as np
+
+from tinyllm import plug
+from tinyllm.compress import ggml_blocks
+from tinyllm.tokenizers.bpe import BPETokenizer, bpe_merge
+
+TEXT = "the cat sat on the mat; the hat is flat. " * 20
+
+
+def my_merge(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def test_bpe_merge_is_the_merge_of_training_and_encoding():
+    assert bpe_merge([5, 5, 5, 1, 5, 5], (5, 5), 7) == [7, 5, 1, 7]
+    calls = []
+
+    def spy(ids, pair, new_id):
+        calls.append(pair)
+        return my_merge(ids, pair, new_id)
+
+    ref = BPETokenizer.train(TEXT, 300)
+    with plug.use(bpe_merge=spy):
+        tok = BPETokenizer.train(TEXT, 300)
+        n_train = len(calls)
+        ids = tok.encode(TEXT)
+    assert tok.merges == ref.merges and ids == ref.encode(TEXT)
+    assert n_train > 0 and len(calls) > n_train
+    with plug.use(bpe_merge=lambda ids, pair, new_id: list(ids)):      # a merge that does nothing
+        assert BPETokenizer.train(TEXT, 300).merges != ref.merges
+
+
+def test_the_row_dequantisers_decode_every_q8_0_and_q4_1_tensor():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 32 * 8192)).astype(np.float32)
+    for t, fn in (("Q8_0", "dequantize_row_q8_0"), ("Q4_1", "dequantize_row_q4_1")):
+        raw = ggml_blocks.quantize(w, t)
+        ref = ggml_blocks.dequantize(raw, t, w.shape)
+        np.testing.assert_array_equal(getattr(ggml_blocks, fn)(raw.reshape(-1)).reshape(w.shape), ref)
+        calls = []
+
+        def spy(raw, _fn=getattr(ggml_blocks, fn).library):
+            calls.append(raw.size)
+            return _fn(raw)
+
+        with plug.use(**{fn: spy}):
+            got = ggml_blocks.dequantize(raw, t, w.shape)
+        np.testing.assert_array_equal(got, ref)
+        assert sum(calls) == raw.size and len(calls) > 1                    # chunk by chunk
+        with plug.use(**{fn: lambda raw: np.zeros(3, np.float32)}):
+            try:
+                ggml_blocks.dequantize(raw, t, w.shape)
+            except ggml_blocks.QuantizationError as e:
+                assert fn in str(e) and "expected float32" in str(e)
+            else:
+                raise AssertionError("a wrong-sized result must be refused")
