@@ -1,8 +1,10 @@
 """Plug points of lessons 04 and 07: bpe_merge (BPE training and encoding) and the GGML row dequantisers."""
 import numpy as np
+import pytest
 
 from tinyllm import plug
 from tinyllm.compress import ggml_blocks
+from tinyllm.errors import TokenizerError
 from tinyllm.tokenizers.bpe import BPETokenizer, bpe_merge
 
 TEXT = "the cat sat on the mat; the hat is flat. " * 20
@@ -29,12 +31,17 @@ def test_bpe_merge_is_the_merge_of_training_and_encoding():
         return my_merge(ids, pair, new_id)
 
     ref = BPETokenizer.train(TEXT, 300)
+    ref.encode(TEXT)                                                    # fills the cache
     with plug.use(bpe_merge=spy):
         tok = BPETokenizer.train(TEXT, 300)
         n_train = len(calls)
         ids = tok.encode(TEXT)
     assert tok.merges == ref.merges and ids == ref.encode(TEXT)
     assert n_train > 0 and len(calls) > n_train
+    with plug.use(bpe_merge=lambda ids, pair, new_id: list(ids)):     # plugged: no cached result is used...
+        with pytest.raises(TokenizerError, match="must replace the pair"):
+            ref.encode(TEXT)
+    assert ref.encode(TEXT) == ids                                      # ...and none is left behind
     with plug.use(bpe_merge=lambda ids, pair, new_id: list(ids)):      # a merge that does nothing
         assert BPETokenizer.train(TEXT, 300).merges != ref.merges
 

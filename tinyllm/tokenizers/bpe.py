@@ -344,14 +344,19 @@ class BPETokenizer:
             best = min(pairs, key=lambda p: ranks.get(p, 1 << 62))
             if best not in ranks:
                 break
-            ids = bpe_merge(ids, best, self._merged[best])
+            merged = bpe_merge(ids, best, self._merged[best])
+            if len(merged) >= len(ids):  # only a plugged-in merge can fail to merge the pair it was given
+                raise TokenizerError(f"bpe_merge(ids, {best}, {self._merged[best]}) returned {len(merged)} ids for "
+                                     f"{len(ids)} that hold the pair: it must replace the pair by the new id")
+            ids = merged
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text`` with no special-token handling (``<|endoftext|>`` is plain text here)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        cache = self._cache
+        # A plugged bpe_merge must run on every piece, and its results must not stay in the cache.
+        cache = self._cache if "bpe_merge" not in plug.in_use() else {}
         out: list[int] = []
         try:
             for piece in _pre_tokenize(text, self._compiled):
