@@ -156,3 +156,16 @@ def dequantize_row_q4_1__writes_into_raw(raw):
     qs &= 0x0F                                     # masks the codes in place: raw is changed
     q = np.concatenate([qs, hi], axis=1).astype(np.float32)
     return (d * q + m).reshape(-1)
+
+
+def dequantize_row_q8_0(raw):
+    """A right Q8_0 dequantiser: the end-to-end test loads SmolLM2 through both dequantisers."""
+    b = raw.reshape(-1, 34)
+    return (b[:, :2].copy().view(np.float16).astype(np.float32) * b[:, 2:].copy().view(np.int8)).reshape(-1)
+
+
+def dequantize_row_q4_1(raw):
+    """A right Q4_1 dequantiser, for the end-to-end test."""
+    b = raw.reshape(-1, 20)
+    d, m = (b[:, k:k + 2].copy().view(np.float16).astype(np.float32) for k in (0, 2))
+    return (d * np.concatenate([b[:, 4:] & 0x0F, b[:, 4:] >> 4], axis=1) + m).reshape(-1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
 import tempfile
 
@@ -320,3 +321,23 @@ ex.test("saves, saves over the file, and a failing save raises ValueError", 1,
         [call(SAVE_A, "ckpt.safetensors", {"step": "1"}), call(SAVE_B, "ckpt.safetensors", {"step": "2"}),
          call(SAVE_BAD, "ckpt.safetensors")], _judge_save)
 EXERCISES.append(ex)
+
+
+def _run_atomic(learner):
+    """A save to a fresh file must read back; then the file of the test above (SAVE_A, SAVE_B over it, then a save
+    of SAVE_BAD that failed, all to ckpt.safetensors in the sandbox's folder) must still hold SAVE_B, intact."""
+    fresh = f"fresh-{secrets.token_hex(6)}.safetensors"
+    learner.save_safetensors(SAVE_A, fresh, {"step": "1"})
+    got, meta = learner.load_safetensors(fresh)
+    if not isinstance(got, dict) or meta != {"step": "1"} or not all(
+            _same_tensor(got.get(k, np.zeros(0)), v) for k, v in SAVE_A.items()):
+        raise Fail("a file saved by your save_safetensors does not read back with your load_safetensors")
+    got, meta = learner.load_safetensors("ckpt.safetensors")
+    if not isinstance(got, dict) or meta != {"step": "2"} or not all(
+            _same_tensor(got.get(k, np.zeros(0)), v) for k, v in SAVE_B.items()):
+        raise Fail("after a save, a save over it and a save that failed, the file does not hold the second save's "
+                   "tensors and metadata: write a temporary file and os.replace it onto the target only when it is "
+                   "complete")
+
+
+EXERCISES[2].end_to_end("a failed save leaves the old file as it was (your load_safetensors reads it back)", 1, _run_atomic)

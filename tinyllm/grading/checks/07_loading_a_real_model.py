@@ -14,6 +14,7 @@ import tempfile
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.compress import ggml_blocks
 from tinyllm.grading.core import (CallError, Exercise, Fail, array, call, call_seeing_args, diagnose_cases,
                                   unchanged, value, with_args)
@@ -288,3 +289,46 @@ def _dequant_exercise(qtype, fn, title, tensor, mistakes):
 
 _dequant_exercise("Q8_0", "dequantize_row_q8_0", "Dequantise GGML Q8_0 blocks", "token_embd.weight", _q8_mistakes)
 _dequant_exercise("Q4_1", "dequantize_row_q4_1", "Dequantise GGML Q4_1 blocks", "blk.11.ffn_down.weight", _q41_mistakes)
+
+
+# --- end to end: SmolLM2 loaded through the learner's dequantisers ------------------------------------
+E2E_VOCAB = 8192                                                     # the embedding's first rows: a smaller transfer
+
+
+def _get_tensor(name):
+    """A SmolLM2 tensor decoded by the library (through the plug points): the embedding cut to E2E_VOCAB rows."""
+    if name != "token_embd.weight":
+        return READER.dequantize(name)
+    t = READER.tensors[name]
+    raw = READER.raw(name).reshape(t.shape[0], -1)[:E2E_VOCAB]
+    return ggml_blocks.dequantize(raw, t.ggml_type, (E2E_VOCAB, t.shape[1]))
+
+
+def _smol(n_layers=2):
+    """SmolLM2 with its first ``n_layers`` blocks, its final norm and the first E2E_VOCAB rows of its tied
+    embedding, built by the library's loader."""
+    from tinyllm.models.llama import Llama
+
+    meta = {**READER.metadata, "llama.block_count": n_layers, "llama.vocab_size": E2E_VOCAB}
+    return Llama.from_gguf(meta, _get_tensor, threads=1)
+
+
+E2E_IDS = np.array([[504, 3575, 282, 4649, 314]])                    # "The capital of France is"
+E2E_REF = _smol().forward(E2E_IDS)
+
+
+def _run_smollm2(learner):
+    with plug.use(dequantize_row_q8_0=learner.dequantize_row_q8_0, dequantize_row_q4_1=learner.dequantize_row_q4_1):
+        try:
+            model = _smol()
+        except Exception as e:                                       # the library's check of the returned arrays
+            raise Fail(f"the library could not load SmolLM2 through your dequantisers: {e}") from None
+    logits = model.forward(E2E_IDS)
+    if not np.array_equal(logits, E2E_REF):
+        err = float(np.nanmax(np.abs(logits - E2E_REF)))
+        raise Fail(f"SmolLM2 (2 blocks) loaded through your dequantisers gives other logits than the library's "
+                   f"(off by up to {err:.3g}): the weights must be bit for bit the library's")
+
+
+EXERCISES[2].end_to_end("SmolLM2 (2 blocks, 8192 rows of its embedding) loaded through your dequantisers gives "
+                        "the library's logits exactly", 1, _run_smollm2, budget=60)
