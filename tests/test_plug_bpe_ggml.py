@@ -70,3 +70,35 @@ def test_the_row_dequantisers_decode_every_q8_0_and_q4_1_tensor():
                 assert fn in str(e) and "expected float32" in str(e)
             else:
                 raise AssertionError("a wrong-sized result must be refused")
+
+
+def test_plugs_reach_the_loader_threads():
+    """Llama.from_gguf dequantises on worker threads; a plugged dequantiser must run there too."""
+    from tinyllm.models.llama import LlamaConfig, weights_from_gguf
+
+    cfg = LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+                      context_length=16)
+    rng = np.random.default_rng(1)
+    shapes = {"token_embd.weight": (64, 32), "output_norm.weight": (32,)}
+    for i in range(2):
+        p = f"blk.{i}."
+        shapes.update({p + "attn_q.weight": (32, 32), p + "attn_k.weight": (16, 32), p + "attn_v.weight": (16, 32),
+                       p + "attn_output.weight": (32, 32), p + "ffn_gate.weight": (64, 32), p + "ffn_up.weight": (64, 32),
+                       p + "ffn_down.weight": (32, 64), p + "attn_norm.weight": (32,), p + "ffn_norm.weight": (32,)})
+    raw = {n: ggml_blocks.quantize(rng.standard_normal(s).astype(np.float32), "Q8_0") for n, s in shapes.items() if len(s) == 2}
+
+    def get(name):
+        if name in raw:
+            return ggml_blocks.dequantize(raw[name], "Q8_0", shapes[name])
+        return np.ones(shapes[name], np.float32)
+
+    calls = []
+
+    def spy(r):
+        calls.append(r.size)
+        return ggml_blocks.dequantize_row_q8_0.library(r)
+
+    ref = weights_from_gguf(cfg, get, threads=2)
+    with plug.use(dequantize_row_q8_0=spy):
+        got = weights_from_gguf(cfg, get, threads=2)
+    assert len(calls) == len(raw) and all(np.array_equal(got[k], ref[k]) for k in ref)
