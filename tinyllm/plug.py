@@ -102,7 +102,8 @@ def in_use() -> dict[str, Callable]:
 # Modules that define plug points: imported on first use of :func:`use` / :func:`points`, so that every point
 # is known even when the caller has not imported its module yet.
 _MODULES = ("tinyllm.init", "tinyllm.optim", "tinyllm.kernels", "tinyllm.nn.functional", "tinyllm.nn.attention",
-            "tinyllm.models.gpt", "tinyllm.models.llama", "tinyllm.generate", "tinyllm.parallel", "tinyllm.evaluate")
+            "tinyllm.models.gpt", "tinyllm.models.llama", "tinyllm.generate", "tinyllm.parallel", "tinyllm.evaluate",
+            "tinyllm.compress.ggml_blocks", "tinyllm.tokenizers.bpe")
 
 
 def _load_all() -> None:

@@ -40,11 +40,12 @@ from typing import Any, Sequence
 import ml_dtypes
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.errors import QuantizationError
 
 __all__ = [
-    "GGMLType", "BLOCK_SIZES", "SUPPORTED", "quantize", "dequantize", "row_nbytes",
-    "tensor_nbytes", "to_ggml_type", "bits_per_weight",
+    "GGMLType", "BLOCK_SIZES", "SUPPORTED", "quantize", "dequantize", "dequantize_row_q8_0",
+    "dequantize_row_q4_1", "row_nbytes", "tensor_nbytes", "to_ggml_type", "bits_per_weight",
 ]
 
 
@@ -223,12 +224,53 @@ def dequantize(raw: Any, ggml_type: Any, shape: Sequence[int], out: np.ndarray |
     if gt in _PLAIN_DTYPES:
         flat[...] = buf.view(_PLAIN_DTYPES[gt])
         return out
-    blocks = buf.view(_BLOCK_DTYPES[gt])  # (NB,) one record a block
     dst = flat.reshape(-1, 32)  # (NB, 32)
+    row_fn = _ROW_DEQUANTIZERS.get(gt)
+    if row_fn is not None:  # Q8_0, Q4_1: through their plug points, a chunk of blocks at a time
+        nbytes = BLOCK_SIZES[gt][1]
+        for start in range(0, dst.shape[0], _CHUNK_BLOCKS):
+            part = dst[start:start + _CHUNK_BLOCKS]  # (nb, 32)
+            got = row_fn(buf[start * nbytes:(start + part.shape[0]) * nbytes])
+            if not isinstance(got, np.ndarray) or got.dtype != np.float32 or got.size != part.size:
+                raise QuantizationError(f"dequantize_row_{gt.name.lower()} returned {getattr(got, 'dtype', type(got).__name__)} "
+                                        f"{getattr(got, 'shape', '')} for {part.shape[0]} blocks; expected float32 ({part.size},)")
+            part[...] = got.reshape(part.shape)
+        return out
+    blocks = buf.view(_BLOCK_DTYPES[gt])  # (NB,) one record a block
     with np.errstate(invalid="ignore", over="ignore"):  # corrupt scales (inf * 0) give NaN, as in ggml
         for start in range(0, blocks.size, _CHUNK_BLOCKS):
             _dequantize_chunk(gt, blocks[start:start + _CHUNK_BLOCKS], dst[start:start + _CHUNK_BLOCKS])
     return out
+
+
+def _decode_blocks(raw: Any, gt: GGMLType) -> np.ndarray:
+    """Decode a 1-D run of ``gt`` blocks into a new (NB * 32,) float32 array."""
+    buf = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1).view(np.uint8)
+    nbytes = BLOCK_SIZES[gt][1]
+    if buf.size % nbytes:
+        raise QuantizationError(f"{gt.name} data must be a whole number of {nbytes}-byte blocks, got {buf.size} bytes")
+    blocks = buf.view(_BLOCK_DTYPES[gt])  # (NB,) one record a block
+    dst = np.empty((blocks.size, 32), dtype=np.float32)  # (NB, 32)
+    with np.errstate(invalid="ignore", over="ignore"):  # corrupt scales (inf * 0) give NaN, as in ggml
+        _dequantize_chunk(gt, blocks, dst)
+    return dst.reshape(-1)
+
+
+@plug.point("dequantize_row_q8_0")
+def dequantize_row_q8_0(raw: Any) -> np.ndarray:
+    """Q8_0 blocks (uint8 (NB * 34,): float16 ``d``, 32 int8 ``q``) -> float32 (NB * 32,), ``w = d * q``
+    (ggml's ``dequantize_row_q8_0``). Lesson 07's exercise of the same name plugs in here."""
+    return _decode_blocks(raw, GGMLType.Q8_0)
+
+
+@plug.point("dequantize_row_q4_1")
+def dequantize_row_q4_1(raw: Any) -> np.ndarray:
+    """Q4_1 blocks (uint8 (NB * 20,): float16 ``d``, float16 ``m``, 16 bytes of nibbles, weight ``j`` low and
+    ``j + 16`` high) -> float32 (NB * 32,), ``w = d * q + m`` (ggml's ``dequantize_row_q4_1``)."""
+    return _decode_blocks(raw, GGMLType.Q4_1)
+
+
+_ROW_DEQUANTIZERS = {GGMLType.Q8_0: dequantize_row_q8_0, GGMLType.Q4_1: dequantize_row_q4_1}
 
 
 def _dequantize_chunk(gt: GGMLType, blocks: np.ndarray, dst: np.ndarray) -> None:

@@ -682,6 +682,7 @@ def weights_from_gguf(config: LlamaConfig, get_tensor: Callable[[str], np.ndarra
     columns). Tensors are dequantised on ``threads`` threads (NumPy releases the
     GIL in its loops).
     """
+    import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
     c = config
@@ -743,8 +744,10 @@ def weights_from_gguf(config: LlamaConfig, get_tensor: Callable[[str], np.ndarra
     jobs = [embd] + [lambda i=i: block(i) for i in range(c.n_layers)]
     weights: dict[str, Any] = {}
     if threads > 1:
+        # each job runs in a copy of the caller's context, so that plug.use(...) (a ContextVar) reaches the workers
+        contexts = [contextvars.copy_context() for _ in jobs]
         with ThreadPoolExecutor(threads) as pool:
-            for part in pool.map(lambda f: f(), jobs):
+            for part in pool.map(lambda cj: cj[0].run(cj[1]), zip(contexts, jobs)):
                 weights.update(part)
     else:
         for f in jobs:

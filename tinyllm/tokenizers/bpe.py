@@ -34,11 +34,12 @@ from pathlib import Path
 
 import regex
 
+from tinyllm import plug
 from tinyllm.errors import TokenizerError
 from tinyllm.io.files import write_json
 from tinyllm.tokenizers.char import read_tokenizer_json
 
-__all__ = ["BPETokenizer", "GPT2_PATTERN", "PRE_TOKENIZERS", "bytes_to_unicode", "pre_tokenize"]
+__all__ = ["BPETokenizer", "GPT2_PATTERN", "PRE_TOKENIZERS", "bpe_merge", "bytes_to_unicode", "pre_tokenize"]
 
 # GPT-2's pre-tokenizer regex (also HF tokenizers' ByteLevel pre-tokenizer): contractions, optional
 # space + letters, optional space + numbers, optional space + other symbols, whitespace not followed
@@ -165,6 +166,23 @@ def _pre_tokenize(text: str, compiled) -> list[str]:
     return pieces
 
 
+@plug.point("bpe_merge")
+def bpe_merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """One BPE merge: a new list with every occurrence of ``pair`` in ``ids`` replaced by ``new_id``, scanning
+    left to right without overlaps (``[5, 5, 5]`` with ``(5, 5) -> 7`` is ``[7, 5]``). Training and encoding
+    both merge through here; lesson 04's exercise of the same name plugs in."""
+    a, b = pair
+    out, j, n = [], 0, len(ids)
+    while j < n:
+        if j < n - 1 and ids[j] == a and ids[j + 1] == b:
+            out.append(new_id)
+            j += 2
+        else:
+            out.append(ids[j])
+            j += 1
+    return out
+
+
 class BPETokenizer:
     """Byte-level BPE: ``train``, ``encode``, ``decode``, ``save``/``load``, ``from_gguf_metadata``.
 
@@ -275,15 +293,8 @@ class BPETokenizer:
             delta: dict[tuple[int, int], int] = defaultdict(int)
             for i in where.pop(pair):
                 w = words[i]
-                out, j, n = [], 0, len(w)
-                while j < n:  # replace every non-overlapping occurrence, left to right
-                    if j < n - 1 and w[j] == a and w[j + 1] == b:
-                        out.append(new)
-                        j += 2
-                    else:
-                        out.append(w[j])
-                        j += 1
-                if len(out) == n:
+                out = bpe_merge(w, pair, new)  # every non-overlapping occurrence, left to right
+                if len(out) == len(w):
                     continue  # the index is a superset: this word lost the pair in an earlier merge
                 f = freqs[i]
                 for p in zip(w, w[1:]):
@@ -333,24 +344,19 @@ class BPETokenizer:
             best = min(pairs, key=lambda p: ranks.get(p, 1 << 62))
             if best not in ranks:
                 break
-            a, b = best
-            new = self._merged[best]
-            out, j, n = [], 0, len(ids)
-            while j < n:
-                if j < n - 1 and ids[j] == a and ids[j + 1] == b:
-                    out.append(new)
-                    j += 2
-                else:
-                    out.append(ids[j])
-                    j += 1
-            ids = out
+            merged = bpe_merge(ids, best, self._merged[best])
+            if len(merged) >= len(ids):  # only a plugged-in merge can fail to merge the pair it was given
+                raise TokenizerError(f"bpe_merge(ids, {best}, {self._merged[best]}) returned {len(merged)} ids for "
+                                     f"{len(ids)} that hold the pair: it must replace the pair by the new id")
+            ids = merged
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text`` with no special-token handling (``<|endoftext|>`` is plain text here)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        cache = self._cache
+        # A plugged bpe_merge must run on every piece, and its results must not stay in the cache.
+        cache = self._cache if "bpe_merge" not in plug.in_use() else {}
         out: list[int] = []
         try:
             for piece in _pre_tokenize(text, self._compiled):
