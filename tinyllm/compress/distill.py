@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module
 
 
@@ -29,6 +30,7 @@ def _log_softmax(z: Any) -> Any:
     return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
 
 
+@plug.point("distillation_loss")
 def distillation_loss(
     student_logits: Any,
     teacher_logits: Any,
