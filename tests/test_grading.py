@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,20 +97,74 @@ def test_generation_is_deterministic_and_strips_outputs(tmp_path):
     assert list((tmp_path / "exercises").iterdir()) == [tmp_path / "exercises" / sol.name]   # no temp files left
 
 
-def test_strip_solution_keeps_indentation_and_takes_the_hint():
-    src = "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION\n    ### HINT: use \"x + 1\"\n    return x + 1\n    ### END SOLUTION\n"
+def test_strip_solution_keeps_indentation_and_says_only_what_to_implement():
+    src = ("def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION\n    ### HINT: use \"x + 1\"\n    return x + 1\n"
+           "    ### END SOLUTION\n")
     out = strip_solution(src)
-    assert out == "def f(x):\n    '''doc'''\n    # YOUR CODE HERE\n    raise NotImplementedError(\"use \\\"x + 1\\\"\")\n"
+    assert out == "def f(x):\n    '''doc'''\n    # YOUR CODE HERE\n    raise NotImplementedError(\"implement f\")\n"
     ns = {}
     exec(out, ns)
-    with pytest.raises(NotImplementedError, match='use "x \\+ 1"'):
+    with pytest.raises(NotImplementedError, match="^implement f$"):
         ns["f"](1)
+    method = strip_solution("class Linear:\n    def forward(self, x):\n        ### BEGIN SOLUTION\n        return x\n"
+                            "        ### END SOLUTION\n")
+    assert 'raise NotImplementedError("implement Linear.forward")' in method
     default = strip_solution("### BEGIN SOLUTION\nx = 1\n### END SOLUTION")
-    assert default.startswith("# YOUR CODE HERE\nraise NotImplementedError(\"write your solution here")
+    assert default == "# YOUR CODE HERE\nraise NotImplementedError(\"implement this cell's task\")"
     with pytest.raises(SolutionMarkerError, match="never closed"):
         strip_solution("### BEGIN SOLUTION\nx = 1\n")
     with pytest.raises(SolutionMarkerError, match="without a BEGIN"):
         strip_solution("x = 1\n### END SOLUTION\n")
+
+
+def test_hints_go_to_a_collapsed_progressive_cell_after_the_code_cell():
+    from tinyllm.grading.generate import dumps, make_exercise
+
+    code = ("def f(x):\n    ### BEGIN SOLUTION\n    ### HINT: first `way`\n    ### HINT: second\n"
+            "    ### HINT: third, nearly `x + 1`\n    return x + 1\n    ### END SOLUTION\n")
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "abc", "metadata": {"nbgrader": {"solution": True, "grade_id": "f"}},
+         "source": code, "outputs": [], "execution_count": 3},
+        {"cell_type": "markdown", "id": "md", "metadata": {}, "source": "next"}]}
+    out = make_exercise(nb)
+    assert [c["cell_type"] for c in out["cells"]] == ["code", "markdown", "markdown"]
+    code_cell, hints, _ = out["cells"]
+    assert code_cell["metadata"] == {"nbgrader": {"solution": True, "grade_id": "f"}}
+    assert "first" not in code_cell["source"] and "implement f" in code_cell["source"]
+    assert hints["metadata"] == {"tinyllm": {"hints_for": "f"}} and hints["id"] == "abc-hints"
+    text = hints["source"]
+    # nested: hint k+1 is inside hint k's <details>, so it opens only after hint k
+    assert [text.index(f"<summary>Hint {k} of 3</summary>") for k in (1, 2, 3)] == sorted(
+        text.index(f"<summary>Hint {k} of 3</summary>") for k in (1, 2, 3))
+    assert text.index("first `way`") < text.index("Hint 2 of 3") < text.index("second") < text.index("Hint 3 of 3")
+    assert text.count("<details>") == text.count("</details>") == 3 and text.rstrip().endswith("</details>" * 3)
+    assert dumps(make_exercise(nb)) == dumps(out)                 # deterministic
+    assert make_exercise(out)["cells"][1:] == out["cells"][1:]    # no hints: no new cell
+
+
+def _regions(lesson):
+    from tinyllm.grading.generate import solution_regions
+
+    nb = json.loads((ROOT / "solutions" / f"{lesson}.ipynb").read_text())
+    return [r for c in nb["cells"] if c["cell_type"] == "code" for r in solution_regions("".join(c["source"]))]
+
+
+@pytest.mark.parametrize("lesson", lessons())
+def test_every_graded_function_has_progressive_hints_and_no_stub_gives_one_away(lesson):
+    regions = _regions(lesson)
+    for ex in load_exercises(lesson):
+        hints = [h for r in regions if r.name == ex.function or r.name.startswith(ex.function + ".") for h in r.hints]
+        assert len(hints) >= 2, f"{lesson}: `{ex.function}` has {len(hints)} hint(s); write 2-3 `### HINT:` lines"
+    exercise = json.loads((ROOT / "exercises" / f"{lesson}.ipynb").read_text())
+    messages = [m for c in exercise["cells"] if c["cell_type"] == "code"
+                for m in re.findall(r"raise NotImplementedError\((.*)\)", "".join(c["source"]))]
+    names = {r.name for r in regions}
+    for m in messages:
+        assert json.loads(m) in {f"implement {n}" for n in names}, m
+        assert not any(h in json.loads(m) for r in regions for h in r.hints if len(h) > 3), m
+    hint_cells = [c for c in exercise["cells"] if c.get("metadata", {}).get("tinyllm", {}).get("hints_for")]
+    assert len(hint_cells) == len([r for r in regions if r.hints])
+    assert all("nbgrader" not in c["metadata"] and c["cell_type"] == "markdown" for c in hint_cells)
 
 
 def test_make_exercises_command(tmp_path):

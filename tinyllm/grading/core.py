@@ -10,6 +10,13 @@ judges or the points: only the inputs of each call travel to the sandbox.
 
 Return values arrive as plain Python/NumPy values; a call that raised arrives as
 a :class:`CallError`, which the helpers below turn into a readable message.
+
+An *end-to-end* test (:meth:`Exercise.end_to_end`) instead runs the library here, in the grader's process,
+with the learner's functions plugged in: ``run(learner)`` gets a proxy whose ``learner.NAME(*args)`` calls the
+learner's top-level ``NAME`` in the sandbox (arguments travel by pickle, results come back decoded) and can be
+passed to ``plug.use``; a learner call that raises, or runs out of time, raises :class:`Fail` naming the
+function. A returned instance of a class the learner wrote comes back as a remote handle (``h.method(...)``
+calls it there, ``h.attr`` reads an attribute). ``run`` raises :class:`Fail` to fail the test.
 """
 from __future__ import annotations
 
@@ -56,7 +63,9 @@ class Test:
     name: str
     points: float
     calls: list[tuple[tuple, dict]]
-    judge: Callable[[list[Any]], None]
+    judge: Callable[[list[Any]], None] | None
+    run: Callable[[Any], None] | None = None     # an end-to-end test: run(learner) in the grader's process
+    budget: float | None = None                  # seconds for the whole end-to-end test (None: twice the time limit)
 
 
 @dataclass
@@ -69,6 +78,14 @@ class Exercise:
 
     def test(self, name: str, points: float, calls: list[tuple[tuple, dict]], judge: Callable[[list[Any]], None]) -> None:
         self.tests.append(Test(name, points, calls, judge))
+
+    def end_to_end(self, name: str, points: float, run: Callable[[Any], None], *, budget: float | None = None) -> None:
+        """A test that runs the library here with the learner's functions in it: ``run(learner)`` raises
+        :class:`Fail` to fail. ``learner.NAME(...)`` calls the learner's ``NAME`` in the sandbox, each call
+        within the grader's time limit, the whole test within ``budget`` seconds (default: twice the limit).
+        The test scores zero when a learner call raised (also NotImplementedError), even if ``run`` caught it,
+        and when it never called the learner's code."""
+        self.tests.append(Test(name, points, [], None, run=run, budget=budget))
 
     @property
     def max_points(self) -> float:

@@ -5,20 +5,25 @@
 The solutions are the single source. In each code cell, every region fenced by
 nbgrader's markers::
 
+    def softmax(x):
         ### BEGIN SOLUTION
-        ### HINT: subtract the row maximum first
+        ### HINT: softmax does not change when you subtract a constant from a row
+        ### HINT: subtract the row maximum, ``x.max(axis=-1, keepdims=True)``, before ``np.exp``
         ...the answer...
         ### END SOLUTION
 
 becomes, at the indentation of the ``BEGIN`` marker::
 
         # YOUR CODE HERE
-        raise NotImplementedError("subtract the row maximum first")
+        raise NotImplementedError("implement softmax")
 
-(the hint comes from a ``### HINT:`` line in the region, or is a default). Outputs
-and execution counts are removed. Cell metadata, nbgrader's included, are kept,
-so the generated notebook is also a valid nbgrader release version. The output
-is deterministic (the same solutions give the same bytes), and files are written
+The stub says only what to implement (the enclosing function, ``Class.method`` for a method, or "this
+cell's task" outside a function). The ``### HINT:`` lines (markdown, 2-3 of them, the first pointing the
+way, the last nearly giving the answer) go, in order, into a generated markdown cell right after the code
+cell: collapsed hints that open one at a time (:func:`hints_markdown`), with the cell metadata
+``{"tinyllm": {"hints_for": NAME}}`` and no nbgrader metadata. Outputs and execution counts are removed.
+Cell metadata, nbgrader's included, are kept, so the generated notebook is also a valid nbgrader release
+version. The output is deterministic (the same solutions give the same bytes), and files are written
 atomically.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ import copy
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tinyllm.io.files import atomic_write as _atomic_write_bytes
@@ -35,16 +41,51 @@ from tinyllm.io.files import atomic_write as _atomic_write_bytes
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
 END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
 HINT = re.compile(r"^[ \t]*### HINT:[ \t]*(?P<hint>.*?)[ \t]*$")
-DEFAULT_HINT = "write your solution here (see the exercise text above)"
+DEF = re.compile(r"^(?P<indent>[ \t]*)(?:async[ \t]+)?def[ \t]+(?P<name>[A-Za-z_]\w*)")
+CLASS = re.compile(r"^(?P<indent>[ \t]*)class[ \t]+(?P<name>[A-Za-z_]\w*)")
+CELL_TASK = "this cell's task"
 
 
 class SolutionMarkerError(ValueError):
     """A solution region is not closed, or an END comes without a BEGIN."""
 
 
-def strip_solution(source: str, where: str = "cell") -> str:
-    """Replace each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region of ``source`` by a stub."""
-    out: list[str] = []
+@dataclass(frozen=True)
+class Region:
+    """One ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region: lines ``begin`` to ``end`` (0-based, both
+    markers included), what it implements, and its hints in order."""
+
+    begin: int
+    end: int
+    indent: str
+    name: str
+    hints: tuple[str, ...]
+
+
+def _width(indent: str) -> int:
+    return len(indent.expandtabs(8))
+
+
+def _enclosing(lines: list[str], i: int, indent: str) -> str:
+    """The function (``Class.method`` for a method) whose body holds line ``i``, else :data:`CELL_TASK`."""
+    names, width = [], _width(indent)
+    for line in reversed(lines[:i]):
+        m = DEF.match(line) or CLASS.match(line)
+        if m and _width(m.group("indent")) < width:
+            if DEF.match(line) and names and not names[-1][1]:
+                break                          # a function nested in a function: name the inner one only
+            names.append((m.group("name"), CLASS.match(line) is not None))
+            width = _width(m.group("indent"))
+            if width == 0:
+                break
+    if not names or names[0][1]:
+        return CELL_TASK
+    return ".".join(n for n, _ in reversed(names))
+
+
+def solution_regions(source: str, where: str = "cell") -> list[Region]:
+    """The solution regions of ``source``, in order."""
+    regions: list[Region] = []
     lines = source.split("\n")
     i = 0
     while i < len(lines):
@@ -52,45 +93,86 @@ def strip_solution(source: str, where: str = "cell") -> str:
         if END.match(lines[i]):
             raise SolutionMarkerError(f"{where}, line {i + 1}: '### END SOLUTION' without a BEGIN")
         if not m:
-            out.append(lines[i])
             i += 1
             continue
-        indent, hint, j = m.group("indent"), None, i + 1
+        hints, j = [], i + 1
         while j < len(lines) and not END.match(lines[j]):
             if BEGIN.match(lines[j]):
                 raise SolutionMarkerError(f"{where}, line {j + 1}: nested '### BEGIN SOLUTION'")
             h = HINT.match(lines[j])
-            if h and hint is None:
-                hint = h.group("hint")
+            if h and h.group("hint"):
+                hints.append(h.group("hint"))
             j += 1
         if j == len(lines):
             raise SolutionMarkerError(f"{where}, line {i + 1}: '### BEGIN SOLUTION' is never closed by '### END SOLUTION'")
-        out.append(f"{indent}# YOUR CODE HERE")
-        out.append(f"{indent}raise NotImplementedError({json.dumps(hint or DEFAULT_HINT, ensure_ascii=False)})")
+        regions.append(Region(i, j, m.group("indent"), _enclosing(lines, i, m.group("indent")), tuple(hints)))
         i = j + 1
+    return regions
+
+
+def stub_message(name: str) -> str:
+    """What the stub's NotImplementedError says: only what to implement."""
+    return f"implement {name}"
+
+
+def strip_solution(source: str, where: str = "cell") -> str:
+    """Replace each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region of ``source`` by a stub."""
+    lines = source.split("\n")
+    out: list[str] = []
+    i = 0
+    for r in solution_regions(source, where):
+        out += lines[i:r.begin]
+        out.append(f"{r.indent}# YOUR CODE HERE")
+        out.append(f"{r.indent}raise NotImplementedError({json.dumps(stub_message(r.name), ensure_ascii=False)})")
+        i = r.end + 1
+    out += lines[i:]
     return "\n".join(out)
+
+
+def hints_markdown(name: str, hints: list[str] | tuple[str, ...]) -> str:
+    """A markdown cell's text: ``hints`` for ``name`` as nested, collapsed ``<details>``, so that each hint
+    can be opened only after the one before it."""
+    what = "this cell's task" if name == CELL_TASK else f"`{name}`"
+    n = len(hints)
+    parts = [f"**Hints for {what}** (open one at a time, and try again after each)\n"]
+    for k, hint in enumerate(hints, start=1):
+        parts.append(f"<details><summary>Hint {k} of {n}</summary>\n\n{hint}\n")
+    parts.append("</details>" * n)
+    return "\n".join(parts)
+
+
+def _hints_cell(cell: dict, region: Region, k: int, count: int) -> dict:
+    base = str(cell.get("id") or "cell")
+    cid = f"{base}-hints" + (f"-{k}" if count > 1 else "")
+    return {"cell_type": "markdown", "id": re.sub(r"[^A-Za-z0-9_-]", "-", cid)[:64],
+            "metadata": {"tinyllm": {"hints_for": region.name}}, "source": hints_markdown(region.name, region.hints)}
 
 
 def make_exercise(nb: dict, where: str = "notebook") -> dict:
     """The student version of a solution notebook (a new dict; the input is not changed)."""
     nb = copy.deepcopy(nb)
+    cells = []
     for n, cell in enumerate(nb.get("cells", []), start=1):
+        cells.append(cell)
         src = cell.get("source", "")
         if isinstance(src, list):
             src = "".join(src)
         if cell.get("cell_type") == "code":
+            regions = [r for r in solution_regions(src, f"{where}, cell {n}") if r.hints]
             cell["source"] = strip_solution(src, f"{where}, cell {n}")
             cell["outputs"] = []
             cell["execution_count"] = None
             meta = cell.get("metadata", {})
             meta.pop("execution", None)
             cell["metadata"] = meta
+            cells += [_hints_cell(cell, r, k, len(regions)) for k, r in enumerate(regions, start=1)]
         else:
             cell["source"] = src
             if "### BEGIN SOLUTION" in src:
                 cell["source"] = strip_solution(src, f"{where}, cell {n}")
             cell.pop("outputs", None)
             cell.pop("execution_count", None)
+    nb["cells"] = cells
     nb.setdefault("metadata", {}).pop("widgets", None)
     return nb
 

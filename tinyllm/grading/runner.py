@@ -24,6 +24,7 @@ import ast
 import base64
 import importlib
 import importlib.util
+import io
 import json
 import os
 import pickle
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,6 +339,80 @@ def _sandbox_env() -> dict[str, str]:
     return env
 
 
+def _frame(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "big") + data
+
+
+class _Child:
+    """One sandbox process: a thread feeds it framed messages, another reads its reply lines into a queue."""
+
+    def __init__(self, box: Confined, payload: bytes):
+        self.box = box
+        self.proc = subprocess.Popen(box.command([sys.executable, "-I", "-c", SANDBOX_SOURCE]), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=box.scratch,
+                                     env=box.env(_sandbox_env()), start_new_session=True)
+        box.sessions.append(self.proc.pid)
+        self.lines: queue.Queue = queue.Queue()
+        self.outbox: queue.Queue = queue.Queue()
+        self.outbox.put(_frame(payload))
+        threading.Thread(target=self._feed, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _feed(self) -> None:
+        try:
+            while True:
+                data = self.outbox.get()
+                if data is None:
+                    break
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+
+    def _read(self) -> None:
+        try:
+            while True:
+                line = self.proc.stdout.readline(MAX_MESSAGE + 2)
+                if not line:
+                    break
+                self.lines.put(line if line.endswith(b"\n") else b"not a message\n")   # cut: garbled
+        except (OSError, ValueError):
+            pass
+        self.lines.put(None)
+
+    def send(self, data: bytes) -> None:
+        self.outbox.put(_frame(data))
+
+    def receive(self, timeout: float) -> dict | str:
+        """The next message, or why there is none: "timeout", "eof" (the process ended) or "garbled"."""
+        try:
+            line = self.lines.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return "timeout"
+        if line is None:
+            return "eof"
+        try:
+            msg = json.loads(line)
+        except (ValueError, RecursionError):
+            return "garbled"
+        return msg if isinstance(msg, dict) else "garbled"
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        self.outbox.put(None)
+        _kill(self.proc, self.box, self.reader)
+
+
+def _payload(chunks: list, jobs: list[dict], time_limit: float, memory: int, hidden: list[str], serve: bool) -> bytes:
+    return pickle.dumps({"chunks": chunks, "jobs": jobs, "time_limit": time_limit, "print_cap": PRINT_CAP,
+                         "memory": memory, "hidden": hidden, "serve": serve}, protocol=4)
+
+
 def run_sandbox(cells: list[Cell], jobs: list[dict], time_limit: float, *, memory: int = DEFAULT_MEMORY,
                 hidden: list[str] | None = None) -> tuple[list[dict], dict[str, dict], str | None]:
     """Run ``jobs`` (``{"key", "attr", "tests"}``) against the definitions in ``cells`` in child processes.
@@ -345,92 +421,63 @@ def run_sandbox(cells: list[Cell], jobs: list[dict], time_limit: float, *, memor
     A job whose child hangs or dies is recorded as such and the rest go to a fresh child.
     """
     hidden = library_dirs(Path.cwd()) if hidden is None else hidden
+    with Confined(memory, hidden) as box:
+        return _run_jobs(box, cells, jobs, time_limit, memory=memory, hidden=hidden)[:3]
+
+
+def _run_jobs(box: Confined, cells: list[Cell], jobs: list[dict], time_limit: float, *, memory: int,
+              hidden: list[str], serve: bool = False) -> tuple[list[dict], dict[str, dict], str | None, _Child | None]:
+    """:func:`run_sandbox` in ``box``; with ``serve``, the last child, alive after the jobs, is returned to
+    answer end-to-end requests (None when it did not survive)."""
     chunks = [(c.number, c.source) for c in cells if c.syntax_error is None]
     remaining = list(jobs)
     results: dict[str, dict] = {}
     load_errors: list[dict] = []
-    with Confined(memory, hidden) as box:
-        while remaining:
-            payload = pickle.dumps({"chunks": chunks, "jobs": remaining, "time_limit": time_limit,
-                                    "print_cap": PRINT_CAP, "memory": memory, "hidden": hidden}, protocol=4)
-            try:
-                proc = subprocess.Popen(box.command([sys.executable, "-I", "-c", SANDBOX_SOURCE]), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=box.scratch,
-                                        env=box.env(_sandbox_env()), start_new_session=True)
-            except OSError as exc:
-                return load_errors, results, f"could not start the grading process: {exc}"
-            box.sessions.append(proc.pid)
-            lines: queue.Queue = queue.Queue()
-
-            def feed(p=proc):
-                try:
-                    p.stdin.write(payload)
-                    p.stdin.close()
-                except OSError:
-                    pass
-
-            def read(p=proc):
-                try:
-                    while True:
-                        line = p.stdout.readline(MAX_MESSAGE + 2)
-                        if not line:
-                            break
-                        lines.put(line if line.endswith(b"\n") else b"not a message\n")   # cut: garbled
-                except (OSError, ValueError):
-                    pass
-                lines.put(None)
-
-            threading.Thread(target=feed, daemon=True).start()
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-            current: str | None = None
-            loaded = False
-            deadline = time.monotonic() + STARTUP_GRACE + time_limit * max(1, len(chunks))
-            outcome = None
-            while True:
-                try:
-                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    outcome = "timeout"
-                    break
-                if line is None:
-                    outcome = "eof"
-                    break
-                try:
-                    msg = json.loads(line)
-                except (ValueError, RecursionError):
-                    outcome = "garbled"
-                    break
-                kind = msg.get("kind") if isinstance(msg, dict) else None
-                if kind == "loaded":
-                    loaded = True
-                    if not load_errors:
-                        load_errors = [e for e in msg.get("errors", []) if isinstance(e, dict)]
-                    deadline = time.monotonic() + time_limit + KILL_GRACE
-                elif kind == "start":
-                    current = msg.get("key")
-                    deadline = time.monotonic() + time_limit + KILL_GRACE
-                elif kind == "done":
-                    results[msg.get("key")] = msg
-                    current = None
-                    deadline = time.monotonic() + time_limit + KILL_GRACE
-            _kill(proc, box, reader)
-            remaining = [j for j in remaining if j["key"] not in results]
-            if not remaining:
+    while remaining or serve:
+        try:
+            child = _Child(box, _payload(chunks, remaining, time_limit, memory, hidden, serve))
+        except OSError as exc:
+            return load_errors, results, f"could not start the grading process: {exc}", None
+        current: str | None = None
+        loaded = False
+        deadline = time.monotonic() + STARTUP_GRACE + time_limit * max(1, len(chunks))
+        outcome = "complete"
+        while not loaded or any(j["key"] not in results for j in remaining):
+            msg = child.receive(deadline - time.monotonic())
+            if isinstance(msg, str):
+                outcome = msg
                 break
-            if not loaded:
-                why = {"timeout": f"did not finish within {time_limit:g} s",
-                       "eof": f"ended the process (exit code {proc.returncode})",
-                       "garbled": "wrote into the grader's result channel"}[outcome]
-                return load_errors, results, f"loading your code {why}"
-            if current is None or current not in {j["key"] for j in remaining}:
-                # the child stopped between jobs: blame nothing, but make sure we progress
-                current = remaining[0]["key"]
-            why = {"timeout": "TimeLimit", "eof": "ProcessEnded", "garbled": "Garbled"}[outcome]
-            results[current] = {"kind": "done", "key": current, "results": None, "fatal": why,
-                                "returncode": proc.returncode}
-            remaining = [j for j in remaining if j["key"] != current]
-    return load_errors, results, None
+            kind = msg.get("kind")
+            if kind == "loaded":
+                loaded = True
+                if not load_errors:
+                    load_errors = [e for e in msg.get("errors", []) if isinstance(e, dict)]
+            elif kind == "start":
+                current = msg.get("key")
+            elif kind == "done":
+                results[msg.get("key")] = msg
+                current = None
+            deadline = time.monotonic() + time_limit + KILL_GRACE
+        if outcome == "complete" and serve:
+            return load_errors, results, None, child
+        child.kill()
+        remaining = [j for j in remaining if j["key"] not in results]
+        if not remaining:
+            return load_errors, results, None, None
+        if not loaded:
+            why = {"timeout": f"did not finish within {time_limit:g} s",
+                   "eof": f"ended the process (exit code {child.returncode})",
+                   "garbled": "wrote into the grader's result channel"}[outcome]
+            return load_errors, results, f"loading your code {why}", None
+        if current is None or current not in {j["key"] for j in remaining}:
+            # the child stopped between jobs: blame nothing, but make sure we progress
+            current = remaining[0]["key"]
+        why = {"timeout": "TimeLimit", "eof": "ProcessEnded", "garbled": "Garbled"}[outcome]
+        results[current] = {"kind": "done", "key": current, "results": None, "fatal": why,
+                            "returncode": child.returncode}
+        remaining = [j for j in remaining if j["key"] != current]
+        serve = serve and bool(remaining)      # a fresh child for end-to-end tests starts when one is needed
+    return load_errors, results, None, None
 
 
 def _kill(proc: subprocess.Popen, box: Confined, reader: threading.Thread) -> None:
@@ -458,7 +505,9 @@ def _kill(proc: subprocess.Popen, box: Confined, reader: threading.Thread) -> No
 # decoding and judging
 # ---------------------------------------------------------------------------------------------
 
-def decode(obj: Any, limit: float | None = None) -> Any:
+def decode(obj: Any, limit: float | None = None, remote: Any = None) -> Any:
+    """A value from the sandbox's JSON. ``remote`` (an end-to-end session) turns handles into
+    :class:`RemoteObject` s; without it they are opaque."""
     if not isinstance(obj, dict):
         return CallError("BadResult", "unreadable result")
     t = obj.get("t")
@@ -473,19 +522,19 @@ def decode(obj: Any, limit: float | None = None) -> Any:
         a = np.frombuffer(base64.b64decode(obj["b64"]), dtype=dtype).reshape(obj["shape"]).copy()
         return a[()] if t == "scalar" else a
     if t == "list":
-        return [decode(v, limit) for v in obj.get("v", [])]
+        return [decode(v, limit, remote) for v in obj.get("v", [])]
     if t == "tuple":
-        return tuple(decode(v, limit) for v in obj.get("v", []))
+        return tuple(decode(v, limit, remote) for v in obj.get("v", []))
     if t == "with_args":                 # only the sandbox's call loop writes this type, never _encode
-        return ArgsAfter(decode(obj.get("value"), limit), decode(obj.get("args"), limit))
+        return ArgsAfter(decode(obj.get("value"), limit, remote), decode(obj.get("args"), limit, remote))
     if t == "dict":
         out = {}
         for k, v in obj.get("v", []):
-            k = decode(k, limit)
+            k = decode(k, limit, remote)
             if isinstance(k, list):
                 k = tuple(k)
             try:
-                out[k] = decode(v, limit)
+                out[k] = decode(v, limit, remote)
             except TypeError:
                 return _Opaque("dict with unhashable keys")
         return out
@@ -493,6 +542,8 @@ def decode(obj: Any, limit: float | None = None) -> Any:
         return CallError(str(obj.get("type")), str(obj.get("message", "")), str(obj.get("where", "")), limit)
     if t == "missing":
         return CallError("Missing")
+    if t in ("handle", "method") and remote is not None:
+        return remote.handle(obj)
     return _Opaque(str(obj.get("type", "unknown object")))
 
 
@@ -508,6 +559,285 @@ class _Opaque:
 
     def __repr__(self) -> str:
         return type(self).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# end-to-end tests: the library runs here, only the learner's functions run in the sandbox
+# ---------------------------------------------------------------------------------------------
+
+def _is_tinyllm(module: Any) -> bool:
+    return isinstance(module, str) and (module == "tinyllm" or module.startswith("tinyllm."))
+
+
+class _ArgPickler(pickle.Pickler):
+    """Pickles the arguments of a learner call. Remote handles and learner functions travel as references to
+    the sandbox's objects; tinyllm objects (a model's layer) as a ``SimpleNamespace`` of their attributes,
+    since the sandbox cannot import tinyllm; tinyllm's functions and classes cannot travel at all."""
+
+    def __init__(self, file: Any, session: "EndToEndSession"):
+        super().__init__(file, protocol=4)
+        self.session = session
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, (RemoteObject, RemoteMethod)):
+            self.session.check_alive(obj)
+            return ("handle", obj._id) if isinstance(obj, RemoteObject) else ("method", obj._of, obj._name)
+        if isinstance(obj, LearnerFunction):
+            return ("name", obj._attr)
+        return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type, types.ModuleType)):
+            if _is_tinyllm(getattr(obj, "__module__", None)) or _is_tinyllm(getattr(obj, "__name__", None)):
+                raise pickle.PicklingError(f"{getattr(obj, '__qualname__', obj)!r} is part of tinyllm, which the "
+                                           "learner's code cannot use")
+            return NotImplemented
+        if _is_tinyllm(type(obj).__module__):
+            state = getattr(obj, "__dict__", None)
+            if state is None:
+                slots = [n for c in type(obj).__mro__ for n in getattr(c, "__slots__", ())]
+                state = {n: getattr(obj, n) for n in slots if hasattr(obj, n)}
+            return (types.SimpleNamespace, (), dict(state))
+        return NotImplemented
+
+
+class Learner:
+    """What an end-to-end test's ``run`` receives: ``learner.NAME(*args, **kwargs)`` calls the learner's
+    top-level ``NAME`` in the sandbox; ``learner.NAME`` can be passed to ``plug.use``; ``learner._value(NAME)``
+    reads a top-level value (a constant the notebook defines)."""
+
+    def __init__(self, session: "EndToEndSession", aliases: dict[str, str] | None = None):
+        self._session, self._aliases = session, dict(aliases or {})
+
+    def __getattr__(self, name: str) -> "LearnerFunction":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return LearnerFunction(self._session, name, self._aliases.get(name, name))
+
+    def _value(self, name: str) -> Any:
+        attr = self._aliases.get(name, name)
+        return self._session.request({"op": "value", "target": attr}, f"`{name}`", names=(attr,))[0]
+
+
+class LearnerFunction:
+    """The learner's function ``name`` (defined in the notebook as ``attr``): calling it runs it in the sandbox."""
+
+    def __init__(self, session: "EndToEndSession", name: str, attr: str):
+        self._session, self._name, self._attr = session, name, attr
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.call(self._attr, None, args, kwargs, f"your `{self._name}`", names=(self._attr,))
+
+    def __repr__(self) -> str:
+        return f"<the learner's {self._name}>"
+
+
+class RemoteObject:
+    """A value the learner's code returned that has no wire type (an instance of a class the learner wrote):
+    it stays in the sandbox. ``h.method(...)`` calls its method there, ``h.attr`` reads an attribute (decoded,
+    or another handle), ``h(...)`` calls it."""
+
+    __slots__ = ("_session", "_id", "_type", "_generation")
+
+    def __init__(self, session: "EndToEndSession", id: int, type_name: str):
+        self._session, self._id, self._type, self._generation = session, id, type_name, session.generation
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._session.request({"op": "get", "target": self._id, "attr": name},
+                                     f"your {self._type}'s `{name}`", handle=self, missing_attribute=name)[0]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.call(self._id, None, args, kwargs, f"your {self._type} object", handle=self)
+
+    def __repr__(self) -> str:
+        return f"<the learner's {self._type} object>"
+
+
+class RemoteMethod:
+    """A bound method of a :class:`RemoteObject` (``h.forward``), called in the sandbox."""
+
+    __slots__ = ("_session", "_of", "_name", "_type", "_generation")
+
+    def __init__(self, session: "EndToEndSession", of: int, name: str, type_name: str):
+        self._session, self._of, self._name, self._type = session, of, name, type_name
+        self._generation = session.generation
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.call(self._of, self._name, args, kwargs, f"your `{self._type}.{self._name}`", handle=self)
+
+    def __repr__(self) -> str:
+        return f"<the learner's {self._type}.{self._name}>"
+
+
+@dataclass
+class _TestRun:
+    """What happened during one end-to-end test."""
+
+    budget: float
+    deadline: float
+    failure: str | None = None          # the first learner call that failed: the test's feedback
+    not_implemented: bool = False
+    calls_ok: int = 0
+    printed: int = 0
+    names: set = field(default_factory=set)
+
+
+class EndToEndSession:
+    """A sandbox that answers the end-to-end tests' calls of the learner's code, one at a time. A sandbox that
+    dies or hangs fails the test that was running, and the next test gets a fresh one."""
+
+    def __init__(self, box: Confined, cells: list[Cell], time_limit: float, *, memory: int, hidden: list[str],
+                 child: _Child | None = None):
+        self.box, self.time_limit, self.memory, self.hidden = box, time_limit, memory, hidden
+        self.chunks = [(c.number, c.source) for c in cells if c.syntax_error is None]
+        self.child, self.generation = child, 1
+        self.current: _TestRun | None = None
+        self.lock = threading.RLock()
+
+    def handle(self, obj: dict) -> Any:
+        if obj.get("t") == "method":
+            return RemoteMethod(self, int(obj.get("of", 0)), str(obj.get("name")), str(obj.get("type", "object")))
+        return RemoteObject(self, int(obj.get("id", 0)), str(obj.get("type", "object")))
+
+    def check_alive(self, handle: Any) -> None:
+        if handle._session is not self or handle._generation != self.generation or self.child is None:
+            raise Fail(f"{handle!r} belongs to a run of your code that has ended (the grading process was "
+                       "restarted after an earlier failure), so it cannot be used any more")
+
+    def _fail(self, run: _TestRun, message: str) -> None:
+        run.failure = run.failure or message
+        raise Fail(message)
+
+    def _start(self, run: _TestRun) -> None:
+        self.generation += 1
+        try:
+            child = _Child(self.box, _payload(self.chunks, [], self.time_limit, self.memory, self.hidden, True))
+        except OSError as exc:
+            self._fail(run, f"could not start the grading process: {exc}")
+        msg = child.receive(STARTUP_GRACE + self.time_limit * max(1, len(self.chunks)))
+        if not isinstance(msg, dict) or msg.get("kind") != "loaded":
+            child.kill()
+            rc = child.returncode
+            why = {"timeout": f"did not finish within {self.time_limit:g} s",
+                   "eof": f"ended the process (exit code {rc})"}.get(msg, "wrote into the grader's result channel")
+            self._fail(run, f"loading your code {why}")
+        self.child = child
+
+    def request(self, req: dict, what: str, *, handle: Any = None, names: tuple = (),
+                missing_attribute: str | None = None) -> tuple[Any, list]:
+        """Send one request; (the decoded value, the changed array arguments). Fail when the call failed, except
+        that reading an attribute the object does not have raises AttributeError here (``hasattr`` works)."""
+        with self.lock:
+            run = self.current
+            if run is None:
+                raise Fail(f"{what} can only be called during an end-to-end test")
+            if run.failure:
+                raise Fail(run.failure)                    # after a failure nothing more of the learner's runs
+            run.names.update(names)
+            if handle is not None:
+                self.check_alive(handle)
+            left = run.deadline - time.monotonic()
+            if left <= 0:
+                self._fail(run, f"this test did not finish within its time budget ({run.budget:g} s): your code is "
+                                "too slow (look for Python loops over elements where an array operation would do)")
+            limit = min(self.time_limit, left)
+            buf = io.BytesIO()
+            try:
+                _ArgPickler(buf, self).dump({**req, "limit": max(limit, 0.01)})
+            except Fail:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a check passed something that cannot travel
+                raise Fail(f"the grader could not send the arguments of {what} to your code "
+                           f"({type(exc).__name__}: {exc})") from None
+            if self.child is None:
+                self._start(run)
+            child = self.child
+            child.send(buf.getvalue())
+            msg = child.receive(limit + KILL_GRACE)
+            if not isinstance(msg, dict) or msg.get("kind") != "reply":
+                child.kill()
+                rc, self.child = child.returncode, None
+                self._fail(run, {
+                    "timeout": f"{what} did not finish within the time limit ({limit:g} s), even when interrupted: "
+                               "look for an infinite loop",
+                    "eof": f"{what} ended the grading process (exit code {rc}): do not call exit(), and keep memory "
+                           "use within the grader's limit"}.get(msg, f"{what} wrote into the grader's result channel"))
+            run.printed += int(msg.get("printed") or 0)
+            library = msg.get("library") or []
+            if library:
+                self._fail(run, f"{what} uses tinyllm ({', '.join(map(str, library))}): a graded function must be "
+                                "your own code, not the library's reference implementation, so it gets 0 points")
+            if run.printed > PRINT_CAP:
+                self._fail(run, f"{what} printed {run.printed / 1e6:.1f} million characters (the limit is "
+                                f"{PRINT_CAP / 1e6:.0f} million): remove the debugging prints")
+            value = decode(msg.get("value") if isinstance(msg.get("value"), dict) else
+                           {"t": "error", "type": "BadResult", "message": str(msg.get("problem", "no value"))},
+                           limit, self)
+            if isinstance(value, CallError):
+                if value.type == "AttributeError" and missing_attribute is not None:
+                    raise AttributeError(f"{handle!r} has no attribute {missing_attribute!r}")
+                if value.type == "NotImplementedError":
+                    run.not_implemented = True
+                    message = f"{what} is not implemented yet: replace `raise NotImplementedError(...)` with your code"
+                elif value.type == "Missing":
+                    message = f"{what} is not defined: write it in its exercise cell (names are case-sensitive)"
+                elif value.type == "TimeLimit" and limit < self.time_limit:
+                    message = (f"{what} ran past this test's time budget ({run.budget:g} s): look for an infinite "
+                               "loop, or a Python loop over elements where an array operation would do")
+                else:
+                    message = value.describe(what)
+                self._fail(run, message)
+            if isinstance(value, _Opaque):
+                self._fail(run, f"{what} returned {type(value).__name__}, which cannot be sent back to the grader")
+            run.calls_ok += 1
+            return value, msg.get("inplace") or []
+
+    def call(self, target: str | int, attr: str | None, args: tuple, kwargs: dict, what: str, *,
+             handle: Any = None, names: tuple = ()) -> Any:
+        """Call the learner's function (or a handle's method); array arguments the call changed in place are
+        changed here too, as they would be by an in-process call."""
+        value, inplace = self.request({"op": "call", "target": target, "attr": attr, "args": tuple(args),
+                                       "kwargs": dict(kwargs)}, what, handle=handle, names=names)
+        for key, enc in inplace:
+            orig = args[key] if isinstance(key, int) and 0 <= key < len(args) else kwargs.get(key)
+            new = decode(enc)
+            if (isinstance(orig, np.ndarray) and orig.flags.writeable and isinstance(new, np.ndarray)
+                    and new.shape == orig.shape):
+                orig[...] = new
+        return value
+
+    def run_test(self, test: Any, *, aliases: dict[str, str], cells: list[Cell]) -> tuple[TestResult, bool]:
+        """Run one end-to-end test; (its result, whether a learner call raised NotImplementedError)."""
+        budget = float(test.budget) if test.budget else 2 * self.time_limit
+        run = self.current = _TestRun(budget, time.monotonic() + budget)
+        outcome = None
+        try:
+            test.run(Learner(self, aliases))
+        except Fail as exc:
+            outcome = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the library stopped on what the learner's code returned
+            outcome = (f"the library stopped with {type(exc).__name__}: {str(exc)[:300]} while running your code; "
+                       "check what your function returns (type, shape, dtype) against its docstring")
+        finally:
+            self.current = None
+        if run.failure:
+            outcome = run.failure                      # the learner's call that failed, even if `run` caught it
+        elif outcome is None and run.calls_ok == 0:
+            outcome = "this test never got to run your code"
+        used = next((u for n in sorted(run.names) if (u := library_use(cells, n))), None)
+        if used:
+            outcome = (f"your code uses tinyllm ({used}): a graded function must be your own code, not the "
+                       "library's reference implementation, so it gets 0 points")
+        points = float(test.points)
+        return TestResult(test.name, points if outcome is None else 0.0, points, outcome is None, outcome or ""), \
+            run.not_implemented
+
+    def close(self) -> None:
+        if self.child is not None:
+            self.child.kill()
+            self.child = None
 
 
 def _tinyllm_import(node: ast.AST) -> str | None:
@@ -564,8 +894,10 @@ def library_use(cells: list[Cell], function: str) -> str | None:
 
 
 def judge_exercise(ex: Exercise, msg: dict | None, *, cells: list[Cell], load_errors: list[dict],
-                   fatal: str | None, time_limit: float, attr: str | None = None) -> ExerciseResult:
-    """Score one exercise from the sandbox's message (or the reason there is none)."""
+                   fatal: str | None, time_limit: float, attr: str | None = None,
+                   session: EndToEndSession | None = None) -> ExerciseResult:
+    """Score one exercise from the sandbox's message (or the reason there is none); its end-to-end tests run
+    in ``session``."""
     res = ExerciseResult(ex.function, ex.title, 0.0, ex.max_points)
     zero = [TestResult(t.name, 0.0, float(t.points), False, "") for t in ex.tests]
     attr = attr or ex.function
@@ -598,7 +930,7 @@ def judge_exercise(ex: Exercise, msg: dict | None, *, cells: list[Cell], load_er
         res.message, res.tests = msg.get("problem", "no results came back"), zero
         return res
     rows = msg["results"]
-    first = rows[0][0] if rows and rows[0] else None
+    first = next((row[0] for row in rows if row), None)
     if isinstance(first, dict) and first.get("t") == "missing":
         if broken:
             res.message = f"{broken[-1].syntax_error}, so `{ex.function}` is not defined"
@@ -619,7 +951,16 @@ def judge_exercise(ex: Exercise, msg: dict | None, *, cells: list[Cell], load_er
                        f"{PRINT_CAP / 1e6:.0f} million): remove the debugging prints")
         res.tests = zero
         return res
+    stub = False
     for test, row in zip(ex.tests, rows):
+        if test.run is not None:
+            if session is None:
+                res.tests.append(TestResult(test.name, 0.0, float(test.points), False, "end-to-end tests were not run"))
+                continue
+            result, raised_not_implemented = session.run_test(test, aliases={ex.function: attr}, cells=cells)
+            res.tests.append(result)
+            stub = stub or raised_not_implemented
+            continue
         values = [decode(v, time_limit) for v in row]
         try:
             test.judge(values)
@@ -636,7 +977,7 @@ def judge_exercise(ex: Exercise, msg: dict | None, *, cells: list[Cell], load_er
         for t in res.tests:
             t.feedback = ""
     not_impl = [v for row in rows for v in row if isinstance(v, dict) and v.get("type") == "NotImplementedError"]
-    if not_impl and not any(t.passed for t in res.tests):
+    if (not_impl or stub) and not any(t.passed for t in res.tests):
         res.message = "not implemented yet: replace `raise NotImplementedError(...)` with your code"
         for t in res.tests:
             t.feedback = ""
@@ -672,18 +1013,31 @@ def grade_cells(lesson: str, cells: list[Cell], *, time_limit: float = DEFAULT_T
         by_name = {e.function: e for e in exercises}
         pairs = [(by_name[fn], attr) for attr, fn in implementations.items()]
     jobs = [{"key": f"{ex.function}@{attr}", "attr": attr, "tests": [t.calls for t in ex.tests]} for ex, attr in pairs]
+    end_to_end = any(t.run is not None for ex, _ in pairs for t in ex.tests)
+    hidden = library_dirs(Path.cwd()) if hidden is None else hidden
+    box = session = None
     try:
-        load_errors, results, fatal = run_sandbox(cells, jobs, time_limit, memory=memory, hidden=hidden)
+        box = Confined(memory, hidden)
+        load_errors, results, fatal, child = _run_jobs(box, cells, jobs, time_limit, memory=memory, hidden=hidden,
+                                                       serve=end_to_end)
+        if end_to_end and not fatal:
+            session = EndToEndSession(box, cells, time_limit, memory=memory, hidden=hidden, child=child)
     except Exception as exc:  # noqa: BLE001 - the grader always finishes its report
         load_errors, results, fatal = [], {}, f"the grader could not run your code: {type(exc).__name__}: {exc}"
-    for e in load_errors:
-        report.notes.append(f"cell {e.get('cell')} raised {e.get('type')}: {e.get('message', '')}".rstrip(": "))
-    for (ex, attr), job in zip(pairs, jobs):
-        r = judge_exercise(ex, results.get(job["key"]), cells=cells, load_errors=load_errors, fatal=fatal,
-                           time_limit=time_limit, attr=attr)
-        if attr != ex.function:
-            r.function = f"{ex.function}@{attr}"
-        report.exercises.append(r)
+    try:
+        for e in load_errors:
+            report.notes.append(f"cell {e.get('cell')} raised {e.get('type')}: {e.get('message', '')}".rstrip(": "))
+        for (ex, attr), job in zip(pairs, jobs):
+            r = judge_exercise(ex, results.get(job["key"]), cells=cells, load_errors=load_errors, fatal=fatal,
+                               time_limit=time_limit, attr=attr, session=session)
+            if attr != ex.function:
+                r.function = f"{ex.function}@{attr}"
+            report.exercises.append(r)
+    finally:
+        if session is not None:
+            session.close()
+        if box is not None:
+            box.close()
     report.score = float(sum(e.score for e in report.exercises))
     report.max_score = float(sum(e.max_score for e in report.exercises))
     return report

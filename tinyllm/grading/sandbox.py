@@ -11,11 +11,12 @@ OS refuses to read tinyllm's folders, and an audit hook refuses imports of
 ``tinyllm`` and reads of its files, and records the attempt, which the grader
 turns into zero points for that function.
 
-Protocol. stdin: one pickle from the grader (trusted direction)::
+Protocol. stdin: framed pickles from the grader (trusted direction), each an 8-byte big-endian length and
+the pickle. The first::
 
     {"chunks": [(cell, code), ...],          # top-level defs/imports of the notebook, in order
      "jobs": [{"key": str, "attr": str, "tests": [[(args, kwargs[, {"send_args": True}]), ...], ...]}, ...],
-     "time_limit": float, "print_cap": int, "memory": int, "hidden": [folder, ...]}
+     "time_limit": float, "print_cap": int, "memory": int, "hidden": [folder, ...], "serve": bool}
 
 Output: JSON lines on a private copy of the original stdout (the learner's
 prints go to a capped sink, file descriptors 1 and 2 to /dev/null)::
@@ -23,6 +24,21 @@ prints go to a capped sink, file descriptors 1 and 2 to /dev/null)::
     {"kind": "loaded", "errors": [{"cell": int, "error": str}, ...]}
     {"kind": "start", "key": str}
     {"kind": "done", "key": str, "results": [[encoded, ...], ...], "printed": int, "library": [str, ...]}
+
+With ``"serve": True`` the process stays alive after its jobs and answers further requests, one reply line
+each, for the grader's end-to-end tests (the library runs in the grader; only the learner's functions here)::
+
+    {"op": "call", "target": name | handle id, "attr": str | None, "args": tuple, "kwargs": dict, "limit": float}
+    {"op": "get", "target": handle id, "attr": str, "limit": float}       # an attribute of a learner's object
+    {"op": "value", "target": name, "limit": float}                       # a top-level value of the notebook
+    -> {"kind": "reply", "value": encoded, "inplace": [[index or keyword, encoded], ...], "printed": int,
+        "library": [str, ...]}
+
+In replies, a value that has no wire type (an instance of a class the learner wrote, a closure) stays here in a
+table and travels as ``{"t": "handle", "id": int, "type": str}``; the grader sends it back as the persistent id
+``("handle", id)`` (a bound method as ``("method", id, name)``), and a learner's top-level function as
+``("name", name)``. ``inplace`` holds the array
+arguments that the call changed, so the grader can write the change back, as an in-process call would.
 
 A call with ``{"send_args": True}`` that returns comes back as ``{"t": "with_args", "value": ..., "args":
 [args after the call]}``, a wire type no returned value can take, so that the grader can see what the
@@ -80,7 +96,9 @@ class _CappedSink:
         return False
 
 
-def _encode(value, depth=0):
+def _encode(value, depth=0, keep=None):
+    """The wire form of ``value``. ``keep`` (serve mode) stores a value that has no wire type and returns its
+    handle id; without it such a value travels as ``{"t": "other"}``."""
     import numpy as np
 
     if depth > 6:
@@ -103,12 +121,14 @@ def _encode(value, depth=0):
     if isinstance(value, (list, tuple)):
         if len(value) > 100_000:
             return {"t": "other", "type": f"{type(value).__name__} of {len(value)} items (too long)"}
-        return {"t": type(value).__name__, "v": [_encode(v, depth + 1) for v in value]}
+        return {"t": type(value).__name__, "v": [_encode(v, depth + 1, keep) for v in value]}
     if isinstance(value, dict):
         items = []
         for k, v in list(value.items())[:100_000]:
-            items.append([_encode(k, depth + 1), _encode(v, depth + 1)])
+            items.append([_encode(k, depth + 1), _encode(v, depth + 1, keep)])
         return {"t": "dict", "v": items}
+    if keep is not None:
+        return {"t": "handle", "id": keep(value), "type": type(value).__name__[:100]}
     return {"t": "other", "type": type(value).__name__}
 
 
@@ -161,8 +181,9 @@ def main():
     import numpy  # noqa: F401 - imported before the guard, which forbids nothing NumPy needs
 
     out = os.fdopen(os.dup(1), "w", buffering=1)
+    inp = os.fdopen(os.dup(0), "rb")
     devnull = os.open(os.devnull, os.O_RDWR)
-    payload = pickle.load(sys.stdin.buffer)
+    payload = pickle.loads(read_frame(inp))
     _MEMORY[0] = int(payload.get("memory") or 0)
     install_guard(payload.get("hidden") or [])
     os.dup2(devnull, 0)
@@ -236,8 +257,98 @@ def main():
         except (TypeError, ValueError) as exc:
             send({"kind": "done", "key": job["key"], "results": None, "printed": sink.count - before,
                   "problem": f"could not send the results back: {exc}"})
+    if payload.get("serve"):
+        serve(namespace, inp, send, timed, sink)
     out.close()
     os._exit(0)
+
+
+def read_frame(inp):
+    """One framed message from the grader (8-byte big-endian length, then the bytes); None at the end."""
+    head = inp.read(8)
+    if len(head) < 8:
+        return None
+    n = int.from_bytes(head, "big")
+    body = inp.read(n)
+    return body if len(body) == n else None
+
+
+def serve(namespace, inp, send, timed, sink):
+    """Answer the grader's end-to-end requests (see the module's docstring) until it closes the channel."""
+    import io
+
+    import numpy as np
+
+    table = {}
+
+    def keep(value):
+        table[len(table) + 1] = value
+        return len(table)
+
+    class Request(pickle.Unpickler):
+        def persistent_load(self, pid):
+            if isinstance(pid, tuple) and len(pid) == 2:
+                if pid[0] == "handle" and pid[1] in table:
+                    return table[pid[1]]
+                if pid[0] == "name" and pid[1] in namespace:
+                    return namespace[pid[1]]
+            if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == "method" and pid[1] in table:
+                return getattr(table[pid[1]], pid[2])
+            raise pickle.UnpicklingError(f"no object {pid!r} in this process")
+
+    while True:
+        frame = read_frame(inp)
+        if frame is None:
+            return
+        before, mark = sink.count, len(LIBRARY_USE)
+        inplace = []
+        try:
+            req = Request(io.BytesIO(frame)).load()
+        except BaseException as exc:  # noqa: BLE001
+            value = {"t": "error", "type": "ArgumentError", "message": str(exc)[:500], "where": ""}
+            del LIBRARY_USE[mark:]                  # what unpickling tried is not the learner's doing
+            send({"kind": "reply", "value": value, "inplace": [], "printed": 0, "library": []})
+            continue
+        del LIBRARY_USE[mark:]
+        op, target, attr = req.get("op"), req.get("target"), req.get("attr")
+        try:
+            obj = namespace.get(target) if isinstance(target, str) else table.get(target)
+            if op == "value":
+                value = timed(req["limit"], _encode, obj, 0, keep) if target in namespace else {"t": "missing"}
+            elif op == "get":
+                got = timed(req["limit"], getattr, obj, attr)
+                if callable(got) and getattr(got, "__self__", None) is obj:       # a bound method: call it there
+                    value = {"t": "method", "of": target, "name": attr, "type": type(obj).__name__[:100]}
+                else:
+                    value = timed(req["limit"], _encode, got, 0, keep)
+            else:
+                fn = timed(req["limit"], getattr, obj, attr) if attr and obj is not None else obj
+                if not callable(fn):
+                    value = ({"t": "missing"} if isinstance(target, str) else
+                             {"t": "error", "type": "TypeError", "where": "",
+                              "message": f"'{type(fn).__name__}' object is not callable"})
+                else:
+                    args, kwargs = req.get("args", ()), req.get("kwargs", {})
+                    arrays = [(i, a) for i, a in [*enumerate(args), *kwargs.items()] if isinstance(a, np.ndarray)]
+                    copies = [a.copy() for _, a in arrays]
+
+                    def run():
+                        return _encode(fn(*args, **kwargs), 0, keep)
+
+                    value = timed(req["limit"], run)
+                    for (key, a), old in zip(arrays, copies):
+                        if a.shape != old.shape or not np.array_equal(a, old, equal_nan=a.dtype.kind in "fc"):
+                            inplace.append([key, _encode(a)])
+        except BaseException as exc:  # noqa: BLE001 - anything the learner's code raises is a result
+            value = _error(exc)
+        library, LIBRARY_USE[:] = sorted(set(LIBRARY_USE)), []
+        try:
+            send({"kind": "reply", "value": value, "inplace": inplace, "printed": sink.count - before,
+                  "library": library})
+        except (TypeError, ValueError) as exc:
+            send({"kind": "reply", "value": {"t": "error", "type": "BadResult", "message":
+                  f"the result could not be sent back: {exc}", "where": ""}, "inplace": [],
+                  "printed": sink.count - before, "library": library})
 
 
 def clean_source(source: str) -> str:
