@@ -14,16 +14,24 @@ References (all in the grader's process; the learner's code sees only the inputs
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.compress import ggml_blocks
+from tinyllm.compress import prune as _prune
 from tinyllm.compress.distill import distillation_loss as lib_distill
+from tinyllm.compress.distill import train_student
 from tinyllm.compress.gptq import gptq_layer as lib_gptq
-from tinyllm.compress.gptq import hessian
+from tinyllm.compress.gptq import gptq_model, hessian
+from tinyllm.compress.patch import linear_weights, replace_weights, restore_weights
 from tinyllm.compress.prune import prune_n_m
 from tinyllm.compress.quantize import fake_quantize
 from tinyllm.grading.core import (Exercise, Fail, array, call, call_seeing_args, close, diagnose, diagnose_cases,
                                   number, unchanged, value, with_args)
+from tinyllm.models.gpt import GPT, GPTConfig
+from tinyllm.models.llama import Llama, LlamaConfig
 
 rng = np.random.default_rng(1111)
 EXERCISES: list[Exercise] = []
@@ -582,3 +590,119 @@ ex.test("zero channels get 1; alpha = 0", 2,
         [call(sq_a0.copy(), sq_w0.copy(), 0.5), call(sq_a.copy(), sq_w.copy(), 0.0)],
         _judge_smooth_edges)
 EXERCISES.append(ex)
+
+
+# --- end-to-end: the library runs with the learner's functions plugged in ------------------------
+
+E2E_CFG = LlamaConfig(vocab_size=90, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=96,
+                      context_length=64)
+E2E_IDS = np.random.default_rng(1112).integers(0, E2E_CFG.vocab_size, (2, 24))
+
+
+def _nll(logits, ids):
+    """Mean next-token cross-entropy of ``logits`` (B, T, V) of ``ids`` (B, T): the log of the perplexity."""
+    z = logits[:, :-1].astype(np.float64)                               # (B, T-1, V)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-np.take_along_axis(logp, ids[:, 1:, None], -1).mean())
+
+
+@lru_cache(maxsize=1)
+def _smollm2_two_blocks():
+    """SmolLM2-135M cut to its first two blocks (its embedding, final norm and tied head kept), and a prompt."""
+    from tinyllm.models.smollm2 import load_smollm2
+
+    model, tok = load_smollm2("cpu")
+    model.blocks = model.blocks[:2]
+    ids = np.array([tok.encode("Quantisation stores each weight in a few bits, and the model still works.")])
+    return model, ids
+
+
+def _run_q4_1(learner):
+    model, ids = _smollm2_two_blocks()
+    targets = linear_weights(model)
+    fp = [getattr(b, k).data for b, k in targets]
+    try:                                                                # the cached model stays as it was loaded
+        model.quantize_weights("Q4_1", head=None)
+        ref_blocks = [getattr(b, k).data.blocks for b, k in targets]
+        ref_logits = model.forward(ids)
+        restore_weights(targets, fp)
+        with plug.use(quantize_q4_1=learner.quantize_q4_1):
+            model.quantize_weights("Q4_1", head=None)
+        for (blk, k), want in zip(targets, ref_blocks):
+            got = getattr(blk, k).data.blocks
+            if got.shape != want.shape or not np.array_equal(got, want):
+                raise Fail(f"SmolLM2's {k} quantised by your quantize_q4_1 differs from GGML's Q4_1 bytes")
+        logits = model.forward(ids)
+        close(_nll(logits, ids), _nll(ref_logits, ids), "SmolLM2's log-perplexity (2 blocks, Q4_1 by your quantiser)",
+              rtol=0, atol=0)
+        close(logits, ref_logits, "SmolLM2's logits (2 blocks, Q4_1 by your quantiser)", rtol=0, atol=0)
+    finally:
+        restore_weights(targets, fp)
+
+
+def _run_gptq(learner):
+    model = Llama(E2E_CFG, rng=1113)
+    calib = np.random.default_rng(1114).integers(0, E2E_CFG.vocab_size, (6, 32))
+    kw = dict(bits=3, group_size=32, symmetric=False, damp=0.05, act_order=False, sequential=True)
+    want = gptq_model(model, calib, **kw)
+    with plug.use(gptq_layer=learner.gptq_layer):
+        got = gptq_model(model, calib, **kw)
+    targets = linear_weights(model)
+    for (blk, k), g, w in zip(targets, got, want):
+        if _agree(g, w, float(np.abs(w).max())) < 0.95:
+            raise Fail(f"GPTQ of the whole model (sequential, 3 bits, groups of 32) with your gptq_layer: block "
+                       f"{model.blocks.index(blk)}'s {k} differs from the library's in {1 - _agree(g, w, float(np.abs(w).max())):.0%} of its weights")
+    nll = []
+    for ws in (want, got):
+        old = replace_weights(targets, lambda _w, it=iter(ws): next(it))
+        try:
+            nll.append(_nll(model.forward(E2E_IDS), E2E_IDS))
+        finally:
+            restore_weights(targets, old)
+    if abs(nll[1] - nll[0]) > 0.01 * abs(nll[0]):
+        raise Fail(f"the GPTQ-quantised model's log-perplexity with your gptq_layer is {nll[1]:.4f}, the library's "
+                   f"{nll[0]:.4f}")
+
+
+def _run_prune(learner):
+    model, ids = _smollm2_two_blocks()
+    targets = linear_weights(model)
+    fp = [getattr(b, k).data for b, k in targets]
+    try:
+        replace_weights(targets, lambda w: _prune.prune_2_4(w, axis=0)[0])
+        ref_logits = model.forward(ids)
+        restore_weights(targets, fp)
+        with plug.use(prune_2_4=learner.prune_2_4):
+            replace_weights(targets, lambda w: _prune.prune_2_4(w, axis=0)[0])
+        logits = model.forward(ids)
+        close(_nll(logits, ids), _nll(ref_logits, ids), "SmolLM2's log-perplexity (2 blocks) pruned 2:4 by your "
+              "prune_2_4", rtol=1e-6)
+        close(logits, ref_logits, "SmolLM2's logits (2 blocks) pruned 2:4 by your prune_2_4", rtol=1e-6, atol=1e-6)
+    finally:
+        restore_weights(targets, fp)                                    # the cached model stays as it was loaded
+
+
+def _run_distill(learner):
+    cfg = GPTConfig(vocab_size=24, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    tokens = np.random.default_rng(1115).integers(0, cfg.vocab_size, 3000)
+    teacher = GPT(cfg, rng=1)
+    kw = dict(teacher=teacher, steps=3, batch_size=4, lr=1e-2, temperature=3.0, alpha=0.8, seed=5,
+              eval_tokens=tokens[-500:], eval_every=3, eval_batches=2, progress=False)
+    want = train_student(GPT(cfg, rng=2), tokens, **kw)
+    with plug.use(distillation_loss=learner.distillation_loss):
+        got = train_student(GPT(cfg, rng=2), tokens, **kw)
+    close(np.array(got["train_loss"]), np.array(want["train_loss"]),
+          "the student's training losses (3 steps of train_student with your distillation_loss)", rtol=1e-5)
+    close(np.array(got["eval_loss"]), np.array(want["eval_loss"]),
+          "the student's held-out losses after distillation with your distillation_loss", rtol=1e-5)
+
+
+EXERCISES[0].end_to_end("SmolLM2 (two blocks) quantised to Q4_1 by your quantiser: the library's bytes, logits and "
+                        "perplexity", 2, _run_q4_1)
+EXERCISES[1].end_to_end("GPTQ of a whole Llama (sequential, 3 bits) with your gptq_layer: the library's weights and "
+                        "perplexity", 2, _run_gptq)
+EXERCISES[2].end_to_end("SmolLM2 (two blocks) pruned 2:4 by your prune_2_4: the library's logits and perplexity", 1,
+                        _run_prune)
+EXERCISES[3].end_to_end("train_student distils a small GPT with your distillation_loss: the library's losses", 2,
+                        _run_distill)

@@ -6,6 +6,8 @@ The hidden inputs are activations of small random Llamas read through the librar
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, value
@@ -267,3 +269,67 @@ ex.test("a (2, 5, 3, 24) batch of components, a small final residual and eps = 0
         [call(GRID, SMALL, NORM_W, DIRECTION, eps=0.05)],
         _judge_dla(GRID, SMALL, NORM_W, DIRECTION, 0.05, "direct_logit_attribution(components (2, 5, 3, 24), eps=0.05)"))
 EXERCISES.append(ex)
+
+
+# --- end-to-end: SmolLM2's own activations, read through the model's hooks ------------------------
+
+@lru_cache(maxsize=1)
+def _smollm2():
+    """SmolLM2-135M's weights and activations (read by ``run_with_cache``) on a fact and on a repeated random sequence."""
+    from tinyllm.models.smollm2 import load_smollm2
+
+    model, tok = load_smollm2("cpu")
+    fact = np.array([tok.encode("The Eiffel Tower is in the city of")])       # (1, T)
+    _, fact_cache = run_with_cache(model, fact, ["resid_pre", "resid_post", "attn_out", "mlp_out"])
+    seq = np.random.default_rng(1313).integers(1000, 20000, 12)
+    rep = np.concatenate([[0], seq, seq[:9]])                               # 22 tokens, the repeat cut short
+    _, rep_cache = run_with_cache(model, rep[None], ["attn_pattern"])
+    return {"fact": fact, "answer": tok.encode(" Paris")[0], "other": tok.encode(" Rome")[0], "cache": fact_cache,
+            "rep": rep, "patterns": _f32(rep_cache["attn_pattern"][:, 0]),   # (30, 9, 22, 22)
+            "head": _f32(model.tok_embd.data.T), "norm": _f32(model.norm.data),   # (C, V) contiguous, (C,)
+            "eps": model.config.norm_eps, "L": model.config.n_layers}
+
+
+def _run_lens(learner):
+    m = _smollm2()
+    resid = _f32(m["cache"]["resid_post"][:, 0, -3:])                      # (30, 3, 576): the last three positions
+    targets = np.append(m["fact"][0, -2:], m["answer"])                    # the next tokens there
+    prob, rank = learner.logit_lens(resid, m["norm"], m["head"], targets, m["eps"])
+    want_p, want_r = lib_lens(resid, m["norm"], m["head"], targets, eps=m["eps"])
+    close(array(prob, "logit_lens on SmolLM2: prob", shape=want_p.shape), want_p,
+          "the logit lens of SmolLM2 (30 layers, 3 positions): prob", rtol=1e-3, atol=1e-6)
+    rank = array(rank, "logit_lens on SmolLM2: rank", shape=want_r.shape)
+    if not np.array_equal(rank, want_r):
+        raise Fail(f"the logit lens of SmolLM2: ' Paris' ranks {rank[:, -1].tolist()} over the 30 layers, expected "
+                   f"{want_r[:, -1].tolist()}")
+
+
+def _run_induction(learner):
+    m = _smollm2()
+    got = array(learner.induction_score(m["patterns"], m["rep"]), "induction_score on SmolLM2",
+                shape=m["patterns"].shape[:2], floating=True)
+    close(got, lib_induction(m["patterns"], m["rep"]),
+          "SmolLM2's induction scores (30 layers x 9 heads, a repeat of 9 of 12 random tokens)", rtol=1e-4, atol=1e-6)
+
+
+def _run_dla(learner):
+    m = _smollm2()
+    c = m["cache"]
+    parts = _f32(np.concatenate([c["resid_pre"][0, 0, -1][None], c["attn_out"][:, 0, -1],
+                                 c["mlp_out"][:, 0, -1]]))                  # (1 + 2L, C)
+    final = _f32(c["resid_post"][-1, 0, -1])
+    direction = _f32(m["head"][:, m["answer"]] - m["head"][:, m["other"]])
+    got = array(learner.direct_logit_attribution(parts, final, m["norm"], direction, m["eps"]),
+                "direct_logit_attribution on SmolLM2", shape=(1 + 2 * m["L"],), floating=True)
+    close(got, lib_dla(parts, final, m["norm"], direction, eps=m["eps"]),
+          "the direct logit attribution of SmolLM2's 61 components to ' Paris' - ' Rome'", rtol=1e-4, atol=1e-4)
+    x = final / np.sqrt((final.astype(np.float64) ** 2).mean() + m["eps"]) * m["norm"]
+    close(got.sum(), float(x @ direction), "the sum of your attributions (SmolLM2's logit difference)", rtol=1e-3,
+          atol=1e-3)
+
+
+EXERCISES[0].end_to_end("SmolLM2's residual streams, read by run_with_cache: where ' Paris' ranks at each depth",
+                        1, _run_lens)
+EXERCISES[1].end_to_end("SmolLM2's attention patterns, read by run_with_cache: every head's induction score", 1,
+                        _run_induction)
+EXERCISES[2].end_to_end("SmolLM2's 61 components of the residual stream add up to its logit difference", 1, _run_dla)
