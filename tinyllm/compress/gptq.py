@@ -198,7 +198,8 @@ def gptq_model(model: Any, calib: Any, bits: int = 4, *, group_size: int | None 
     runs twice (record, then produce its quantised output) and the whole costs about two
     forward passes.
 
-    Returns the dequantised weights in :func:`~tinyllm.compress.patch.linear_weights` order,
+    With ``act_order=False`` every weight goes through :func:`gptq_layer` (a plug point, so a learner's GPTQ can
+    quantise the whole model). Returns the dequantised weights in :func:`~tinyllm.compress.patch.linear_weights` order,
     each ``(IN, OUT)`` float32 C-contiguous. The model is left unchanged. NumPy only (as the recorders are).
     """
     from tinyllm.compress.calibrate import block_output, record_inputs, run_block
