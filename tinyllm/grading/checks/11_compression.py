@@ -673,8 +673,8 @@ def _run_prune(learner):
         replace_weights(targets, lambda w: _prune.prune_2_4(w, axis=0)[0])
         ref_logits = model.forward(ids)
         restore_weights(targets, fp)
-        with plug.use(prune_2_4=learner.prune_2_4):
-            replace_weights(targets, lambda w: _prune.prune_2_4(w, axis=0)[0])
+        with plug.use(prune_2_4=learner.prune_2_4):                     # copies: the cached weights stay intact
+            replace_weights(targets, lambda w: _prune.prune_2_4(w.copy(), axis=0)[0])
         logits = model.forward(ids)
         close(_nll(logits, ids), _nll(ref_logits, ids), "SmolLM2's log-perplexity (2 blocks) pruned 2:4 by your "
               "prune_2_4", rtol=1e-6)

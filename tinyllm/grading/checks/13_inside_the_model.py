@@ -294,8 +294,9 @@ def _run_lens(learner):
     m = _smollm2()
     resid = _f32(m["cache"]["resid_post"][:, 0, -3:])                      # (30, 3, 576): the last three positions
     targets = np.append(m["fact"][0, -2:], m["answer"])                    # the next tokens there
-    prob, rank = learner.logit_lens(resid, m["norm"], m["head"], targets, m["eps"])
     want_p, want_r = lib_lens(resid, m["norm"], m["head"], targets, eps=m["eps"])
+    prob, rank = learner.logit_lens(resid.copy(), m["norm"].copy(), m["head"].copy(), targets, m["eps"])   # copies:
+    # what the learner's call changes in its arguments comes back here, and the cached activations must stay intact
     close(array(prob, "logit_lens on SmolLM2: prob", shape=want_p.shape), want_p,
           "the logit lens of SmolLM2 (30 layers, 3 positions): prob", rtol=1e-3, atol=1e-6)
     rank = array(rank, "logit_lens on SmolLM2: rank", shape=want_r.shape)
@@ -306,9 +307,10 @@ def _run_lens(learner):
 
 def _run_induction(learner):
     m = _smollm2()
-    got = array(learner.induction_score(m["patterns"], m["rep"]), "induction_score on SmolLM2",
+    want = lib_induction(m["patterns"], m["rep"])
+    got = array(learner.induction_score(m["patterns"].copy(), m["rep"].copy()), "induction_score on SmolLM2",
                 shape=m["patterns"].shape[:2], floating=True)
-    close(got, lib_induction(m["patterns"], m["rep"]),
+    close(got, want,
           "SmolLM2's induction scores (30 layers x 9 heads, a repeat of 9 of 12 random tokens)", rtol=1e-4, atol=1e-6)
 
 
@@ -317,13 +319,14 @@ def _run_dla(learner):
     c = m["cache"]
     parts = _f32(np.concatenate([c["resid_pre"][0, 0, -1][None], c["attn_out"][:, 0, -1],
                                  c["mlp_out"][:, 0, -1]]))                  # (1 + 2L, C)
-    final = _f32(c["resid_post"][-1, 0, -1])
+    final = _f32(c["resid_post"][-1, 0, -1]).copy()
     direction = _f32(m["head"][:, m["answer"]] - m["head"][:, m["other"]])
-    got = array(learner.direct_logit_attribution(parts, final, m["norm"], direction, m["eps"]),
-                "direct_logit_attribution on SmolLM2", shape=(1 + 2 * m["L"],), floating=True)
-    close(got, lib_dla(parts, final, m["norm"], direction, eps=m["eps"]),
-          "the direct logit attribution of SmolLM2's 61 components to ' Paris' - ' Rome'", rtol=1e-4, atol=1e-4)
+    want = lib_dla(parts, final, m["norm"], direction, eps=m["eps"])
     x = final / np.sqrt((final.astype(np.float64) ** 2).mean() + m["eps"]) * m["norm"]
+    got = array(learner.direct_logit_attribution(parts, final.copy(), m["norm"].copy(), direction, m["eps"]),
+                "direct_logit_attribution on SmolLM2", shape=(1 + 2 * m["L"],), floating=True)
+    close(got, want,
+          "the direct logit attribution of SmolLM2's 61 components to ' Paris' - ' Rome'", rtol=1e-4, atol=1e-4)
     close(got.sum(), float(x @ direction), "the sum of your attributions (SmolLM2's logit difference)", rtol=1e-3,
           atol=1e-3)
 
