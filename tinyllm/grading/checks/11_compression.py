@@ -669,10 +669,14 @@ def _run_prune(learner):
     model, ids = _smollm2_two_blocks()
     targets = linear_weights(model)
     fp = [getattr(b, k).data for b, k in targets]
+    # SmolLM2's weights came from Q4_1 blocks, so magnitudes tie within groups of 4 and which tied weight survives
+    # is up to the sort; scaling the 4 inputs of each group by 1, 1 + 1e-5, 1 + 2e-5, 1 + 3e-5 breaks the ties
+    jittered = [w * (1 + np.float32(1e-5) * (np.arange(w.shape[0], dtype=np.float32) % 4))[:, None] for w in fp]
     try:
+        restore_weights(targets, jittered)
         replace_weights(targets, lambda w: _prune.prune_2_4(w, axis=0)[0])
         ref_logits = model.forward(ids)
-        restore_weights(targets, fp)
+        restore_weights(targets, jittered)
         with plug.use(prune_2_4=learner.prune_2_4):                     # copies: the cached weights stay intact
             replace_weights(targets, lambda w: _prune.prune_2_4(w.copy(), axis=0)[0])
         logits = model.forward(ids)
