@@ -12,7 +12,7 @@ LANDING  := START_HERE.ipynb
 USER_ID  ?= $(shell id -u 2>/dev/null)
 ROOT_ARG := $(if $(filter 0,$(USER_ID)),--allow-root)
 
-.PHONY: lab test setup setup-test exercises clean
+.PHONY: lab test setup setup-test exercises translations clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ test: setup-test
 # Regenerate the student notebooks in exercises/ from solutions/.
 exercises: setup
 	$(BIN)/tinyllm make-exercises
+
+# Regenerate the Chinese edition (notebooks/zh/, exercises/zh/) from the English notebooks and the catalogues
+# in i18n/zh/; it fails, naming the cell, when a translation is missing, stale or off the glossary.
+# `make test` checks that the committed edition is up to date (tests/test_i18n.py).
+translations: setup
+	$(BIN)/tinyllm make-translations
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

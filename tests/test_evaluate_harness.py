@@ -100,3 +100,29 @@ def test_table_row_format_and_pareto():
     matplotlib.use("Agg")
     ax = ev.plot_pareto(rows)
     assert ax.get_xlabel() == "model size (MB)"
+
+
+def test_perplexity_windows_score_each_token_at_most_once():
+    for n, window, stride in [(10, 4, 2), (37, 8, 3), (41, 10, 10), (5, 8, 2), (50, 10, 1)]:
+        wins = ev.perplexity_windows(n, window, stride)
+        scored = np.zeros(n, dtype=int)
+        for k, (begin, end, first) in enumerate(wins):
+            assert begin == k * stride and end == min(begin + window, n) and begin < first <= end
+            scored[first:end] += 1
+        assert scored.max() == 1 and wins[-1][1] == n
+        if stride < window:
+            assert scored[1:].all()                                  # every token after the first is scored
+    assert ev.perplexity_windows(10, 4, 2) == [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+
+
+def test_time_calls_warms_up_and_times_each_call_with_the_given_clock():
+    import functools
+
+    seen = []
+    tick = functools.partial(next, iter(np.arange(100.0)))
+    fn = lambda: seen.append("fn") or tick()                          # noqa: E731
+    sync = lambda r: seen.append("sync") or tick()                    # noqa: E731
+    clock = lambda: seen.append("clock") or tick()                    # noqa: E731
+    times = ev.time_calls(fn, repeat=2, warmup=1, clock=clock, sync=sync)
+    assert seen == ["fn", "sync"] + ["clock", "fn", "sync", "clock"] * 2
+    assert times.tolist() == [3.0, 3.0]

@@ -177,14 +177,15 @@ def test_make_exercises_command(tmp_path):
                  classroom, "--check"]) == 1
     assert main(["make-exercises", "--solutions", str(ROOT / "solutions"), "--exercises", str(tmp_path / "ex"),
                  "--classroom", str(tmp_path / "autograding.json")]) == 0
-    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == sorted(f"{lesson}.ipynb" for lesson in lessons())
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == sorted(
+        [f"{lesson}.ipynb" for lesson in lessons()] + ["capstone.ipynb"])
     assert (tmp_path / "autograding.json").read_text() == Path(classroom).read_text()
     assert main(["make-exercises", "--solutions", str(tmp_path / "nope")]) == 2
 
 
 def test_github_classroom_config_covers_every_exercise_with_its_points():
     config = json.loads((ROOT / ".github" / "classroom" / "autograding.json").read_text())
-    wanted = {(lesson, e.function): e.max_points for lesson in lessons() for e in load_exercises(lesson)}
+    wanted = {(lesson, e.function): e.max_points for lesson in lessons() + ["capstone"] for e in load_exercises(lesson)}
     seen = {}
     for test in config["tests"]:
         parts = test["run"].split()
@@ -201,8 +202,8 @@ def test_github_classroom_config_covers_every_exercise_with_its_points():
 def test_a_classroom_command_passes_on_the_solution(capsys):
     from tinyllm.cli import main
 
-    assert main(["grade", str(ROOT / "solutions" / "09_inference.ipynb"), "--only", "top_p_filter", "--no-execute"]) == 0
-    assert "total: 4/4 points (100%)  full marks" in capsys.readouterr().out
+    assert main(["grade", str(ROOT / "solutions" / "09_inference.ipynb"), "--only", "generate", "--no-execute"]) == 0
+    assert "total: 5/5 points (100%)  full marks" in capsys.readouterr().out
 
 
 def test_a_pinned_classroom_config_installs_the_instructors_copy_and_refuses_the_learners_checks():

@@ -75,7 +75,51 @@ def _fill(learner):
 
 fill.end_to_end("fills the buffer in place", 1, _fill)
 
-EXERCISES = [norm, cls, fill]
+store = Exercise("store", "writes into a library object's arrays")
+
+
+def _store(learner):
+    cache = MODEL.new_cache(1, 8)                 # a tinyllm KVCache: it travels as a namespace of its attributes
+    k = np.ones((1, CFG.n_kv_heads, 2, CFG.head_dim), np.float32)
+    extra, more = [np.zeros(3, np.float32)], {"b": np.zeros(2, np.float32)}
+    learner.store(cache, 1, k, extra, more)
+    close(cache.k[1, :, :, :2], k, "cache.k[1] after store(cache, 1, k)")
+    close(extra[0], np.ones(3), "the array in a list after store")
+    close(more["b"], np.full(2, 2.0), "the array in a dict after store")
+    close(cache.k[0], np.zeros_like(cache.k[0]), "cache.k[0], which store must not change")
+
+
+store.end_to_end("writes into the cache in place", 1, _store)
+
+draw = Exercise("draw", "draws from the generator it gets")
+
+
+def _draw(learner):
+    for rng in (np.random.default_rng(5), np.random.Generator(np.random.MT19937(5))):
+        mine = [learner.draw(rng) for _ in range(3)] + [float(rng.random())]    # the generator advances here too
+        twin = np.random.Generator(type(rng.bit_generator)(5))
+        close(mine, [float(twin.random()) for _ in range(4)], "three draws through draw(rng), then one here")
+
+
+draw.end_to_end("the generator advances as in-process", 1, _draw)
+
+total = Exercise("total", "sums a big constant array")
+BIG = np.arange(2**15, dtype=np.float32).reshape(128, 256)
+
+
+def _total(learner):
+    from tinyllm.grading.core import freeze
+
+    big = freeze([BIG.copy()])[0]
+    for _ in range(3):                       # sent once, then by reference: still the same values
+        close(learner.total(big), float(BIG.sum()), "total(big)")
+    if learner.try_write(big) != "read-only":
+        raise Fail("a read-only array arrived writable")
+
+
+total.end_to_end("sums a read-only array", 1, _total)
+
+EXERCISES = [norm, cls, fill, total, store, draw]
 '''
 
 RIGHT = '''
@@ -102,6 +146,24 @@ def count_calls(norm):
 
 def fill(buf, value):
     buf[...] = value
+
+def total(a):
+    return float(a.sum())
+
+def draw(rng):
+    return float(rng.random())
+
+def store(cache, layer, k, extra, more):
+    cache.k[layer, :, :, :k.shape[2]] = k
+    extra[0][:] = 1
+    more["b"][:] = 2
+
+def try_write(a):
+    try:
+        a[0, 0] = 1
+    except ValueError:
+        return "read-only"
+    return "written"
 '''
 
 
@@ -132,7 +194,7 @@ def with_norm(body: str) -> str:
 
 def test_a_right_function_and_class_score_full_marks(toy):
     got = toy(RIGHT)
-    for name in ("rms_norm", "make_norm", "fill"):
+    for name in ("rms_norm", "make_norm", "fill", "total", "store", "draw"):
         assert got[name].passed, feedback(got[name])
 
 

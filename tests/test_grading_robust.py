@@ -468,15 +468,19 @@ def test_a_returned_value_cannot_pass_for_the_arguments_after_the_call():
     source = '''
 import numpy as np
 
-def kv_cache_update(cache_k, cache_v, k_new, v_new, pos):
-    T = k_new.shape[-2]
-    if pos + T > cache_k.shape[-2]:
+def cached_attention(q, k_new, v_new, cache_k, cache_v, pos):
+    T = q.shape[2]
+    if pos < 0 or pos + T > cache_k.shape[2]:
         raise ValueError("too long")
     k, v = cache_k.copy(), cache_v.copy()        # new arrays: the caller's cache is never written
     k[:, :, pos:pos + T] = k_new
     v[:, :, pos:pos + T] = v_new
-    return ("__tinyllm_args_after_call__", (k, v), [k, v, k_new, v_new, pos])
+    s = q @ k[:, :, :pos + T].swapaxes(-1, -2) / np.float32(np.sqrt(q.shape[-1]))
+    s = np.where(np.arange(pos + T)[None, :] <= pos + np.arange(T)[:, None], s, -np.inf)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    y = (w / w.sum(-1, keepdims=True) @ v[:, :, :pos + T]).astype(np.float32)
+    return ("__tinyllm_args_after_call__", y, [q, k_new, v_new, k, v, pos])
 '''
     report = grade_source("09_inference", source, time_limit=20)
-    ex = {e.function: e for e in report.exercises}["kv_cache_update"]
+    ex = {e.function: e for e in report.exercises}["cached_attention"]
     assert ex.score < ex.max_score

@@ -63,3 +63,19 @@ def test_shard_rejects_uneven_batches():
     assert dp.shard(8) == slice(4, 8)
     with pytest.raises(ValueError, match="does not split evenly"):
         dp.shard(7)
+
+
+@pytest.mark.parametrize("R,N", [(1, 5), (2, 6), (3, 7), (4, 10), (5, 3), (8, 64)])
+def test_ring_allreduce_sums_exactly_in_2_r_minus_1_steps_and_counts_the_bytes(R, N):
+    from tinyllm.parallel import ring_allreduce
+
+    g = np.random.default_rng(R * N).integers(-99, 99, (R, N)).astype(np.float32)   # integers: exact in any order
+    before = g.copy()
+    out, steps, sent = ring_allreduce(g)
+    assert out.dtype == np.float32 and np.array_equal(out, np.broadcast_to(g.sum(axis=0), g.shape))
+    assert np.array_equal(g, before) and steps == 2 * (R - 1)
+    sizes = [len(c) for c in np.array_split(np.arange(N), R)]
+    assert sent.tolist() == [4 * (2 * N - sizes[(r + 1) % R] - sizes[(r + 2) % R]) if R > 1 else 0 for r in range(R)]
+    assert sent.sum() == 2 * (R - 1) * N * 4                         # every chunk travels R - 1 hops, twice
+    if N % R == 0:
+        assert (sent == 2 * (R - 1) * N // R * 4).all()              # the lesson's 2 (R-1)/R N numbers per rank

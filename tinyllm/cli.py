@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                              "the model's chat template, and the conversation is kept."),
     "grade": ("tinyllm.grading.cli", "Grade an exercise notebook (or --all of them)."),
     "make-exercises": ("tinyllm.grading.generate", "Regenerate exercises/ from solutions/."),
+    "make-translations": ("tinyllm.i18n", "Regenerate the Chinese edition (notebooks/zh/, exercises/zh/) from "
+                                          "the English notebooks and the catalogues in i18n/zh/."),
 }
 
 

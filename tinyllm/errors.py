@@ -32,3 +32,7 @@ class QuantizationError(TinyLLMError, ValueError):
 
 class ConfigError(TinyLLMError, ValueError):
     """A setting (an environment variable such as ``TINYLLM_DECODE_THREADS``) has a value tinyllm cannot use."""
+
+
+class TranslationError(TinyLLMError, ValueError):
+    """A translation catalogue (i18n/) is missing a cell, is stale, breaks the glossary, or is malformed."""

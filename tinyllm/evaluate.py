@@ -11,8 +11,11 @@ or any compressed variant of either.
 
   A model sees at most ``window`` tokens at once. For a longer text we slide the
   window by ``stride`` tokens and, in each window, score only the tokens not
-  scored before, so every token after the first is scored exactly once and has
-  at least ``window - stride`` tokens of context (when the text allows).
+  scored before (:func:`perplexity_windows`), so no token is scored twice. With
+  ``stride < window`` every token after the first is scored, with at least
+  ``window - stride`` tokens of context (when the text allows); with disjoint
+  windows (``stride == window``, as in HF's guide) the first token of each window
+  has no context inside it and is not scored.
   The text that ships with tinyllm (:func:`heldout_text`) was written for this
   project and is in no training set of the course.
 * Accuracy on a small multiple-choice set written for this project
@@ -38,6 +41,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module, synchronize, to_numpy
 
 _DATA = Path(__file__).resolve().parent / "evaldata"
@@ -70,25 +74,38 @@ def perplexity(model, token_ids, window: int = 512, stride: int | None = None, *
     stride = window if stride is None else stride
     if not isinstance(stride, (int, np.integer)) or not 1 <= stride <= window:
         raise ValueError(f"stride must be an int in [1, window={window}], got {stride!r}")
-    N = ids.size
-    total, count, scored_to = 0.0, 0, 1          # tokens [1, scored_to) are scored
-    begin = 0
-    while scored_to < N:
-        end = min(begin + window, N)
+    total, count = 0.0, 0
+    for begin, end, first in perplexity_windows(ids.size, window, stride):
         chunk = ids[begin:end][None, :]                                  # (1, L)
         logits = model(chunk)[0]                                         # (L, V)
-        first = max(scored_to, begin + 1)                                # first absolute target index
-        rows = np.arange(first, end) - 1 - begin                         # positions that predict them
+        rows = np.arange(first, end) - 1 - begin                         # positions that predict first..end-1
         lp = token_log_probs(logits[rows], ids[first:end])
         total -= float(lp.sum())
         count += lp.size
-        scored_to = end
-        begin += stride
     nll = total / count
     ppl = math.exp(nll)
     if return_details:
         return {"perplexity": ppl, "nll": nll, "n_tokens": count}
     return ppl
+
+
+@plug.point("perplexity_windows")
+def perplexity_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """The windows of strided perplexity over ``n_tokens`` tokens: ``(begin, end, first)`` triples.
+
+    Window k reads tokens ``[begin, end)`` with ``begin = k * stride`` and ``end = min(begin + window,
+    n_tokens)``, and scores tokens ``first .. end - 1``: those no earlier window scored, from
+    ``begin + 1`` on (a window's first token has no context inside it; token 0 is never scored). The
+    windows stop at the first one that reaches the end of the text. No token is scored twice; with
+    ``stride < window`` every token from 1 on is scored, with ``stride == window`` all but the first of
+    each window (a last window may then score nothing)."""
+    out, scored_to, begin = [], 1, 0                                     # tokens [1, scored_to) are scored
+    while scored_to < n_tokens:
+        end = min(begin + window, n_tokens)
+        out.append((begin, end, max(scored_to, begin + 1)))
+        scored_to = end
+        begin += stride
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -140,22 +157,25 @@ def choice_accuracy(logits_fn: Callable, encode: Callable[[str], list[int]],
 # ---------------------------------------------------------------------------
 # Speed and memory
 # ---------------------------------------------------------------------------
-def time_calls(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> np.ndarray:
+@plug.point("time_calls")
+def time_calls(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, *, clock: Callable[[], float] = time.perf_counter,
+               sync: Callable[[Any], Any] = synchronize) -> np.ndarray:
     """Seconds taken by each of ``repeat`` calls of ``fn()``, after ``warmup`` untimed calls.
 
     Warm-up pays one-off costs (first-touch page faults, BLAS thread start-up, caches,
-    CuPy kernel compilation) that the steady state does not have. GPU work is
-    synchronised before the clock is read.
+    CuPy kernel compilation) that the steady state does not have. ``sync(fn())`` waits
+    for queued GPU work (:func:`tinyllm.backend.synchronize`) before ``clock()`` is read
+    again. ``clock`` and ``sync`` are arguments so that tests can count the calls.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     for _ in range(warmup):
-        synchronize(fn())
+        sync(fn())
     times = np.empty(repeat)
     for i in range(repeat):
-        t0 = time.perf_counter()
-        synchronize(fn())
-        times[i] = time.perf_counter() - t0
+        t0 = clock()
+        sync(fn())
+        times[i] = clock() - t0
     return times
 
 
@@ -167,14 +187,17 @@ def latency_percentiles(times: Sequence[float], q: Sequence[float] = (50, 90, 99
     return {f"p{int(p) if float(p).is_integer() else p}": float(np.percentile(t, p)) for p in q}
 
 
+@plug.point("measure_speed")
 def measure_speed(prefill_fn: Callable[[], Any], n_prompt: int, decode_fn: Callable[[], Any] | None = None,
-                  *, repeat: int = 5, decode_steps: int = 16, warmup: int = 1) -> dict[str, float]:
+                  *, repeat: int = 5, decode_steps: int = 16, warmup: int = 1, clock: Callable[[], float] = time.perf_counter,
+                  sync: Callable[[Any], Any] = synchronize) -> dict[str, float]:
     """Prefill tokens/s (median of ``repeat``) and, with ``decode_fn`` (one token a call),
-    decode tokens/s from the median step time plus latency percentiles in milliseconds."""
-    pre = time_calls(prefill_fn, repeat, warmup)
+    decode tokens/s from the median step time plus latency percentiles in milliseconds.
+    Both are timed by :func:`time_calls` (``warmup``, ``clock`` and ``sync`` go to it)."""
+    pre = time_calls(prefill_fn, repeat, warmup, clock=clock, sync=sync)
     out = {"prefill_tok_s": n_prompt / float(np.median(pre))}
     if decode_fn is not None:
-        dec = time_calls(decode_fn, decode_steps, warmup)
+        dec = time_calls(decode_fn, decode_steps, warmup, clock=clock, sync=sync)
         out["decode_tok_s"] = 1.0 / float(np.median(dec))
         out.update({f"decode_{k}_ms": 1e3 * v for k, v in latency_percentiles(dec).items()})
     return out

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module, is_gpu_array, to_numpy
 from tinyllm.errors import TinyLLMError
 
@@ -63,12 +64,16 @@ def apply_repetition_penalty(logits: np.ndarray, previous: list[list[int]] | np.
     return logits
 
 
+@plug.point("sample_next")
 def sample_next(logits: Any, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 repetition_penalty: float = 1.0, previous=None, rng: np.random.Generator | int | None = None) -> np.ndarray:
     """Choose the next token of each row of ``logits`` (B, V); returns (B,) int64 on the host.
 
     ``temperature=0`` means greedy (argmax). Sampling uses ``rng``, so a seed
-    makes it reproducible.
+    makes it reproducible: one draw ``u = rng.random((B, 1))`` per call, and each row takes
+    the first token whose cumulative probability exceeds its ``u`` (inverse-CDF sampling).
+    A plug point: every loop below (:func:`generate`, :func:`stream_generate`,
+    :func:`generate_batch`, :class:`ChatSession`) chooses its tokens through it.
     """
     z = to_numpy(logits).astype(np.float64)                             # (B, V)
     if z.ndim != 2:
@@ -86,6 +91,7 @@ def sample_next(logits: Any, *, temperature: float = 1.0, top_k: int | None = No
     return np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), z.shape[-1] - 1)
 
 
+@plug.point("generate")
 def generate(model, idx: Any, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, seed: int | None = None, block_size: int | None = None):
     """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T) using ``model(idx) -> logits (B, T, V)``.

@@ -13,7 +13,9 @@ process training on B examples (up to floating-point summation order).
 
 Launch with ``mpirun -n 2 python scripts/train_data_parallel.py`` (see that script).
 The communicator is never created at import time, so importing this module costs
-nothing and works without MPI installed.
+nothing and works without MPI installed. :func:`ring_allreduce` simulates, in one
+process, the ring algorithm that NCCL and MPI libraries use for large buffers, and
+counts what it sends.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module, is_gpu_array
 from tinyllm.nn.module import Parameter
 
@@ -98,6 +101,43 @@ class DataParallel:
         for p in params:
             p.grad[...] = flat[offset:offset + p.grad.size].reshape(p.grad.shape)
             offset += p.grad.size
+
+
+@plug.point("ring_allreduce")
+def ring_allreduce(buffers):
+    """Ring all-reduce (Patarasuk & Yuan, 2009) over R simulated ranks; row r of ``buffers`` (R, N) is rank r's.
+
+    The N numbers are cut into R chunks as ``np.array_split`` does (the first N mod R chunks are one
+    longer). In every step each rank r sends one chunk to rank (r + 1) mod R, all ranks at once:
+
+    - reduce-scatter, steps s = 0 .. R-2: rank r sends chunk (r - s) mod R and the receiver adds it to
+      its own copy; afterwards rank r holds the complete sum of chunk (r + 1) mod R;
+    - all-gather, steps s = 0 .. R-2: rank r sends chunk (r + 1 - s) mod R and the receiver overwrites
+      its copy with it.
+
+    Returns ``(out, steps, bytes_sent)``: ``out`` (R, N), the sum on every rank, in the input's dtype
+    and array module; ``steps`` = 2 (R - 1); ``bytes_sent`` (R,) int64, what each rank sent: every
+    chunk but one in each phase, 2 (R - 1) N / R numbers when R divides N."""
+    xp = get_array_module(buffers)
+    buf = xp.array(buffers, copy=True)                                   # (R, N), the ranks' own copies
+    if buf.ndim != 2 or buf.shape[0] < 1:
+        raise ValueError(f"buffers must have shape (R, N) with R >= 1 ranks, got {tuple(buf.shape)}")
+    R, N = buf.shape
+    size, extra = divmod(N, R)
+    edges = [c * size + min(c, extra) for c in range(R + 1)]             # chunk c is [edges[c], edges[c+1])
+    sent = np.zeros(R, dtype=np.int64)
+    for phase in ("reduce-scatter", "all-gather"):
+        for s in range(R - 1):
+            chunks = [(r - s) % R if phase == "reduce-scatter" else (r + 1 - s) % R for r in range(R)]
+            msgs = [buf[r, edges[c]:edges[c + 1]].copy() for r, c in enumerate(chunks)]   # all sent at once
+            for r, (c, msg) in enumerate(zip(chunks, msgs)):
+                dst = buf[(r + 1) % R, edges[c]:edges[c + 1]]
+                if phase == "reduce-scatter":
+                    dst += msg
+                else:
+                    dst[...] = msg
+                sent[r] += msg.nbytes
+    return buf, 2 * (R - 1), sent
 
 
 def _to_host(x: Any) -> np.ndarray:

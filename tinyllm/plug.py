@@ -86,6 +86,14 @@ def use(**replacements: Callable) -> Iterator[dict[str, Callable]]:
         _ACTIVE.reset(token)
 
 
+def library(name: str) -> Callable:
+    """The library's own function of the point ``name`` (what runs when nothing is plugged in)."""
+    _load_all()
+    if name not in _POINTS:
+        raise PlugError(f"no plug point named {name}; the points are: {', '.join(sorted(_POINTS))}")
+    return _POINTS[name]
+
+
 def in_use() -> dict[str, Callable]:
     """The replacements active here and now (empty outside :func:`use`)."""
     return dict(_ACTIVE.get())
@@ -94,8 +102,9 @@ def in_use() -> dict[str, Callable]:
 # Modules that define plug points: imported on first use of :func:`use` / :func:`points`, so that every point
 # is known even when the caller has not imported its module yet.
 _MODULES = ("tinyllm.kernels", "tinyllm.nn.functional", "tinyllm.nn.attention", "tinyllm.models.llama",
-            "tinyllm.generate", "tinyllm.compress.ggml_blocks", "tinyllm.compress.gptq", "tinyllm.compress.prune",
-            "tinyllm.compress.distill", "tinyllm.compress.smoothquant", "tinyllm.interp")
+            "tinyllm.generate", "tinyllm.parallel", "tinyllm.evaluate", "tinyllm.compress.ggml_blocks",
+            "tinyllm.compress.gptq", "tinyllm.compress.prune", "tinyllm.compress.distill", "tinyllm.compress.smoothquant",
+            "tinyllm.interp")
 
 
 def _load_all() -> None:

@@ -1,60 +1,74 @@
 import numpy as np
 
 
-def allreduce_mean__one_rank(grads):
-    """the mean of one rank"""
-    return grads.mean(axis=0)
+def _edges(R, N):
+    size, extra = divmod(N, R)
+    return [c * size + min(c, extra) for c in range(R + 1)]
 
 
-def allreduce_mean__keepdims(grads):
-    """np.broadcast_to the input's shape"""
-    return grads.mean(axis=0, keepdims=True)
+def _ring_mistake(buffers, phases=("rs", "ag"), bytes_of=None):
+    buf = np.array(buffers, copy=True)
+    R, N = buf.shape
+    e = _edges(R, N)
+    sent = np.zeros(R, dtype=np.int64)
+    for phase in phases:
+        for s in range(R - 1):
+            chunks = [(r - s) % R if phase == "rs" else (r + 1 - s) % R for r in range(R)]
+            msgs = [buf[r, e[c]:e[c + 1]].copy() for r, c in enumerate(chunks)]
+            for r, (c, m) in enumerate(zip(chunks, msgs)):
+                if phase == "rs":
+                    buf[(r + 1) % R, e[c]:e[c + 1]] += m
+                else:
+                    buf[(r + 1) % R, e[c]:e[c + 1]] = m
+                sent[r] += m.nbytes if bytes_of is None else bytes_of(m, buf)
+    return buf, sent
 
 
-def allreduce_mean__last_axis(grads):
-    """the mean is taken over the last axis"""
-    return np.broadcast_to(grads.mean(axis=-1, keepdims=True), grads.shape).astype(grads.dtype)
+def ring_allreduce__no_all_gather(buffers):
+    """the all-gather phase"""
+    buf, sent = _ring_mistake(buffers, phases=("rs",))
+    return buf, 2 * (len(buffers) - 1), 2 * sent
 
 
-def allreduce_mean__float64(grads):
-    """expected float32"""
-    return np.broadcast_to(grads.astype(np.float64).mean(axis=0), grads.shape).copy()
+def ring_allreduce__one_phase_steps(buffers):
+    """that counts one phase only"""
+    buf, sent = _ring_mistake(buffers)
+    return buf, len(buffers) - 1, sent
 
 
-def allreduce_mean__r_minus_one(grads):
-    """divided by R - 1"""
-    return np.broadcast_to(grads.sum(axis=0) / max(len(grads) - 1, 1), grads.shape).astype(grads.dtype)
+def ring_allreduce__whole_buffer_bytes(buffers):
+    """every step sends the whole buffer"""
+    buf, sent = _ring_mistake(buffers, bytes_of=lambda m, b: b[0].nbytes)
+    return buf, 2 * (len(buffers) - 1), sent
 
 
-def attainable_flops__max(intensity, peak_flops, bandwidth):
-    """takes the larger of the two roofs"""
-    return max(peak_flops, intensity * bandwidth)
+def ring_allreduce__formula_bytes(buffers):
+    """with N not divisible by R the chunks differ in size"""
+    buf, _ = _ring_mistake(buffers)
+    R, N = buf.shape
+    return buf, 2 * (R - 1), np.full(R, 2 * (R - 1) * (N // R) * buf.itemsize, dtype=np.int64)
 
 
-def attainable_flops__divides(intensity, peak_flops, bandwidth):
-    """FLOP/s = intensity * bandwidth"""
-    return min(peak_flops, intensity / bandwidth)
+def ring_allreduce__received(buffers):
+    """those are the bytes each rank RECEIVED"""
+    buf, sent = _ring_mistake(buffers)
+    return buf, 2 * (len(buffers) - 1), np.roll(sent, 1)
 
 
-def attainable_flops__hard_coded(intensity, peak_flops, bandwidth):
-    """uses the peak and bandwidth of one machine"""
-    return min(60e12, intensity * 3.0e12)
+def ring_allreduce__float64(buffers):
+    """has dtype float64, expected"""
+    buf, sent = _ring_mistake(np.asarray(buffers, dtype=np.float64))         # the sums in float64
+    return buf, 2 * (len(buffers) - 1), sent * buffers.itemsize // 8
 
 
-def attainable_flops__ridge_wrong_side(intensity, peak_flops, bandwidth):
-    """always the compute peak"""
-    ridge = bandwidth / peak_flops
-    return peak_flops if intensity > ridge else intensity * bandwidth
+def ring_allreduce__in_place(buffers):
+    """the call changed its input buffers"""
+    buf, sent = _ring_mistake(buffers)
+    buffers[...] = buf
+    return buffers, 2 * (len(buffers) - 1), sent
 
 
-# Written after the checks, graded once before any change to them (see the report).
-
-
-def allreduce_mean__median(grads):
-    """None"""
-    return np.broadcast_to(np.median(grads, axis=0), grads.shape).astype(grads.dtype)
-
-
-def attainable_flops__sum(intensity, peak_flops, bandwidth):
-    """None"""
-    return 1.0 / (1.0 / peak_flops + 1.0 / (intensity * bandwidth))
+def ring_allreduce__sum_shortcut_total_bytes(buffers):
+    """is one number"""
+    R, N = buffers.shape
+    return np.broadcast_to(buffers.sum(axis=0), buffers.shape).copy(), 2 * (R - 1), 2 * (R - 1) * N * buffers.itemsize

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from tinyllm.grading.runner import (DEFAULT_MEMORY, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT, ChecksSourceError, Report,
+from tinyllm.grading.runner import (CAPSTONE, DEFAULT_MEMORY, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT, ChecksSourceError, Report,
                                     grade_notebook, lesson_for, lessons, use_checks)
 
 EXIT_FULL, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"tinyllm grade: no folder {folder} (run from the course's root, or pass --dir)", file=sys.stderr)
             return EXIT_ERROR
         paths += sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if lesson_for(p) is not None)
+        paths += [p for p in [folder / f"{CAPSTONE}.ipynb"] if p.is_file() and lesson_for(p) is not None]
     if not paths:
         print("tinyllm grade: give a notebook (exercises/NN_topic.ipynb) or --all", file=sys.stderr)
         return EXIT_ERROR

@@ -92,6 +92,30 @@ class Exercise:
         return float(sum(t.points for t in self.tests))
 
 
+def freeze(obj: Any, min_bytes: int = 2**16) -> Any:
+    """Make the NumPy arrays of ``min_bytes`` or more that ``obj`` holds (through attributes, lists, tuples and
+    dicts) read-only, and return ``obj``. An end-to-end test sends a read-only array to the sandbox once and
+    then by reference, so freeze a model whose weights travel to the learner's functions (a Llama's forward
+    pass does not write its weights; a write would now raise)."""
+    seen: set[int] = set()
+    todo = [obj]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen or isinstance(x, (type, str, bytes, int, float)) or callable(x) and not hasattr(x, "__dict__"):
+            continue
+        seen.add(id(x))
+        if isinstance(x, np.ndarray):
+            if x.nbytes >= min_bytes:
+                x.setflags(write=False)
+        elif isinstance(x, (list, tuple)):
+            todo += list(x)
+        elif isinstance(x, dict):
+            todo += list(x.values())
+        elif hasattr(x, "__dict__") and not isinstance(x, type(np)):
+            todo += list(vars(x).values())
+    return obj
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers for judges
 # ---------------------------------------------------------------------------------------------

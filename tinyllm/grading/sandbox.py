@@ -14,7 +14,7 @@ turns into zero points for that function.
 Protocol. stdin: framed pickles from the grader (trusted direction), each an 8-byte big-endian length and
 the pickle. The first::
 
-    {"chunks": [(cell, code), ...],          # top-level defs/imports of the notebook, in order
+    {"chunks": [(cell, code[, notebook]), ...],   # top-level defs/imports, in order (one namespace per notebook)
      "jobs": [{"key": str, "attr": str, "tests": [[(args, kwargs[, {"send_args": True}]), ...], ...]}, ...],
      "time_limit": float, "print_cap": int, "memory": int, "hidden": [folder, ...], "serve": bool}
 
@@ -31,14 +31,21 @@ each, for the grader's end-to-end tests (the library runs in the grader; only th
     {"op": "call", "target": name | handle id, "attr": str | None, "args": tuple, "kwargs": dict, "limit": float}
     {"op": "get", "target": handle id, "attr": str, "limit": float}       # an attribute of a learner's object
     {"op": "value", "target": name, "limit": float}                       # a top-level value of the notebook
-    -> {"kind": "reply", "value": encoded, "inplace": [[index or keyword, encoded], ...], "printed": int,
+    {"op": "names", "limit": float}                                       # top-level functions: name -> is a stub
+    -> {"kind": "reply", "value": encoded, "inplace": [[path, encoded], ...], "printed": int,
         "library": [str, ...]}
+
+Each request is pickled inside ``{"arrays": {key: array}, "request": bytes}``: a read-only array of 64 KiB or
+more (read-only with every array it views, such as a model's weights) travels once, in ``arrays``, and is
+referred to by the persistent id ``("array", key)`` from then on; it stays read-only here.
 
 In replies, a value that has no wire type (an instance of a class the learner wrote, a closure) stays here in a
 table and travels as ``{"t": "handle", "id": int, "type": str}``; the grader sends it back as the persistent id
 ``("handle", id)`` (a bound method as ``("method", id, name)``), and a learner's top-level function as
-``("name", name)``. ``inplace`` holds the array
-arguments that the call changed, so the grader can write the change back, as an in-process call would.
+``("name", name)``. ``inplace`` holds the arrays
+and random generators that the call changed in its arguments (an argument, or one inside a list, dict or library
+object it got; ``path`` as :func:`_mutables` writes it; a generator as ``{"t": "rng", "state": ...}``), so the
+grader can write the change back, as an in-process call would.
 
 A call with ``{"send_args": True}`` that returns comes back as ``{"t": "with_args", "value": ..., "args":
 [args after the call]}``, a wire type no returned value can take, so that the grader can see what the
@@ -209,14 +216,19 @@ def main():
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    namespace = {"__name__": "__student__", "__builtins__": __builtins__}
+    spaces: dict = {}             # one namespace per notebook (a chunk's optional third item names it)
     errors = []
-    known = Known()
-    for cell, source in payload["chunks"]:
+    for cell, source, *group in payload["chunks"]:
+        group = group[0] if group else None
+        space, known = spaces.setdefault(group, ({"__name__": "__student__", "__builtins__": __builtins__}, Known()))
+        where = f"<cell {cell}>" if group is None else f"<cell {cell} of {group}>"
         try:
-            timed(limit, run_definitions, ast.parse(clean_source(source)), f"<cell {cell}>", namespace, known)
+            timed(limit, run_definitions, ast.parse(clean_source(source)), where, space, known)
         except BaseException as exc:  # noqa: BLE001 - anything the learner's code raises is a grading result
-            errors.append({"cell": cell, **_error(exc)})
+            errors.append({"cell": cell, **({} if group is None else {"group": group}), **_error(exc)})
+    namespace = {}
+    for space, _ in spaces.values():              # a later notebook's definition of a name wins
+        namespace.update(space)
     LIBRARY_USE.clear()
     send({"kind": "loaded", "errors": errors})
 
@@ -263,6 +275,53 @@ def main():
     os._exit(0)
 
 
+def is_stub(fn) -> bool:
+    """Whether ``fn`` is still an exercise's stub: its own code raises NotImplementedError."""
+    code = getattr(fn, "__code__", None)
+    return code is not None and "NotImplementedError" in code.co_names
+
+
+def _mutables(value, path, arrays, rngs, depth=0):
+    """Collect what a call can change in an argument: (path, array) of the writable arrays, and (path, generator)
+    of the NumPy random generators, in the argument itself or inside the lists, tuples, dicts and namespaces (the
+    library's objects) it holds, up to 3 levels down. A path is the argument's index or keyword, then
+    ["i", index or key] / ["a", attribute] steps."""
+    import types
+
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        if value.flags.writeable:
+            arrays.append((path, value))
+        return
+    if isinstance(value, np.random.Generator):
+        rngs.append((path, value))
+        return
+    if depth >= 3:
+        return
+    if isinstance(value, (list, tuple)):
+        steps = [(["i", i], v) for i, v in enumerate(value[:1000])]
+    elif isinstance(value, dict):
+        steps = [(["i", k], v) for k, v in list(value.items())[:1000] if isinstance(k, (str, int))]
+    elif type(value) is types.SimpleNamespace:
+        steps = [(["a", k], v) for k, v in vars(value).items()]
+    else:
+        return
+    for step, v in steps:
+        _mutables(v, path + [step], arrays, rngs, depth + 1)
+
+
+def _plain(x):
+    """A random generator's state as JSON (its arrays as {"ndarray": list, "dtype": str})."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return {"ndarray": x.tolist(), "dtype": x.dtype.str}
+    return x.item() if isinstance(x, np.generic) else x
+
+
 def read_frame(inp):
     """One framed message from the grader (8-byte big-endian length, then the bytes); None at the end."""
     head = inp.read(8)
@@ -280,6 +339,7 @@ def serve(namespace, inp, send, timed, sink):
     import numpy as np
 
     table = {}
+    frozen = {}                   # read-only arrays the grader sent once (a model's weights), by key
 
     def keep(value):
         table[len(table) + 1] = value
@@ -288,6 +348,8 @@ def serve(namespace, inp, send, timed, sink):
     class Request(pickle.Unpickler):
         def persistent_load(self, pid):
             if isinstance(pid, tuple) and len(pid) == 2:
+                if pid[0] == "array" and pid[1] in frozen:
+                    return frozen[pid[1]]
                 if pid[0] == "handle" and pid[1] in table:
                     return table[pid[1]]
                 if pid[0] == "name" and pid[1] in namespace:
@@ -303,7 +365,11 @@ def serve(namespace, inp, send, timed, sink):
         before, mark = sink.count, len(LIBRARY_USE)
         inplace = []
         try:
-            req = Request(io.BytesIO(frame)).load()
+            outer = pickle.loads(frame)
+            for key, a in outer["arrays"].items():
+                a.setflags(write=False)           # read-only in the grader: read-only here too
+                frozen[key] = a
+            req = Request(io.BytesIO(outer["request"])).load()
         except BaseException as exc:  # noqa: BLE001
             value = {"t": "error", "type": "ArgumentError", "message": str(exc)[:500], "where": ""}
             del LIBRARY_USE[mark:]                  # what unpickling tried is not the learner's doing
@@ -313,7 +379,9 @@ def serve(namespace, inp, send, timed, sink):
         op, target, attr = req.get("op"), req.get("target"), req.get("attr")
         try:
             obj = namespace.get(target) if isinstance(target, str) else table.get(target)
-            if op == "value":
+            if op == "names":                      # the learner's top-level functions: name -> still a stub
+                value = _encode({k: is_stub(v) for k, v in namespace.items() if callable(v) and not k.startswith("__")})
+            elif op == "value":
                 value = timed(req["limit"], _encode, obj, 0, keep) if target in namespace else {"t": "missing"}
             elif op == "get":
                 got = timed(req["limit"], getattr, obj, attr)
@@ -329,16 +397,23 @@ def serve(namespace, inp, send, timed, sink):
                               "message": f"'{type(fn).__name__}' object is not callable"})
                 else:
                     args, kwargs = req.get("args", ()), req.get("kwargs", {})
-                    arrays = [(i, a) for i, a in [*enumerate(args), *kwargs.items()] if isinstance(a, np.ndarray)]
-                    copies = [a.copy() for _, a in arrays]
+                    watched, rngs = [], []
+                    for key, a in [*enumerate(args), *kwargs.items()]:
+                        _mutables(a, [key], watched, rngs)
+                    copies = [a.copy() for _, a in watched]
+                    states = [_plain(g.bit_generator.state) for _, g in rngs]
 
                     def run():
                         return _encode(fn(*args, **kwargs), 0, keep)
 
                     value = timed(req["limit"], run)
-                    for (key, a), old in zip(arrays, copies):
+                    for (path, a), old in zip(watched, copies):
                         if a.shape != old.shape or not np.array_equal(a, old, equal_nan=a.dtype.kind in "fc"):
-                            inplace.append([key, _encode(a)])
+                            inplace.append([path, _encode(a)])
+                    for (path, g), old in zip(rngs, states):
+                        state = _plain(g.bit_generator.state)
+                        if state != old:
+                            inplace.append([path, {"t": "rng", "state": state}])
         except BaseException as exc:  # noqa: BLE001 - anything the learner's code raises is a result
             value = _error(exc)
         library, LIBRARY_USE[:] = sorted(set(LIBRARY_USE)), []
