@@ -29,8 +29,6 @@ PENDING = {
     "exercises/06_parameter_storage.ipynb",
     "exercises/07_loading_a_real_model.ipynb",
     "exercises/08_llama_block.ipynb",
-    "exercises/11_compression.ipynb",
-    "exercises/13_inside_the_model.ipynb",
 }
 
 SOURCES = i18n.english_sources(ROOT)
