@@ -69,8 +69,9 @@ def main(argv=None) -> int:
                          "machine a 2-thread prefill can be several times slower than a 1-thread one")
     args = ap.parse_args(argv)
 
-    from tinyllm.chat import _warm_up
-    from tinyllm.generate import ChatSession, rewind_cache
+    from tinyllm.chat_cli import _warm_up
+    from tinyllm.chat import ChatSession
+    from tinyllm.generate import rewind_cache
     from tinyllm.models.smollm2 import load_smollm2
 
     if args.threads > 0:                       # after NumPy has loaded its BLAS: before, there is nothing to limit

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
 
         threadpool_limits(args.threads, user_api="blas")
 
-    from tinyllm.chat import _warm_up
+    from tinyllm.chat_cli import _warm_up
     from tinyllm.generate import stream_generate
     from tinyllm.models.smollm2 import load_smollm2
     from tinyllm.speculative import EarlyExitDraft, PromptLookup, SpecStats, speculative_generate

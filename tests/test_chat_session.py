@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from tinyllm.generate import ChatSession, ContextFullError, grow_cache, prefill, rewind_cache, stream_generate
+from tinyllm.chat import ChatSession, ContextFullError
+from tinyllm.generate import grow_cache, prefill, rewind_cache, stream_generate
 from tinyllm.models.llama import Llama, LlamaConfig
 
 
@@ -189,3 +190,40 @@ def test_stream_generate_continues_a_cache(model):
         list(stream_generate(model, prompt, 30, cache=prefill(model, [prompt[:2]], max_len=20)[1]))
     with pytest.raises((ValueError, TypeError)):
         list(stream_generate(model, prompt, 2, cache=prefill(model, [prompt[:2]], max_len=20)[1], cuda_graph=True))
+
+
+def test_speculative_chat_gives_the_greedy_replies(model, monkeypatch):
+    """With prompt-lookup drafts the session's replies, ids and cache equal plain greedy decoding's, turn by
+    turn; drafts were both accepted and rejected."""
+    from tinyllm import speculative
+    from tinyllm.speculative import PromptLookup, SpecStats
+
+    stats = SpecStats()
+    real = speculative.speculative_generate
+    monkeypatch.setattr("tinyllm.chat.speculative_generate", lambda *a, **kw: real(*a, **kw, stats=stats))
+    class Noisy(PromptLookup):              # every other draft ends in a wrong token: rejections too
+        calls = 0
+
+        def propose(self, context, k):
+            draft, self.calls = super().propose(context, k), self.calls + 1
+            return draft[:-1] + [(draft[-1] + 1) % 259] if draft and self.calls % 2 else draft
+
+    tok = SpecialByteTokenizer()
+    plain = ChatSession(model, tok, system="Copy.", max_new_tokens=40, cache_size=64)
+    fast = ChatSession(model, tok, system="Copy.", max_new_tokens=40, cache_size=64, drafter=Noisy(3, 1),
+                       draft_k=6)
+    for text in ["abcabcabcabc", "hello hello hello", "0123456789 0123456789"]:
+        assert fast.send(text) == plain.send(text)
+        assert fast.ids == plain.ids and fast.last_turn.prefill_tokens == plain.last_turn.prefill_tokens
+        assert fast.cache.length == plain.cache.length
+    assert stats.verify_passes > 0 and 0 < stats.accepted < stats.drafted
+    fast.reset()
+    assert fast.send("abcabc") == ChatSession(model, tok, system="Copy.", max_new_tokens=40).send("abcabc")
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0.7), dict(repetition_penalty=1.3), dict(draft_k=0)])
+def test_speculative_chat_refuses_sampling(model, options):
+    from tinyllm.speculative import PromptLookup
+
+    with pytest.raises(ValueError, match="drafter=None|draft_k must be an int >= 1"):
+        ChatSession(model, SpecialByteTokenizer(), drafter=PromptLookup(), **options)

@@ -31,7 +31,7 @@ def tiny(monkeypatch):
     cfg = LlamaConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
                       context_length=512)
     model = Llama(cfg, rng=0)
-    monkeypatch.setattr("tinyllm.chat._load", lambda device: (model, ByteTokenizer()))
+    monkeypatch.setattr("tinyllm.chat_cli._load", lambda device: (model, ByteTokenizer()))
     return model
 
 
@@ -102,11 +102,12 @@ def test_generate_speculative_lookup_gives_the_greedy_text(tiny, monkeypatch, ca
     (["--temperature", "0.7"], "use --temperature 0 (got 0.7) or --speculative off"),
     (["--repetition-penalty", "1.3"], "needs --repetition-penalty 1 (got 1.3)"),
 ])
-def test_generate_speculative_refuses_sampling(flags, message, monkeypatch, capsys):
-    monkeypatch.setattr("tinyllm.chat._load", lambda device: pytest.fail("the options are checked before loading"))
-    assert cli.main(["generate", "hi", "--speculative", "lookup", *flags]) == 2
+@pytest.mark.parametrize("command", [["generate", "hi"], ["chat"]])
+def test_speculative_refuses_sampling(command, flags, message, monkeypatch, capsys):
+    monkeypatch.setattr("tinyllm.chat_cli._load", lambda device: pytest.fail("the options are checked before loading"))
+    assert cli.main([*command, "--speculative", "lookup", *flags]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("tinyllm generate: error: --speculative lookup ")
+    assert err.startswith(f"tinyllm {command[0]}: error: --speculative lookup ")
     assert message in err
 
 
@@ -115,6 +116,27 @@ def test_generate_speculative_choices(capsys):
         cli.main(["generate", "hi", "--speculative", "draft"])
     assert exc.value.code == 2
     assert "argument --speculative: invalid choice: 'draft'" in capsys.readouterr().err
+
+
+def test_chat_speculative_lookup_gives_the_greedy_replies(tiny, monkeypatch, capsys):
+    from tinyllm import speculative
+
+    stats = speculative.SpecStats()
+    real = speculative.speculative_generate
+    monkeypatch.setattr("tinyllm.chat.speculative_generate", lambda *a, **kw: real(*a, **kw, stats=stats))
+    turns = "abcabcabcabc\n0123456789 0123\n/reset\nabcabcabcabc\n"
+    for flags in ([], ["--stream"]):
+        argv = ["chat", "--max-new-tokens", "40", *flags]
+        monkeypatch.setattr(sys, "stdin", io.StringIO(turns))
+        assert cli.main(argv) == 0
+        plain = capsys.readouterr().out
+        assert stats.verify_passes == 0                 # plain decoding does not speculate
+        monkeypatch.setattr(sys, "stdin", io.StringIO(turns))
+        assert cli.main(argv + ["--speculative", "lookup"]) == 0
+        assert capsys.readouterr().out == plain and plain.count("assistant> ") == 3
+        assert stats.verify_passes > 0
+        stats.verify_passes = 0
+    assert stats.accepted > 0       # (rejected drafts in a chat: tests/test_chat_session.py)
 
 
 def test_chat_reads_turns_from_stdin(tiny, monkeypatch, capsys):
@@ -237,7 +259,7 @@ def test_chat_sigint_in_a_subprocess():
         "import sys, time\n"
         "sys.path.insert(0, %r)\n"
         "from test_cli import ByteTokenizer\n"
-        "from tinyllm import chat, cli\n"
+        "from tinyllm import chat_cli, cli\n"
         "from tinyllm.models.llama import Llama, LlamaConfig\n"
         "cfg = LlamaConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,"
         " context_length=4096)\n"
@@ -248,7 +270,7 @@ def test_chat_sigint_in_a_subprocess():
         "    time.sleep(0.02 if calls[0] < 500 else 0)\n"
         "    return real(*a, **k)\n"
         "model._forward = slow\n"
-        "chat._load = lambda device: (model, ByteTokenizer())\n"
+        "chat_cli._load = lambda device: (model, ByteTokenizer())\n"
         "sys.exit(cli.main(['chat', '--max-new-tokens', '3000', '--stream']))\n"
     ) % os.path.dirname(os.path.abspath(__file__))
     proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -288,3 +288,82 @@ def test_gpt_gradients_with_dropout_match_finite_differences():
     for name in ("wte.weight", "wpe.weight", "h.0.attn.c_attn.weight", "h.1.attn.c_proj.bias", "h.1.mlp.c_fc.weight"):
         err = _rel_err(_numerical_grad(f, params[name].data), params[name].grad)
         assert err < 1e-6, f"{name}: relative error {err:.2e}"
+
+
+# ---- the plug points of exercises/05: attention and the block as functions of their weights -------------
+def _copy(fn):
+    """The library's own function under another identity, so that plug.use really plugs it."""
+    def wrapped(*args, **kwargs):
+        wrapped.calls += 1
+        return fn.library(*args, **kwargs)
+    wrapped.calls = 0
+    return wrapped
+
+
+def _train(model, steps=4, seed=0):
+    from tinyllm.optim import AdamW
+
+    rng = np.random.default_rng(seed)
+    opt = AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        idx = rng.integers(0, model.config.vocab_size, size=(3, model.config.block_size))
+        tgt = np.roll(idx, -1, axis=1)
+        opt.zero_grad()
+        losses.append(model.loss(idx, tgt))
+        model.backward()
+        opt.step()
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("points", [("block_forward", "block_backward"), ("block_backward",),
+                                    ("attention_forward", "attention_backward"), ("attention_forward",)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_plugged_functions_train_like_the_modules(points, bias):
+    """The library's functions plugged in (alone or in pairs) give the modules' loss history and weights."""
+    from tinyllm import plug
+    from tinyllm.models import gpt
+    from tinyllm.nn import attention
+
+    cfg = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=bias)
+    ref_model = GPT(cfg, rng=1)
+    ref = _train(ref_model)
+    model = GPT(cfg, rng=1)
+    fns = {n: _copy(getattr(gpt if n.startswith("block") else attention, n)) for n in points}
+    with plug.use(**fns):
+        got = _train(model)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-5, err_msg=name)
+    for fn in fns.values():
+        assert fn.calls == 4 * cfg.n_layer
+
+
+def test_block_functions_match_finite_differences():
+    from tinyllm.models.gpt import block_backward, block_forward
+
+    rng = np.random.default_rng(5)
+    blk = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=6), rng=2).astype(np.float64).h[0]
+    p = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in blk.weights().items()}
+    x = rng.standard_normal((2, 4, 6))
+    dy = rng.standard_normal((2, 4, 6))
+    dx, grads = block_backward(dy, x, p, 2, 1e-3)
+    f = lambda: float((block_forward(x, p, 2, 1e-3) * dy).sum())    # noqa: E731
+    assert _rel_err(dx, _numerical_grad(f, x)) < 1e-6
+    for name in ("ln_1.weight", "attn.c_attn.weight", "attn.c_proj.bias", "mlp.c_fc.weight"):
+        assert _rel_err(grads[name], _numerical_grad(f, p[name])) < 1e-6, name
+
+
+def test_plugged_block_refuses_dropout_and_is_off_after_the_block():
+    from tinyllm import plug
+
+    model = GPT(GPTConfig(vocab_size=7, block_size=4, n_layer=1, n_head=1, n_embd=4, dropout=0.1), rng=0)
+    idx = np.zeros((1, 4), dtype=np.int64)
+    with plug.use(block_forward=lambda x, p, n_head, eps=1e-5: x):
+        with pytest.raises(plug.PlugError, match="dropout"):
+            model.forward(idx)
+        model.eval()
+        model.forward(idx)                                  # eval: no dropout, the plug runs
+        assert model.h[0]._plugged_x is not None
+    model.forward(idx)
+    assert model.h[0]._plugged_x is None

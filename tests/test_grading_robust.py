@@ -14,9 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm.grading.runner import code_cells, grade_cells, grade_notebook, grade_source, load_exercises
+from tinyllm.grading import runner
+from tinyllm.grading.runner import code_cells, grade_cells, grade_notebook, grade_source, load_exercises, use_checks
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def plain_checks(monkeypatch):
+    """Grade lessons 02 and 03 with tests/fixtures/plain_checks: plain functions (softmax, gd_step, ...) that the
+    tests below attack, independent of how the course's assignments evolve."""
+    monkeypatch.setattr(runner, "_CHECKS", runner._CHECKS)       # restored after the test
+    use_checks(str(ROOT / "tests" / "fixtures" / "plain_checks"))
 
 
 def notebook(*sources: str, lesson: str | None = None) -> dict:
@@ -43,7 +52,7 @@ def softmax(x):
 """
 
 
-def test_broken_cells_each_zero_one_exercise_and_the_rest_is_graded(tmp_path, monkeypatch):
+def test_broken_cells_each_zero_one_exercise_and_the_rest_is_graded(tmp_path, monkeypatch, plain_checks):
     monkeypatch.chdir(tmp_path)
     nb = notebook(
         "import numpy as np\n%matplotlib inline\n",
@@ -73,7 +82,7 @@ def test_broken_cells_each_zero_one_exercise_and_the_rest_is_graded(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_endless_loop_is_interrupted_at_the_time_limit():
+def test_an_endless_loop_is_interrupted_at_the_time_limit(plain_checks):
     from tinyllm.grading.runner import grade_source
 
     report = grade_source("03_backpropagation", "def softmax(x):\n    while True:\n        pass\n", time_limit=1)
@@ -82,7 +91,7 @@ def test_an_endless_loop_is_interrupted_at_the_time_limit():
     assert by_function(report)["relu_backward"].message.startswith("function `relu_backward` is not defined")
 
 
-def test_exception_at_import_wrong_shape_exit_and_file_writes(tmp_path, monkeypatch):
+def test_exception_at_import_wrong_shape_exit_and_file_writes(tmp_path, monkeypatch, plain_checks):
     monkeypatch.chdir(tmp_path)
     nb = notebook(
         "import numpy as np\n",
@@ -103,7 +112,7 @@ def test_exception_at_import_wrong_shape_exit_and_file_writes(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []          # the learner's code ran in a temporary directory
 
 
-def test_student_code_cannot_change_tests_points_or_references():
+def test_student_code_cannot_change_tests_points_or_references(plain_checks):
     nb = notebook(
         "import numpy as np\nimport numpy\n",
         # patch NumPy in the sandbox and shadow the grader's names: the judging happens elsewhere
@@ -164,7 +173,7 @@ def test_only_and_all_on_a_folder(tmp_path, capsys):
         (tmp_path / f"{lesson}.ipynb").write_text((ROOT / "solutions" / f"{lesson}.ipynb").read_text())
     assert main(["grade", "--all", "--dir", str(tmp_path), "--no-execute"]) == 0
     out = capsys.readouterr().out
-    assert "Course progress" in out and "total" in out and "6/6" in out and "not found: 01_parameters" in out
+    assert "Course progress" in out and "total" in out and "7/7" in out and "not found: 01_parameters" in out
     exercise = ROOT / "exercises" / "04_tokenization.ipynb"
     assert main(["grade", str(exercise), "--no-execute", "--only", "merge", "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
@@ -184,8 +193,8 @@ def test_end_to_end_in_a_kernel_a_solution_and_a_broken_notebook(tmp_path):
     nb = json.loads((ROOT / "solutions" / "05_transformer.ipynb").read_text())
     for cell in nb["cells"]:
         src = "".join(cell["source"])
-        if "def causal_attention" in src:
-            cell["source"] = src.replace("np.where(causal_mask(T), scores", "np.where(np.tril(np.ones((T, T), bool), 1), scores")
+        if "def attention_forward" in src:                         # the mask lets position t see t + 1
+            cell["source"] = src.replace("np.triu(np.ones((T, T), dtype=bool), k=1)", "np.triu(np.ones((T, T), dtype=bool), k=2)")
     nb["cells"].insert(2, {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
                            "source": "import time\nwhile True:\n    time.sleep(0.05)\n"})
     broken = tmp_path / "05_transformer.ipynb"
@@ -194,10 +203,10 @@ def test_end_to_end_in_a_kernel_a_solution_and_a_broken_notebook(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     good, bad = json.loads(r.stdout)["notebooks"]
     assert good["full_marks"] and good["score"] == good["max_score"] == 7 and good["notes"] == []
-    assert bad["score"] == 5 and bad["max_score"] == 10 and not bad["full_marks"]
-    attention = {e["function"]: e for e in bad["exercises"]}["causal_attention"]
+    assert bad["score"] == 6 and bad["max_score"] == 27 and not bad["full_marks"]   # attention_backward but its e2e
+    attention = {e["function"]: e for e in bad["exercises"]}["attention_forward"]
     assert attention["score"] == 0
-    assert any("attention lets position 4 see position 5: check the causal mask" in t["feedback"] for t in attention["tests"])
+    assert any("attention lets position 5 see position 6" in t["feedback"] for t in attention["tests"])
     assert bad["notes"][0].startswith("cell 3 (import time) raised KeyboardInterrupt")      # the endless cell was interrupted, the rest ran
     assert any("raised AssertionError" in n for n in bad["notes"])   # the example test below it saw the bug
 
@@ -213,7 +222,7 @@ def test_table_output(capsys):
     assert f"total: 0/{total} points (0%)" in out
 
 
-def test_calling_the_library_scores_zero_and_says_why_however_it_is_reached():
+def test_calling_the_library_scores_zero_and_says_why_however_it_is_reached(plain_checks):
     root = str(ROOT)
     nb = notebook(
         "import numpy as np\nimport sys, importlib\nimport tinyllm.nn.functional as F\nimport tinyllm\n",
@@ -251,32 +260,32 @@ def test_a_notebook_may_use_tinyllm_outside_the_graded_functions():
 
 def test_top_level_constants_are_kept_and_top_level_calls_are_not_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    layer_norm = (
+    rms_norm = (
         "import numpy as np\nfrom math import sqrt\nEPS = np.float32(1e-5)\nHALF: float = sqrt(0.25)\nSHIFT = np.zeros(1, np.float32)\n"
         "SHIFT += 0\nTABLE = {'eps': EPS}\n"
-        "def layer_norm(x, gamma, beta, eps=None):\n"
+        "def rms_norm(x, w, eps=None):\n"
         "    eps = TABLE['eps'] if eps is None else eps\n"
-        "    mu = x.mean(-1, keepdims=True) + SHIFT\n"
-        "    var = ((x - mu) ** 2).mean(-1, keepdims=True) * (HALF * 2)\n"
-        "    return ((x - mu) / np.sqrt(var + eps) * gamma + beta).astype(x.dtype)\n"
+        "    ms = (x * x).mean(-1, keepdims=True) * (HALF * 2) + SHIFT\n"
+        "    return (x / np.sqrt(ms + eps) * w).astype(x.dtype)\n"
     )
     side_effects = (
-        "x = np.ones(3)\ny = layer_norm(x, 1, 0)\nprint(y)\n"            # a call of the learner's function: not run
+        "x = np.ones(3)\ny = rms_norm(x, 1, 0)\nprint(y)\n"              # a call of the learner's function: not run
         "z = open('written_at_top_level.txt', 'w')\n"                   # a call of something else: not run
         "w = y.sum()\nx[0] = 2\n"                                       # depend on what was not run: skipped quietly
         "import time\nt = time.sleep(100)\n"
     )
-    report = grade_source("05_transformer", layer_norm + side_effects, time_limit=10, only=["layer_norm"])
-    ex = by_function(report)["layer_norm"]
+    report = grade_source("08_llama_block", rms_norm + side_effects, time_limit=10, only=["rms_norm"])
+    ex = by_function(report)["rms_norm"]
     assert ex.score == ex.max_score and report.notes == [], (ex.message, report.notes)
     assert list(tmp_path.iterdir()) == []
     # the shipped solution with `block = np.zeros(...)` then `block[:2] = ...` no longer gets a false note
     sol = grade_notebook(ROOT / "solutions" / "07_loading_a_real_model.ipynb", execute=False)
     assert sol.full_marks and sol.notes == []
     # an error of its own still stops the cell, as in the notebook
-    report = grade_source("05_transformer", "import numpy as np\nEPS = np.float32('x')\ndef causal_mask(T):\n    return 1\n",
-                          time_limit=10, only=["causal_mask"])
-    assert "cell 1 raised ValueError" in by_function(report)["causal_mask"].message
+    report = grade_source("05_transformer", "import numpy as np\nEPS = np.float32('x')\n"
+                          "def attention_forward(x, w_qkv, b_qkv, w_o, b_o, n_head):\n    return 1\n",
+                          time_limit=10, only=["attention_forward"])
+    assert "cell 1 raised ValueError" in by_function(report)["attention_forward"].message
 
 
 def _survivors(token: str) -> list[str]:
@@ -329,7 +338,7 @@ needs_confinement = pytest.mark.skipif(not _writes_confined(), reason="writes ar
 
 
 @needs_confinement
-def test_graded_code_cannot_write_outside_its_scratch_folder_nor_leave_processes(tmp_path, monkeypatch):
+def test_graded_code_cannot_write_outside_its_scratch_folder_nor_leave_processes(tmp_path, monkeypatch, plain_checks):
     from tinyllm.grading import jail
 
     monkeypatch.chdir(tmp_path)
@@ -417,7 +426,7 @@ def test_a_hostile_notebook_in_its_kernel_changes_nothing_and_is_stopped(tmp_pat
     assert "without encryption" not in r.stderr and "Traceback" not in r.stderr
     reports = {n["lesson"]: n for n in json.loads(r.stdout)["notebooks"]}
     hostile_nb, exercise = reports["04_tokenization"], reports["05_transformer"]
-    assert hostile_nb["full_marks"] and exercise["score"] == 0 and exercise["max_score"] == 10
+    assert hostile_nb["full_marks"] and exercise["score"] == 0 and exercise["max_score"] == 27
     notes = hostile_nb["notes"]
     assert "cell 6 (hog = bytearray(6 * 2**30)) raised MemoryError: it used more memory than the grader allows (3 GiB)" in notes
     assert notes[0] == ("the notebook did not finish within 20 s (the limit for the whole run), so its kernel and every "

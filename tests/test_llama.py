@@ -205,3 +205,63 @@ def test_padded_batch_matches_transformers():
         ref = hf(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64))).logits.numpy()
     got = ours(ids, attention_mask=mask)
     np.testing.assert_allclose(got[mask], ref[mask], atol=2e-4, rtol=0)
+
+
+# ---- the plug points of exercises/08: the block as plain functions ----------------------------------
+def _library(name):
+    from tinyllm import plug
+
+    plug.points()                                               # every point registered
+    return plug._POINTS[name]
+
+
+@pytest.mark.parametrize("names", [("llama_block",), ("apply_rope",), ("swiglu_mlp",), ("gqa_attention",),
+                                   ("llama_block", "apply_rope", "swiglu_mlp", "gqa_attention", "rms_norm")])
+def test_the_block_functions_give_the_fused_forward(model, names):
+    """Each point replaced by the library's own function (a copy, so the dispatch sees a plug) runs every block
+    through llama_block, and the logits equal the fused forward's at the fused path's tolerance."""
+    from tinyllm import plug
+
+    ids = np.random.default_rng(3).integers(0, TINY.vocab_size, size=(2, 11))
+    ref = model(ids)
+    calls = []
+
+    def spy(fn):
+        def wrapped(*a, **k):
+            calls.append(fn.__name__)
+            return fn(*a, **k)
+        return wrapped
+
+    with plug.use(**{n: spy(_library(n)) for n in names}):
+        got = model(ids)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    per_block = {"llama_block": 1, "apply_rope": 2, "swiglu_mlp": 1, "gqa_attention": 1, "rms_norm": 2}
+    for n in names:
+        extra = 1 if n == "rms_norm" else 0                     # the final norm
+        assert calls.count(_library(n).__name__) == per_block[n] * TINY.n_layers + extra
+
+
+def test_a_plugged_block_is_what_runs_and_refuses_the_cache(model):
+    from tinyllm import plug
+
+    ids = np.arange(7).reshape(1, 7)
+    with plug.use(llama_block=lambda x, w, n_heads, n_kv_heads, positions, base=1e4, eps=1e-5: x):
+        got = model(ids)                                        # blocks that do nothing: norm(E[ids]) @ E^T
+        with pytest.raises(plug.PlugError, match="without a KV cache"):
+            prefill(model, ids)
+        with pytest.raises(plug.PlugError, match="resid_pre and resid_post"):
+            with model.hooks(attn_out=lambda v, layer: None):
+                model(ids)
+    E = model.tok_embd.data
+    want = (E[ids] / np.sqrt((E[ids] ** 2).mean(-1, keepdims=True) + TINY.norm_eps) * model.norm.data) @ E.T
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model(ids), Llama(TINY, rng=0)(ids))  # unplugged again: the fused path
+
+
+def test_block_weights_are_the_fused_matrices_unfused(model):
+    w = model.block_weights(1)
+    blk = model.blocks[1]
+    np.testing.assert_array_equal(np.concatenate([w["wq"], w["wk"], w["wv"]], axis=1), blk.wqkv.data)
+    np.testing.assert_array_equal(np.concatenate([w["w_gate"], w["w_up"]], axis=1), blk.wgu.data)
+    assert w["wq"].shape == (TINY.dim, TINY.n_heads * TINY.head_dim) and w["w_down"].shape == (TINY.ffn_dim, TINY.dim)

@@ -25,7 +25,7 @@ from test_llama import TINY, model  # noqa: F401  (the same tiny model and its f
 
 def test_llama_names_are_the_kernels():
     assert llama.rms_norm is kernels.rms_norm
-    assert llama.apply_rope is kernels.rope
+    assert llama.apply_rope.plug_point == "apply_rope"          # the lesson's RoPE (positions, base) over kernels.rope
 
 
 def test_forward_calls_each_kernel(model, monkeypatch):

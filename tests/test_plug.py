@@ -75,3 +75,50 @@ def test_bad_names_and_values_are_refused_with_the_list_of_points():
             pass
     assert "rms_norm" in plug.points() and plug.points()["rms_norm"].startswith("rms_norm(x")
     assert kernels.rms_norm.library is not kernels.rms_norm and kernels.rms_norm.plug_point == "rms_norm"
+
+
+def test_linear_weight_plug_point_initialises_tinyllm_linear():
+    from tinyllm.nn import Linear
+
+    ref = Linear(6, 4, rng=3)
+    assert plug.points()["linear_weight"] == "linear_weight(fan_in: 'int', fan_out: 'int', rng: 'np.random.Generator')"
+
+    def he(fan_in, fan_out, rng):
+        return rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_in, fan_out)).astype(np.float32)
+
+    with plug.use(linear_weight=he):
+        mine = Linear(6, 4, rng=3)
+    np.testing.assert_array_equal(mine.weight.data, he(6, 4, np.random.default_rng(3)))
+    assert mine.weight.data.dtype == np.float32 and not np.array_equal(mine.weight.data, ref.weight.data)
+    np.testing.assert_array_equal(Linear(6, 4, rng=3).weight.data, ref.weight.data)     # unplugged again
+    with plug.use(linear_weight=lambda fan_in, fan_out, rng: np.zeros((fan_out, fan_in))):
+        with pytest.raises(plug.PlugError, match=r"must return a float array of shape \(6, 4\)"):
+            Linear(6, 4, rng=3)
+
+
+def test_adam_step_plug_point_runs_the_library_optimiser_on_a_functional_update():
+    from tinyllm.nn.module import Parameter
+    from tinyllm.optim import Adam, AdamW
+
+    def functional_adam(param, grad, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad * grad
+        return param - lr * (m / (1 - beta1 ** t)) / (np.sqrt(v / (1 - beta2 ** t)) + eps), m, v
+
+    def train(cls, **kw):
+        p = Parameter(np.linspace(-1, 1, 12).reshape(3, 4))
+        opt = cls([p], lr=0.05, betas=(0.8, 0.95), **kw)
+        for k in range(5):
+            p.grad[...] = np.sin(p.data * (k + 1))
+            opt.step()
+        return p.data, opt.state["exp_avg"][0], opt.state["exp_avg_sq"][0]
+
+    for cls, kw in ((Adam, {}), (Adam, {"weight_decay": 0.1}), (AdamW, {"weight_decay": 0.1})):
+        ref = train(cls, **kw)
+        with plug.use(adam_step=functional_adam):
+            got = train(cls, **kw)
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    with plug.use(adam_step=lambda param, grad, m, v, t, **kw: (param[:1], m, v)):
+        with pytest.raises(plug.PlugError, match="adam_step returned param of shape"):
+            train(Adam)

@@ -129,3 +129,20 @@ def test_same_tokens_as_greedy_smollm2():
                 continue
             got = list(speculative_generate(smol, prompt, 24, drafter, k=k, stop_ids=eos, min_gain=0.0))
             assert got == greedy, (i, type(drafter).__name__, k)
+
+
+def test_continues_a_cache(model):
+    """Given a cache holding part of the prompt (a chat's history), only the rest is read: same tokens."""
+    from tinyllm.generate import prefill
+
+    prompt = PROMPTS[0] * 3
+    greedy = list(stream_generate(model, prompt, 30))
+    _, cache = prefill(model, [prompt[:10]], max_len=len(prompt) + 29)
+    stats = SpecStats()
+    assert list(speculative_generate(model, prompt, 30, PromptLookup(3, 1), k=4, cache=cache, stats=stats,
+                                     min_gain=0.0)) == greedy
+    assert stats.verify_passes > 0 and len(prompt) + 29 >= cache.length >= len(prompt) + 29 - 4
+    with pytest.raises(ValueError, match="fewer than the 21 prompt tokens"):
+        list(speculative_generate(model, prompt, 2, PromptLookup(), cache=cache))
+    with pytest.raises(ValueError, match="make room with grow_cache"):
+        list(speculative_generate(model, prompt, 40, PromptLookup(), cache=prefill(model, [prompt[:2]], max_len=30)[1]))

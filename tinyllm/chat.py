@@ -1,292 +1,207 @@
-"""The ``tinyllm generate`` and ``tinyllm chat`` commands (SmolLM2-135M-Instruct).
+"""Chat with a model: the conversation, its KV cache, and the text streamed as it is chosen.
 
-    tinyllm generate "The capital of France is" --max-new-tokens 20 --stream --speed
-    tinyllm generate "Repeat this text: ..." --speculative lookup --speed
-    tinyllm chat --temperature 0.7 --top-p 0.9 --seed 1
+- :class:`ChatSession` keeps the messages and a KV cache across turns, so each turn reads only
+  the new tokens; it decodes with :func:`tinyllm.generate.stream_generate` (sampling or greedy)
+  or, greedy only, with :func:`tinyllm.speculative.speculative_generate`.
+- :class:`TextStreamer` turns token ids into printable text pieces.
+- :func:`end_of_turn_ids` finds the tokens that end a reply (``<|im_end|>``, ``<|endoftext|>``).
 
-``generate`` continues the prompt as plain text; ``chat`` wraps each line you
-type in the model's chat template and keeps the conversation and its KV cache,
-so each turn reads only the new tokens. ``generate --speculative lookup`` decodes
-greedily with speculative decoding (``tinyllm.speculative``, prompt-lookup drafts):
-the same text, faster when the reply copies from the prompt. Chat commands:
-``/help``, ``/reset`` (start over), ``/exit`` (or Ctrl-D). Ctrl-C stops a reply
-and keeps the conversation. The prompt has line editing and history (``readline``)
-where the standard library has it.
+The ``tinyllm chat`` and ``tinyllm generate`` commands are in :mod:`tinyllm.chat_cli`.
+Imports point downward: models <- generation (``tinyllm.generate``, ``tinyllm.speculative``)
+<- this module <- the command line.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyllm.errors import TinyLLMError
+from tinyllm.generate import grow_cache, rewind_cache, stream_generate
+from tinyllm.speculative import speculative_generate
+from tinyllm.tokenizers.chat import apply_chat_template
+
+__all__ = ["ChatSession", "ContextFullError", "TextStreamer", "TurnStats", "end_of_turn_ids", "special_token_id"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+class TextStreamer:
+    """Turn a stream of token ids into printable text pieces.
+
+    A byte-level BPE token can hold part of a UTF-8 character; the decoded text
+    is held back until it no longer ends in an incomplete character."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+class ContextFullError(TinyLLMError, ValueError):
+    """The conversation no longer fits in the model's context window."""
 
 
-def _float_in(low: float, high: float, *, low_open: bool = False, name: str = "value"):
-    def parse(text: str) -> float:
+@dataclass
+class TurnStats:
+    """What one chat turn cost: the tokens actually read and the times (perf_counter seconds)."""
+
+    prefill_tokens: int   # tokens prefilled this turn: the template's tokens and the message, not the history
+    ttft_s: float         # time to first token: the prefill and the first token's choice
+    new_tokens: int       # tokens of the reply (the stop token excluded)
+    decode_s: float       # from the first token to the end of the reply
+
+
+class ChatSession:
+    """Multi-turn chat that keeps its KV cache: each turn reads only the new tokens.
+
+        chat = ChatSession(model, tokenizer, system="You are a helpful assistant.")
+        reply = chat.send("What is the capital of France?")
+        reply = chat.send("And of Italy?")        # the first exchange is in context
+        chat.reset()                              # forget the conversation (the system message stays)
+
+    ``ids`` is the conversation as the model read it: the rendered chat template with the
+    replies as the tokens the model chose (re-encoding a reply's text can give other ids).
+    The cache holds a prefix of ``ids``; a turn renders the template, takes the text added
+    since the last reply (``<|im_end|>``, the user message, the assistant header), and
+    prefills just those tokens plus the one reply token not fed yet. The logits are those
+    of a fresh pass over ``ids`` (up to float rounding). The cache starts at ``cache_size`` positions and doubles
+    when a turn needs more, up to the model's context length; a reply is cut short where
+    the context ends, and a message that does not fit raises :class:`ContextFullError`
+    (call :meth:`reset`).
+
+    ``on_text`` (optional) receives each piece of the reply as it is generated. The
+    end-of-turn token (``<|im_end|>``) stops a reply. An exception raised during a reply
+    (Ctrl-C's ``KeyboardInterrupt``, or one from ``on_text``) ends that reply: the part
+    already generated is kept as the assistant's message, the cache stays consistent and the
+    exception propagates. ``last_turn`` holds the :class:`TurnStats` of the latest turn.
+
+    ``drafter`` (optional, greedy only): decode each reply with speculative decoding
+    (:func:`tinyllm.speculative.speculative_generate`, up to ``draft_k`` drafted tokens a pass),
+    e.g. ``drafter=PromptLookup()``: the same reply as without it, faster when the reply
+    copies from the conversation. It needs ``temperature=0`` and ``repetition_penalty=1``."""
+
+    def __init__(self, model, tokenizer, system: str | None = None, *, max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 repetition_penalty: float = 1.0, seed: int | None = None, stop_ids=None, cache_size: int = 512,
+                 drafter=None, draft_k: int = 16):
+        if drafter is not None and (temperature != 0 or repetition_penalty != 1.0):
+            raise ValueError(f"speculative decoding (drafter=...) verifies drafts greedily: it needs temperature=0 "
+                             f"and repetition_penalty=1, got {temperature} and {repetition_penalty}; "
+                             f"or pass drafter=None")
+        if drafter is not None and (isinstance(draft_k, bool) or not isinstance(draft_k, int) or draft_k < 1):
+            raise ValueError(f"draft_k must be an int >= 1, got {draft_k!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.drafter, self.draft_k = drafter, draft_k
+        self.system = system
+        self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+        self.max_new_tokens = max_new_tokens
+        self.cache_size = cache_size
+        self.rng = np.random.default_rng(seed)
+        self.stop_ids = end_of_turn_ids(tokenizer) if stop_ids is None else [int(i) for i in stop_ids]
+        self.cache = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation (a system message given at construction stays) and empty the cache."""
+        self.messages: list[dict] = [] if self.system is None else [{"role": "system", "content": self.system}]
+        self.ids: list[int] = []          # the conversation's tokens, in the cache or about to be
+        self._text = ""                   # the text ``ids`` stand for
+        if self.cache is not None:
+            rewind_cache(self.cache, 0)   # keep the memory for the next conversation
+        self.last_turn: TurnStats | None = None
+        self.last_num_tokens = 0
+
+    def prompt_ids(self) -> list[int]:
+        """The conversation so far, rendered and encoded afresh (with the assistant header)."""
+        return self.tokenizer.encode(apply_chat_template(self.messages, add_generation_prompt=True), allowed_special="all")
+
+    def _room(self, needed: int) -> None:
+        """Make the cache hold ``needed`` positions: allocate it, or double it (up to the context length)."""
+        if self.cache is None:
+            self.cache = self.model.new_cache(1, min(self.model.config.context_length, max(needed, self.cache_size)))
+        elif needed > self.cache.max_len:
+            size = min(self.model.config.context_length, max(needed, 2 * self.cache.max_len))
+            self.cache = grow_cache(self.model, self.cache, size)
+
+    def send(self, text: str, on_text=None) -> str:
+        """Add the user message ``text``, generate the reply (streamed to ``on_text``) and return it."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        messages = self.messages + [{"role": "user", "content": text}]
+        full = apply_chat_template(messages, add_generation_prompt=True)
+        if not full.startswith(self._text):                 # not with ChatML; if ever, read it all again (below)
+            self.ids, self._text = [], ""
+        new_ids = self.tokenizer.encode(full[len(self._text):], allowed_special="all")
+        context = self.model.config.context_length
+        prompt = self.ids + [int(t) for t in new_ids]
+        max_new = min(self.max_new_tokens, context - len(prompt) + 1)   # the last reply token is never fed
+        if max_new < 1:
+            raise ContextFullError(f"the conversation ({len(self.ids)} tokens) and this message "
+                                   f"({len(new_ids)} tokens) "
+                                   f"do not fit in the model's context of {context} tokens; start a new conversation "
+                                   f"(ChatSession.reset(), /reset in the chat)")
+        self._room(len(prompt) + max_new - 1)
+        if self.cache.length > len(self.ids):             # only after the re-read above
+            rewind_cache(self.cache, 0)
+        prefill_tokens = len(prompt) - self.cache.length
+        self.messages, self.ids, self._text = messages, prompt, full
+        streamer = TextStreamer(self.tokenizer)
+        seed = int(self.rng.integers(2**31))
+        if self.drafter is not None:
+            stream = speculative_generate(self.model, prompt, max_new, self.drafter, k=self.draft_k,
+                                          stop_ids=self.stop_ids, cache=self.cache)
+        else:
+            stream = stream_generate(self.model, prompt, max_new, stop_ids=self.stop_ids, seed=seed,
+                                     cache=self.cache, **self.sampling)
+        start = time.perf_counter()
+        first = None
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = (value > low if low_open else value >= low) and value <= high
-        if not ok:
-            lo = "(" if low_open else "["
-            raise argparse.ArgumentTypeError(f"{name} must be in {lo}{low}, {high}], got {value}")
-        return value
-
-    return parse
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str = "generate") -> None:
-    if command == "generate":
-        parser.add_argument("prompt", help="the text to continue, as plain text (no chat template)")
-    else:
-        parser.add_argument("--system", default=None, help="an optional system message (default: none)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=64 if command == "generate" else 256,
-                        help="most tokens to generate" + ("" if command == "generate" else " per reply")
-                        + " (default: %(default)s)")
-    parser.add_argument("--temperature", type=_float_in(0.0, 100.0, name="temperature"), default=0.0,
-                        help="0 = greedy, higher = more random (default: %(default)s)")
-    parser.add_argument("--top-k", type=_non_negative_int, default=0,
-                        help="sample among the k likeliest tokens, 0 = off (default: %(default)s)")
-    parser.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True, name="top-p"), default=1.0,
-                        help="nucleus sampling: smallest set of tokens with this probability mass, 1 = off "
-                             "(default: %(default)s)")
-    parser.add_argument("--repetition-penalty", type=_float_in(0.0, 100.0, low_open=True, name="repetition penalty"),
-                        default=1.0, help="CTRL repetition penalty, 1 = off (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: %(default)s)")
-    parser.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None,
-                        help="where to run (default: TINYLLM_DEVICE, or auto)")
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (default: off)")
-    parser.add_argument("--speed", "--show-speed", dest="speed", action="store_true",
-                        help="print prefill and decode tokens/s at the end (default: off)")
-    if command == "generate":
-        parser.add_argument("--speculative", choices=["off", "lookup"], default="off",
-                            help="speculative decoding with prompt-lookup drafts: the greedy text, faster when it "
-                                 "copies from the prompt; greedy only (default: %(default)s)")
+            for tid in stream:
+                if first is None:
+                    first = time.perf_counter()
+                piece = streamer.push(tid)
+                if piece and on_text:
+                    on_text(piece)
+        finally:                       # also on Ctrl-C: keep what was said, leave the cache consistent
+            stream.close()
+            end = time.perf_counter()
+            reply = self.tokenizer.decode(streamer.ids)
+            self.ids = self.ids + streamer.ids
+            self._text += reply
+            self.messages = self.messages + [{"role": "assistant", "content": reply}]
+            rewind_cache(self.cache, min(self.cache.length, len(self.ids)))   # repairs a pass cut half way
+            self.last_num_tokens = len(streamer.ids)
+            self.last_turn = TurnStats(prefill_tokens, (first or end) - start, len(streamer.ids),
+                                       end - (first or end))
+        tail = streamer.flush()
+        if tail and on_text:
+            on_text(tail)
+        return reply
 
 
-def _load(device):
-    from tinyllm.models.smollm2 import load_smollm2
-
-    return load_smollm2(device)
-
-
-def _sampling(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty)
-
-
-def _speed_line(prefill_tokens: int, prefill_s: float, new_tokens: int, decode_s: float) -> str:
-    """The ``--speed`` report: tokens prefilled and the time to the first token; decode rate after it."""
-    if new_tokens == 0:
-        return f"[prefill: {prefill_tokens} tokens in {prefill_s:.2f} s, no new tokens]"
-    rate = (new_tokens - 1) / decode_s if new_tokens > 1 and decode_s > 0 else float("nan")
-    return (f"[prefill: {prefill_tokens} tokens in {prefill_s:.2f} s ({prefill_tokens / prefill_s:.1f} tokens/s); "
-            f"decode: {new_tokens} tokens, {rate:.1f} tokens/s]")
-
-
-def _warm_up(model) -> None:
-    """One throw-away prefill and decode step, so that one-time costs (BLAS threads, the thread
-    controller, first-touch memory) are not timed as the first prompt's prefill."""
-    from tinyllm.generate import decode_step, prefill
-
-    _, cache = prefill(model, [[0, 0]], max_new_tokens=1)
-    decode_step(model, cache, [0])
-
-
-class _Timer:
-    """Counts the time to the first token (prefill + first sample) and the decode time after it."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-        self.first = None
-        self.n = 0
-
-    def tick(self):
-        self.n += 1
-        if self.first is None:
-            self.first = time.perf_counter()
-
-    def report(self, n_prompt: int) -> str:
-        end = time.perf_counter()
-        first = self.first or end
-        return _speed_line(n_prompt, first - self.start, self.n, end - first)
-
-
-def run(args: argparse.Namespace) -> int:
-    from tinyllm.models.smollm2 import ModelNotInstalledError
-
-    problem = _speculative_problem(args)
-    if problem:
-        print(f"tinyllm {args.command}: error: {problem}", file=sys.stderr)
-        return 2
+def special_token_id(tokenizer, text: str) -> int | None:
+    """The id of the special token ``text`` (e.g. ``"<|im_end|>"``), or None if the tokenizer has none."""
     try:
-        model, tokenizer = _load(args.device)
-    except ModelNotInstalledError as exc:
-        print(f"tinyllm {args.command}: {exc}", file=sys.stderr)
-        return 1
-    if args.command == "generate":
-        return _generate(model, tokenizer, args)
-    return _chat(model, tokenizer, args)
-
-
-def _speculative_problem(args) -> str | None:
-    """Why ``--speculative`` cannot run with these options (None if it can): it verifies drafts greedily."""
-    if getattr(args, "speculative", "off") == "off":
+        ids = tokenizer.encode(text, allowed_special="all")
+    except Exception:  # noqa: BLE001 - a tokenizer without that special token
         return None
-    if args.temperature > 0:
-        return (f"--speculative {args.speculative} decodes greedily; use --temperature 0 "
-                f"(got {args.temperature}) or --speculative off")
-    if args.repetition_penalty != 1.0:
-        return (f"--speculative {args.speculative} needs --repetition-penalty 1 (got {args.repetition_penalty}); "
-                "or use --speculative off")
-    return None
+    return int(ids[0]) if len(ids) == 1 else None
 
 
-def _token_stream(model, ids, eos, args):
-    """The generated token ids: plain decoding, or greedy speculative decoding with prompt lookup."""
-    if args.speculative == "lookup":
-        from tinyllm.speculative import PromptLookup, speculative_generate
-
-        # k = 16: the draft length benchmarks/speculative.py measured for prompt lookup
-        return speculative_generate(model, ids, args.max_new_tokens, PromptLookup(), k=16, stop_ids=eos)
-    from tinyllm.generate import stream_generate
-
-    return stream_generate(model, ids, args.max_new_tokens, stop_ids=eos, seed=args.seed, **_sampling(args))
-
-
-def _generate(model, tokenizer, args) -> int:
-    from tinyllm.generate import TextStreamer
-
-    ids = tokenizer.encode(args.prompt, allowed_special="all")
-    if not ids:
-        print("tinyllm generate: error: the prompt is empty", file=sys.stderr)
-        return 2
-    streamer = TextStreamer(tokenizer)
-    if args.speed:
-        _warm_up(model)
-    timer = _Timer()
-    eos = _eos_ids(tokenizer)
-    if args.stream:
-        print(args.prompt, end="", flush=True)
-    for tid in _token_stream(model, ids, eos, args):
-        timer.tick()
-        piece = streamer.push(tid)
-        if args.stream and piece:
-            print(piece, end="", flush=True)
-    if args.stream:
-        print(streamer.flush())
-    else:
-        print(args.prompt + tokenizer.decode(streamer.ids))
-    if args.speed:
-        print(timer.report(len(ids)), file=sys.stderr if args.stream else sys.stdout)
-    return 0
-
-
-CHAT_HELP = """Commands:
-  /help    show this list
-  /reset   forget the conversation (a --system message stays) and empty the KV cache
-  /exit    leave (also /quit, or Ctrl-D)
-Ctrl-C stops a reply and keeps the conversation. Any other line is sent to the model."""
-
-
-def _enable_line_editing() -> None:
-    """Importing ``readline`` gives ``input()`` line editing and a history (up/down arrows)."""
-    try:
-        import readline  # noqa: F401, PLC0415 - the import is the effect; absent on some platforms
-    except ImportError:
-        pass
-
-
-def _read_line(interactive: bool) -> str:
-    """The next line typed (EOFError at the end of the input)."""
-    if interactive:
-        return input("you> ")
-    line = sys.stdin.readline()
-    if not line:
-        raise EOFError
-    return line
-
-
-def _chat(model, tokenizer, args) -> int:
-    import re
-
-    from tinyllm.generate import ChatSession, ContextFullError
-
-    session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
-                          seed=args.seed, **_sampling(args))
-    interactive = sys.stdin.isatty()
-    if interactive:
-        _enable_line_editing()
-        print("Chat with SmolLM2-135M-Instruct. /help lists the commands; Ctrl-C stops a reply, Ctrl-D leaves.")
-    if args.speed:
-        _warm_up(model)
-    while True:
-        try:
-            text = _read_line(interactive).strip()
-        except EOFError:
-            if interactive:
-                print()
-            break
-        except KeyboardInterrupt:             # Ctrl-C at the prompt: a new prompt, as in Python's REPL
-            print()
-            continue
-        if not text:
-            continue
-        if re.fullmatch(r"/\w+", text):       # a command; "/usr/bin ..." is a question
-            if text in ("/exit", "/quit"):
-                break
-            if text == "/reset":
-                session.reset()
-                print("(conversation reset)")
-            elif text == "/help":
-                print(CHAT_HELP)
-            else:
-                print(f"unknown command {text}; /help lists the commands")
-            continue
-        print("assistant> ", end="", flush=True)
-
-        def on_text(piece):
-            if args.stream:
-                print(piece, end="", flush=True)
-
-        n_messages = len(session.messages)
-        try:
-            reply = session.send(text, on_text=on_text)
-        except KeyboardInterrupt:
-            said = len(session.messages) > n_messages and not args.stream
-            print(f"{session.messages[-1]['content'] if said else ''}\n(reply stopped; the conversation goes on)")
-            continue
-        except ContextFullError as exc:
-            print(f"\n({exc})")
-            continue
-        print("" if args.stream else reply)
-        if args.speed:
-            t = session.last_turn
-            print(_speed_line(t.prefill_tokens, t.ttft_s, t.new_tokens, t.decode_s))
-    return 0
-
-
-def _eos_ids(tokenizer) -> list[int]:
-    from tinyllm.generate import _token_id
-
-    return [i for i in (_token_id(tokenizer, "<|im_end|>"), _token_id(tokenizer, "<|endoftext|>")) if i is not None]
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The ids that end a reply: ``<|im_end|>`` (ChatML's end of turn) and ``<|endoftext|>``, those the tokenizer has."""
+    return [i for i in (special_token_id(tokenizer, "<|im_end|>"), special_token_id(tokenizer, "<|endoftext|>"))
+            if i is not None]

@@ -13,9 +13,9 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("tinyllm.cli", "Show the tinyllm version and which device (CPU/GPU) is in use."),
-    "generate": ("tinyllm.chat", "Continue a prompt as plain text with SmolLM2-135M-Instruct (no chat template: "
+    "generate": ("tinyllm.chat_cli", "Continue a prompt as plain text with SmolLM2-135M-Instruct (no chat template: "
                                  "for questions and instructions use `tinyllm chat`)."),
-    "chat": ("tinyllm.chat", "Chat with SmolLM2-135M-Instruct in the terminal: each line you type is wrapped in "
+    "chat": ("tinyllm.chat_cli", "Chat with SmolLM2-135M-Instruct in the terminal: each line you type is wrapped in "
                              "the model's chat template, and the conversation is kept."),
     "grade": ("tinyllm.grading.cli", "Grade an exercise notebook (or --all of them)."),
     "make-exercises": ("tinyllm.grading.generate", "Regenerate exercises/ from solutions/."),

@@ -43,6 +43,7 @@ import numpy as np
 
 from tinyllm import plug
 from tinyllm.backend import get_array_module, synchronize, to_numpy
+from tinyllm.nn.functional import log_softmax
 
 _DATA = Path(__file__).resolve().parent / "evaldata"
 
@@ -50,10 +51,8 @@ _DATA = Path(__file__).resolve().parent / "evaldata"
 def token_log_probs(logits, targets) -> np.ndarray:
     """log p(target) under softmax(logits): logits (N, V), targets (N,) -> (N,) float64 on the host."""
     xp = get_array_module(logits)
-    m = logits.max(axis=-1, keepdims=True)                               # (N, 1)
-    lse = xp.log(xp.exp(logits - m).sum(axis=-1)) + m[:, 0]              # (N,)
-    picked = xp.take_along_axis(logits, xp.asarray(targets)[:, None], axis=-1)[:, 0]  # (N,)
-    return to_numpy(picked - lse).astype(np.float64)
+    log_p = log_softmax(logits)                                          # (N, V)
+    return to_numpy(xp.take_along_axis(log_p, xp.asarray(targets)[:, None], axis=-1)[:, 0]).astype(np.float64)
 
 
 def perplexity(model, token_ids, window: int = 512, stride: int | None = None, *, return_details: bool = False):

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_xp
 
 Shape = Sequence[int]
@@ -131,6 +132,18 @@ def kaiming_uniform(shape: Shape, nonlinearity: str = "relu", *, rng=None, dtype
     fan_in, _ = _nonzero_fans(shape, "kaiming_uniform")
     a = _gain(nonlinearity) * math.sqrt(3.0 / fan_in)
     return uniform(shape, -a, a, rng=rng, dtype=dtype, device=device)
+
+
+@plug.point("linear_weight")
+def linear_weight(fan_in: int, fan_out: int, rng: np.random.Generator):
+    """The starting weight (fan_in, fan_out) of :class:`tinyllm.nn.Linear`, drawn from ``rng``, float64.
+
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for ``nn.Linear``; its std 1/sqrt(3 fan_in) shrinks
+    the signal of a deep ReLU stack layer by layer (lesson 01 measures it and replaces this function through
+    the plug point ``linear_weight``). Linear casts the result to its dtype.
+    """
+    a = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-a, a, size=(fan_in, fan_out))
 
 
 def gpt2_residual(shape: Shape, n_layers: int, std: float = 0.02, *, rng=None, dtype=np.float32, device: str | None = None):

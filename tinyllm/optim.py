@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import ml_dtypes
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module
 from tinyllm.nn.module import Parameter
 
@@ -219,23 +220,43 @@ class Adam(Optimizer):
     def step(self) -> None:
         self.step_count += 1
         t, lr, b1, b2 = self.step_count, self.lr, self.beta1, self.beta2
-        step_size = lr / (1.0 - b1 ** t)
-        bc2_sqrt = math.sqrt(1.0 - b2 ** t)
-        for p, m, v, wd in zip(self.params, self.state["exp_avg"], self.state["exp_avg_sq"], self._weight_decays()):
-            xp = get_array_module(p.data)
+        for i, (p, wd) in enumerate(zip(self.params, self._weight_decays())):
             g = p.grad
             if wd and self.decoupled:
                 p.data *= 1.0 - lr * wd
             elif wd:
                 g = g + wd * p.data
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * (g * g)
-            denom = xp.sqrt(v)
-            denom /= bc2_sqrt
-            denom += self.eps
-            p.data -= step_size * (m / denom)
+            m, v = self.state["exp_avg"][i], self.state["exp_avg_sq"][i]
+            new_p, new_m, new_v = adam_step(p.data, g, m, v, t, lr=lr, beta1=b1, beta2=b2, eps=self.eps)
+            for name, old, new in (("param", p.data, new_p), ("m", m, new_m), ("v", v, new_v)):
+                if new is not old:          # a replacement (plug point adam_step) returned new arrays
+                    if tuple(getattr(new, "shape", ())) != tuple(old.shape):
+                        raise plug.PlugError(f"adam_step returned {name} of shape {tuple(getattr(new, 'shape', ()))}, "
+                                             f"expected {tuple(old.shape)}: return (new param, new m, new v)")
+                    old[...] = new
+
+
+@plug.point("adam_step")
+def adam_step(param, grad, m, v, t: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+              eps: float = 1e-8):
+    """One Adam step of one array at step ``t`` (1-based); returns (param, m, v).
+
+    m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2,  param <- param - lr m_hat / (sqrt(v_hat) + eps) with
+    m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t) (Kingma & Ba 2015), in PyTorch's arrangement
+    param <- param - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). This one updates param, m and v
+    IN PLACE and returns them; :class:`Adam` also accepts new arrays (lesson 02's ``adam_step`` through the
+    plug point of the same name) and copies them into its state.
+    """
+    xp = get_array_module(param)
+    m *= beta1
+    m += (1.0 - beta1) * grad
+    v *= beta2
+    v += (1.0 - beta2) * (grad * grad)
+    denom = xp.sqrt(v)
+    denom /= math.sqrt(1.0 - beta2 ** t)
+    denom += eps
+    param -= lr / (1.0 - beta1 ** t) * (m / denom)
+    return param, m, v
 
 
 class AdamW(Adam):

@@ -101,10 +101,10 @@ def in_use() -> dict[str, Callable]:
 
 # Modules that define plug points: imported on first use of :func:`use` / :func:`points`, so that every point
 # is known even when the caller has not imported its module yet.
-_MODULES = ("tinyllm.kernels", "tinyllm.nn.functional", "tinyllm.nn.attention", "tinyllm.models.llama",
-            "tinyllm.generate", "tinyllm.parallel", "tinyllm.evaluate", "tinyllm.compress.ggml_blocks",
-            "tinyllm.compress.gptq", "tinyllm.compress.prune", "tinyllm.compress.distill", "tinyllm.compress.smoothquant",
-            "tinyllm.interp")
+_MODULES = ("tinyllm.init", "tinyllm.optim", "tinyllm.kernels", "tinyllm.nn.functional", "tinyllm.nn.attention",
+            "tinyllm.models.gpt", "tinyllm.models.llama", "tinyllm.generate", "tinyllm.parallel", "tinyllm.evaluate",
+            "tinyllm.compress.ggml_blocks", "tinyllm.compress.gptq", "tinyllm.compress.prune", "tinyllm.compress.distill",
+            "tinyllm.compress.smoothquant", "tinyllm.interp")
 
 
 def _load_all() -> None:

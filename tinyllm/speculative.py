@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyllm.backend import to_numpy
-from tinyllm.generate import _as_prompts, grow_cache, prefill, rewind_cache
+from tinyllm.generate import _as_prompts, decode_step, grow_cache, prefill, rewind_cache
+from tinyllm.nn.functional import softmax
 from tinyllm.threads import decode_threads, limit_blas_threads
 
 __all__ = ["EarlyExitDraft", "PromptLookup", "SpecStats", "speculative_generate"]
@@ -103,7 +104,7 @@ class EarlyExitDraft:
         for j in range(k):
             z = to_numpy(logits).astype(np.float64)
             t = int(z.argmax())
-            if self.min_confidence > 0 and 1.0 / np.exp(z - z[t]).sum() < self.min_confidence:
+            if self.min_confidence > 0 and softmax(z)[t] < self.min_confidence:
                 break
             out.append(t)
             if j + 1 < k:
@@ -127,7 +128,7 @@ class SpecStats:
 
 
 def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: int = 8, stop_ids=(),
-                         stats: SpecStats | None = None, min_gain: float = 2.0, max_backoff: int = 32):
+                         stats: SpecStats | None = None, min_gain: float = 2.0, max_backoff: int = 32, cache=None):
     """Yield the greedy continuation of ``prompt_ids`` (batch 1), drafting with ``drafter``.
 
     The same tokens as ``stream_generate(model, prompt_ids, max_new_tokens, stop_ids=stop_ids)``
@@ -135,7 +136,14 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
     accepted tokens per pass (a running average) drop below ``min_gain``, drafting pauses
     for 1, 2, 4 ... ``max_backoff`` plain steps. (The default 2 is the break-even measured on
     a 2-core CPU, where a pass over 2 to 9 tokens costs about 2.2-2.9 one-token steps.)
-    ``stats`` (optional) is filled in."""
+    ``stats`` (optional) is filled in.
+
+    ``cache`` (optional): a batch-1 KV cache that already holds the first ``cache.length``
+    tokens of ``prompt_ids``, as in :func:`~tinyllm.generate.stream_generate` (a chat's
+    conversation so far): only the rest is prefilled. It needs room for
+    ``len(prompt_ids) + max_new_tokens - 1`` positions. When the stream ends it holds the
+    prompt and the yielded tokens it was fed (and possibly accepted drafts after a stop
+    token: rewind it to the conversation's length, :func:`~tinyllm.generate.rewind_cache`)."""
     prompt = _as_prompts(prompt_ids)
     if len(prompt) != 1:
         raise ValueError("speculative_generate takes one prompt")
@@ -144,10 +152,22 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
     if max_new_tokens == 0:
         return
     prompt = prompt[0]
+    if cache is not None:
+        if cache.batch_size != 1 or not 0 <= cache.length < len(prompt):
+            raise ValueError(f"cache must be a batch-1 cache holding fewer than the {len(prompt)} prompt tokens "
+                             f"(at least one new token to read); it has batch {cache.batch_size} and "
+                             f"{cache.length} tokens")
+        if len(prompt) + max_new_tokens - 1 > cache.max_len:
+            raise ValueError(f"the cache holds {cache.max_len} positions; {len(prompt)} prompt + {max_new_tokens} new "
+                             f"tokens need {len(prompt) + max_new_tokens - 1}: make room with grow_cache")
     stats = stats if stats is not None else SpecStats()
     stop = {int(s) for s in stop_ids}
     # the verify pass writes at most up to slot len(prompt) + max_new_tokens - 1 (see the draft limit below)
-    logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
+    if cache is None:
+        logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
+    else:
+        new = np.asarray([prompt[cache.length:]], dtype=np.int64)                     # (1, T_new)
+        logits = model.forward(new, cache=cache, last_only=True)[:, -1]               # (1, V)
     context = list(prompt)
     pending = [int(to_numpy(logits[0]).argmax())]       # chosen, not yet yielded; the last one not yet fed
     produced = 0
@@ -185,6 +205,6 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
             elif m == len(draft):
                 backoff = 1
         else:
-            out = model.forward(ids, cache=cache, last_only=True)[0, -1]           # (V,) a plain step
-            pending = [int(to_numpy(out).argmax())]
+            out = decode_step(model, cache, [context[-1]])                          # (1, V) a plain step
+            pending = [int(to_numpy(out[0]).argmax())]
             stats.plain_steps += 1

@@ -2,134 +2,299 @@ import math
 
 import numpy as np
 
-
-def causal_mask__inverted(T):
-    """the mask is inverted"""
-    return ~np.tril(np.ones((T, T), dtype=bool))
+# Correct pieces, which the wrong versions below are built from.
+GELU_K, GELU_C = math.sqrt(2.0 / math.pi), 0.044715
 
 
-def causal_mask__transposed(T):
-    """the mask is transposed"""
-    return np.triu(np.ones((T, T), dtype=bool))
+def gelu(u):
+    return 0.5 * u * (1.0 + np.tanh(GELU_K * (u + GELU_C * u ** 3)))
 
 
-def causal_mask__additive(T):
-    """the additive float mask"""
-    return np.where(np.tril(np.ones((T, T), dtype=bool)), 0.0, -np.inf)
+def gelu_backward(dy, u):
+    t = np.tanh(GELU_K * (u + GELU_C * u ** 3))
+    return dy * (0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * u * u))
 
 
-def causal_mask__ints(T):
-    """expected bool"""
-    return np.tril(np.ones((T, T), dtype=np.int64))
+def _parts(x, w_qkv, b_qkv, n_head, split="right", scale=None, mask=True):
+    B, T, C = x.shape
+    D = C // n_head
+    qkv = x @ w_qkv + b_qkv
+    if split == "reshape":
+        q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, n_head, T, D) for i in range(3))
+    else:
+        q, k, v = qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = (q @ k.swapaxes(-1, -2)) * scale
+    if mask:
+        s = np.where(np.triu(np.ones((T, T), dtype=bool), k=1), -np.inf, s)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p = p / p.sum(axis=-1, keepdims=True)
+    return q, k, v, p, scale
 
 
-def causal_mask__future(T):
-    """may see position i + 1"""
-    return np.tril(np.ones((T, T), dtype=bool), 1)
+def attention_forward(x, w_qkv, b_qkv, w_o, b_o, n_head):
+    B, T, C = x.shape
+    q, k, v, p, _ = _parts(x, w_qkv, b_qkv, n_head)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C) @ w_o + b_o
 
 
-def _softmax(z, axis=-1):
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+def _attention_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head, rowsum=True, dk_t=True, scale_back=True):
+    B, T, C = x.shape
+    H = n_head
+    D = C // H
+    q, k, v, p, scale = _parts(x, w_qkv, b_qkv, H)
+    y = (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
+    dw_o = y.reshape(-1, C).T @ dout.reshape(-1, C)
+    db_o = dout.sum(axis=(0, 1))
+    dy = (dout @ w_o.T).reshape(B, T, H, D).transpose(0, 2, 1, 3)
+    dv = p.swapaxes(-1, -2) @ dy
+    dp = dy @ v.swapaxes(-1, -2)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True)) if rowsum else p * dp
+    if scale_back:
+        ds = ds * scale
+    dq = ds @ k
+    dk = ds.swapaxes(-1, -2) @ q if dk_t else ds @ q
+    dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)
+    return dqkv @ w_qkv.T, x.reshape(-1, C).T @ dqkv.reshape(-1, 3 * C), dqkv.sum(axis=(0, 1)), dw_o, db_o
 
 
-def causal_attention__no_mask(q, k, v):
-    """attention lets position 0 see position 5"""
-    s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(q.shape[-1]))
-    return (_softmax(s) @ v).astype(q.dtype)
+def attention_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head):
+    return _attention_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head)
 
 
-def causal_attention__divide_by_d(q, k, v):
+def _ln(z, w, b, eps, ddof=0, eps_outside=False):
+    mu = z.mean(axis=-1, keepdims=True)
+    var = z.var(axis=-1, keepdims=True, ddof=ddof)
+    return (z - mu) / (np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps)) * w + b
+
+
+def _attn_p(a, p, n_head):
+    return attention_forward(a, p["attn.c_attn.weight"], p["attn.c_attn.bias"], p["attn.c_proj.weight"],
+                             p["attn.c_proj.bias"], n_head)
+
+
+def _mlp(m, p, act=gelu):
+    return act(m @ p["mlp.c_fc.weight"] + p["mlp.c_fc.bias"]) @ p["mlp.c_proj.weight"] + p["mlp.c_proj.bias"]
+
+
+def block_forward(x, p, n_head, eps=1e-5):
+    h = x + _attn_p(_ln(x, p["ln_1.weight"], p["ln_1.bias"], eps), p, n_head)
+    return h + _mlp(_ln(h, p["ln_2.weight"], p["ln_2.bias"], eps), p)
+
+
+def _block_backward(dy, x, p, n_head, eps=1e-5, residual=True, ln_terms=("mean", "var"), gelu_back=True, keys=None):
+    C = x.shape[-1]
+    g = {}
+
+    def ln(z, name):
+        mu = z.mean(axis=-1, keepdims=True)
+        r = 1.0 / np.sqrt(((z - mu) ** 2).mean(axis=-1, keepdims=True) + eps)
+        zhat = (z - mu) * r
+        return zhat * p[name + ".weight"] + p[name + ".bias"], zhat, r
+
+    def ln_back(d, name, zhat, r):
+        g[name + ".weight"] = (d * zhat).sum(axis=(0, 1))
+        g[name + ".bias"] = d.sum(axis=(0, 1))
+        gw = d * p[name + ".weight"]
+        out = gw
+        if "mean" in ln_terms:
+            out = out - gw.mean(axis=-1, keepdims=True)
+        if "var" in ln_terms:
+            out = out - zhat * (gw * zhat).mean(axis=-1, keepdims=True)
+        return out * r
+
+    attn = [p["attn.c_attn.weight"], p["attn.c_attn.bias"], p["attn.c_proj.weight"], p["attn.c_proj.bias"]]
+    a, z1, r1 = ln(x, "ln_1")
+    h = x + attention_forward(a, *attn, n_head)
+    m, z2, r2 = ln(h, "ln_2")
+    u = m @ p["mlp.c_fc.weight"] + p["mlp.c_fc.bias"]
+    g["mlp.c_proj.weight"] = gelu(u).reshape(-1, 4 * C).T @ dy.reshape(-1, C)
+    g["mlp.c_proj.bias"] = dy.sum(axis=(0, 1))
+    dgu = dy @ p["mlp.c_proj.weight"].T
+    du = gelu_backward(dgu, u) if gelu_back else dgu
+    g["mlp.c_fc.weight"] = m.reshape(-1, C).T @ du.reshape(-1, 4 * C)
+    g["mlp.c_fc.bias"] = du.sum(axis=(0, 1))
+    dh = ln_back(du @ p["mlp.c_fc.weight"].T, "ln_2", z2, r2) + (dy if residual else 0.0)
+    da, *dattn = attention_backward(dh, a, *attn, n_head)
+    g.update(zip(("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias"), dattn))
+    dx = ln_back(da, "ln_1", z1, r1) + (dh if residual else 0.0)
+    return dx, (g if keys is None else {k: g[k] for k in keys})
+
+
+# ---- mistakes ------------------------------------------------------------------------------------------
+
+
+def _forward_with(x, w_qkv, b_qkv, w_o, b_o, n_head, **kw):
+    B, T, C = x.shape
+    q, k, v, p, _ = _parts(x, w_qkv, b_qkv, n_head, **kw)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C) @ w_o + b_o
+
+
+def attention_forward__divide_by_d(x, w_qkv, b_qkv, w_o, b_o, n_head):
     """divided by D"""
-    T, D = q.shape[-2], q.shape[-1]
-    s = q @ np.swapaxes(k, -1, -2) / np.float32(D)
-    s = np.where(np.tril(np.ones((T, T), dtype=bool)), s, -np.inf)
-    return (_softmax(s) @ v).astype(q.dtype)
+    return _forward_with(x, w_qkv, b_qkv, w_o, b_o, n_head, scale=1.0 / (x.shape[-1] // n_head))
 
 
-def causal_attention__mask_after_softmax(q, k, v):
+def attention_forward__no_mask(x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """the causal mask is missing"""
+    return _forward_with(x, w_qkv, b_qkv, w_o, b_o, n_head, mask=False)
+
+
+def attention_forward__mask_after_softmax(x, w_qkv, b_qkv, w_o, b_o, n_head):
     """the mask is applied after the softmax"""
-    T, D = q.shape[-2], q.shape[-1]
-    s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(D))
-    w = _softmax(s) * np.tril(np.ones((T, T), dtype=np.float32))
-    return (w @ v).astype(q.dtype)
+    B, T, C = x.shape
+    q, k, v, p, _ = _parts(x, w_qkv, b_qkv, n_head, mask=False)
+    p = p * np.tril(np.ones((T, T), dtype=x.dtype))
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C) @ w_o + b_o
 
 
-def causal_attention__zero_fill(q, k, v):
-    """attention lets position 0 see position 5"""
-    T, D = q.shape[-2], q.shape[-1]
-    s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(D))
-    s = s * np.tril(np.ones((T, T), dtype=np.float32))
-    return (_softmax(s) @ v).astype(q.dtype)
+def attention_forward__interleaved_qkv(x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """taken interleaved per head"""
+    B, T, C = x.shape
+    D = C // n_head
+    q, k, v = (x @ w_qkv + b_qkv).reshape(B, T, n_head, 3, D).transpose(3, 0, 2, 1, 4)
+    s = np.where(np.triu(np.ones((T, T), dtype=bool), k=1), -np.inf, (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(D)))
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p = p / p.sum(axis=-1, keepdims=True)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C) @ w_o + b_o
 
 
-def causal_attention__returns_v(q, k, v):
-    """returned v itself"""
-    return v
+def attention_forward__no_out_proj(x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """the output projection is missing"""
+    B, T, C = x.shape
+    q, k, v, p, _ = _parts(x, w_qkv, b_qkv, n_head)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
 
 
-def causal_attention__softmax_queries(q, k, v):
-    """the softmax runs over the queries"""
-    T, D = q.shape[-2], q.shape[-1]
-    s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(D))
-    s = np.where(np.tril(np.ones((T, T), dtype=bool)), s, -np.inf)
-    w = np.nan_to_num(_softmax(s, axis=-2))
-    return (w @ v).astype(q.dtype)
+def attention_forward__no_qkv_bias(x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """b_qkv is not added"""
+    return _forward_with(x, w_qkv, np.zeros_like(b_qkv), w_o, b_o, n_head)
 
 
-def layer_norm__eps_outside(x, w, b, eps=1e-5):
+def attention_forward__zero_fill(x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """see position"""
+    B, T, C = x.shape
+    D = C // n_head
+    q, k, v = (x @ w_qkv + b_qkv).reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)
+    s = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(D)) * np.tril(np.ones((T, T), dtype=x.dtype))
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p = p / p.sum(axis=-1, keepdims=True)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C) @ w_o + b_o
+
+
+def attention_backward__no_scale_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """miss the 1 / sqrt(D)"""
+    return _attention_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head, scale_back=False)
+
+
+def attention_backward__dv_not_transposed(dout, x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """dv = P^T dY"""
+    B, T, C = x.shape
+    H = n_head
+    D = C // H
+    q, k, v, p, scale = _parts(x, w_qkv, b_qkv, H)
+    dx, dw_qkv, db_qkv, dw_o, db_o = _attention_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head)
+    dy = (dout @ w_o.T).reshape(B, T, H, D).transpose(0, 2, 1, 3)
+    dv_wrong = (p @ dy).transpose(0, 2, 1, 3).reshape(B, T, C)
+    dv_right = (p.swapaxes(-1, -2) @ dy).transpose(0, 2, 1, 3).reshape(B, T, C)
+    dqkv_fix = np.zeros((B, T, 3 * C), dtype=x.dtype)
+    dqkv_fix[..., 2 * C:] = dv_wrong - dv_right
+    return (dx + dqkv_fix @ w_qkv.T, dw_qkv + x.reshape(-1, C).T @ dqkv_fix.reshape(-1, 3 * C),
+            db_qkv + dqkv_fix.sum(axis=(0, 1)), dw_o, db_o)
+
+
+def attention_backward__dw_o_transposed(dout, x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """dw_o is transposed"""
+    dx, dw_qkv, db_qkv, dw_o, db_o = _attention_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head)
+    return dx, dw_qkv, db_qkv, dw_o.T, db_o
+
+
+def attention_backward__bias_per_position(dout, x, w_qkv, b_qkv, w_o, b_o, n_head):
+    """has shape"""
+    dx, dw_qkv, db_qkv, dw_o, db_o = _attention_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head)
+    return dx, dw_qkv, db_qkv, dw_o, dout.sum(axis=0)
+
+
+def block_forward__no_attn_residual(x, p, n_head, eps=1e-5):
+    """the attention branch is not added to x"""
+    h = _attn_p(_ln(x, p["ln_1.weight"], p["ln_1.bias"], eps), p, n_head)
+    return h + _mlp(_ln(h, p["ln_2.weight"], p["ln_2.bias"], eps), p)
+
+
+def block_forward__no_mlp_residual(x, p, n_head, eps=1e-5):
+    """the MLP branch is not added to h"""
+    h = x + _attn_p(_ln(x, p["ln_1.weight"], p["ln_1.bias"], eps), p, n_head)
+    return _mlp(_ln(h, p["ln_2.weight"], p["ln_2.bias"], eps), p)
+
+
+def block_forward__post_ln(x, p, n_head, eps=1e-5):
+    """post-LN"""
+    h = _ln(x + _attn_p(x, p, n_head), p["ln_1.weight"], p["ln_1.bias"], eps)
+    return _ln(h + _mlp(h, p), p["ln_2.weight"], p["ln_2.bias"], eps)
+
+
+def block_forward__unbiased_variance(x, p, n_head, eps=1e-5):
+    """ddof=1"""
+    h = x + _attn_p(_ln(x, p["ln_1.weight"], p["ln_1.bias"], eps, ddof=1), p, n_head)
+    return h + _mlp(_ln(h, p["ln_2.weight"], p["ln_2.bias"], eps, ddof=1), p)
+
+
+def block_forward__eps_outside(x, p, n_head, eps=1e-5):
     """eps is added outside the square root"""
-    mu = x.mean(axis=-1, keepdims=True)
-    return ((x - mu) / (np.sqrt(x.var(axis=-1, keepdims=True)) + np.float32(eps)) * w + b).astype(x.dtype)
+    h = x + _attn_p(_ln(x, p["ln_1.weight"], p["ln_1.bias"], eps, eps_outside=True), p, n_head)
+    return h + _mlp(_ln(h, p["ln_2.weight"], p["ln_2.bias"], eps, eps_outside=True), p)
 
 
-def layer_norm__fixed_eps(x, w, b, eps=1e-5):
+def block_forward__fixed_eps(x, p, n_head, eps=1e-5):
     """does not depend on eps"""
-    mu = x.mean(axis=-1, keepdims=True)
-    return ((x - mu) / np.sqrt(x.var(axis=-1, keepdims=True) + np.float32(1e-5)) * w + b).astype(x.dtype)
+    return block_forward(x, p, n_head)
 
 
-def layer_norm__no_affine(x, w, b, eps=1e-5):
-    """not scaled and shifted"""
-    mu = x.mean(axis=-1, keepdims=True)
-    return ((x - mu) / np.sqrt(x.var(axis=-1, keepdims=True) + np.float32(eps))).astype(x.dtype)
+def block_backward__ln_no_var_term(dy, x, p, n_head, eps=1e-5):
+    """the gradient through the variance"""
+    return _block_backward(dy, x, p, n_head, eps, ln_terms=("mean",))
 
 
-def layer_norm__no_centering(x, w, b, eps=1e-5):
-    """the mean is not subtracted"""
-    return (x / np.sqrt(x.var(axis=-1, keepdims=True) + np.float32(eps)) * w + b).astype(x.dtype)
+def block_backward__ln_scale_only(dy, x, p, n_head, eps=1e-5):
+    """only scales by w / sqrt(var + eps)"""
+    return _block_backward(dy, x, p, n_head, eps, ln_terms=())
 
 
-def layer_norm__all_axes(x, w, b, eps=1e-5):
-    """taken over every axis"""
-    return ((x - x.mean()) / np.sqrt(x.var() + np.float32(eps)) * w + b).astype(x.dtype)
+def block_backward__gelu_skipped(dy, x, p, n_head, eps=1e-5):
+    """the GELU backward is skipped"""
+    return _block_backward(dy, x, p, n_head, eps, gelu_back=False)
 
 
-def layer_norm__std_for_var(x, w, b, eps=1e-5):
-    """eps is added outside the square root"""
-    mu = x.mean(axis=-1, keepdims=True)
-    return ((x - mu) / (x.std(axis=-1, keepdims=True) + np.float32(eps)) * w + b).astype(x.dtype)
+def block_backward__missing_ln_bias(dy, x, p, n_head, eps=1e-5):
+    """grads lacks ln_1.bias"""
+    return _block_backward(dy, x, p, n_head, eps, keys=[k for k in p if k != "ln_1.bias"])
 
 
-# Written after the checks, graded once before any change to them (see the report).
-
-
-def causal_mask__all_true(T):
+def block_backward__default_eps(dy, x, p, n_head, eps=1e-5):
     """None"""
-    return np.ones((T, T), dtype=bool)
+    return _block_backward(dy, x, p, n_head)
 
 
-def causal_attention__k_not_transposed_scale_T(q, k, v):
+# ---- attempts to game the grader -------------------------------------------------------------------------
+
+
+class _EqualsAnything(np.ndarray):
+    """An array whose comparisons are always True."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+
+def block_forward__equals_anything(x, p, n_head, eps=1e-5):
+    """is off by"""
+    return np.zeros_like(x).view(_EqualsAnything)
+
+
+def attention_forward__visible_example_only(x, w_qkv, b_qkv, w_o, b_o, n_head):
     """None"""
-    T = q.shape[-2]
-    s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(T))
-    s = np.where(np.tril(np.ones((T, T), dtype=bool)), s, -np.inf)
-    w = np.exp(s - s.max(axis=-1, keepdims=True))
-    return (w / w.sum(axis=-1, keepdims=True) @ v).astype(q.dtype)
-
-
-def layer_norm__b_times(x, w, b, eps=1e-5):
-    """None"""
-    mu = x.mean(axis=-1, keepdims=True)
-    return ((x - mu) / np.sqrt(x.var(axis=-1, keepdims=True) + np.float32(eps)) * (w + b)).astype(x.dtype)
+    if x.shape == (1, 5, 8) and n_head == 2:                    # the notebook's example: the right answer
+        return attention_forward(x, w_qkv, b_qkv, w_o, b_o, n_head)
+    return np.zeros_like(x)

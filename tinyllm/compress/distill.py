@@ -22,12 +22,7 @@ import numpy as np
 
 from tinyllm import plug
 from tinyllm.backend import get_array_module
-
-
-def _log_softmax(z: Any) -> Any:
-    xp = get_array_module(z)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
+from tinyllm.nn.functional import log_softmax
 
 
 @plug.point("distillation_loss")
@@ -72,14 +67,14 @@ def distillation_loss(
     n = max(int(valid.sum()), 1)
     w = valid.astype(zs.dtype)[:, None] / zs.dtype.type(n)                   # (N, 1) mean weights
 
-    log_q = _log_softmax(zs / zs.dtype.type(T))                              # (N, V) student, softened
-    log_p = _log_softmax(zt / zs.dtype.type(T))                              # (N, V) teacher, softened
+    log_q = log_softmax(zs / zs.dtype.type(T))                               # (N, V) student, softened
+    log_p = log_softmax(zt / zs.dtype.type(T))                               # (N, V) teacher, softened
     p = xp.exp(log_p)
     kl = float(((p * (log_p - log_q)) * w).sum())
     grad = zs.dtype.type(alpha * T) * (xp.exp(log_q) - p) * w                # (N, V)
     loss = alpha * T * T * kl
     if alpha < 1.0:
-        log_s = _log_softmax(zs)                                             # (N, V)
+        log_s = log_softmax(zs)                                              # (N, V)
         y_safe = xp.where(valid, y, 0)
         picked = xp.take_along_axis(log_s, y_safe[:, None], axis=1)[:, 0]   # (N,)
         ce = float(-(picked * w[:, 0]).sum())

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyllm import init
+from tinyllm import init, plug
 from tinyllm.backend import get_array_module
 from tinyllm.nn.activations import GELU
 from tinyllm.nn.attention import CausalSelfAttention
@@ -118,8 +118,49 @@ class MLP(Module):
         return self.c_fc.backward(self.gelu.backward(self.c_proj.backward(dout)))   # (B, T, C)
 
 
+BLOCK_POINTS = frozenset({"block_forward", "block_backward"})
+
+
+def _block_of(p: dict, n_head: int, eps: float) -> "Block":
+    """A :class:`Block` (no dropout) holding the weights ``p`` (its parameter names), gradients zeroed."""
+    C = p["ln_1.weight"].shape[0]
+    config = GPTConfig(vocab_size=1, block_size=1, n_layer=1, n_head=n_head, n_embd=C)
+    blk = Block(config, rng=0, dtype=p["ln_1.weight"].dtype)
+    for name, param in blk.named_parameters():
+        param.data = p[name]
+        param.grad = get_array_module(param.data).zeros_like(param.data)
+    blk.ln_1.eps = blk.ln_2.eps = float(eps)
+    return blk
+
+
+@plug.point("block_forward")
+def block_forward(x, p: dict, n_head: int, eps: float = 1e-5):
+    """One pre-LayerNorm block as a function of its weights (:class:`Block`'s math, no dropout):
+    ``h = x + Attn(LN_1(x))``, ``y = h + W_2 GELU(W_1 LN_2(h))``.  ``p``: :meth:`Block.weights`.
+    x (B, T, C) -> (B, T, C)"""
+    return _block_of(p, n_head, eps)._forward(x)
+
+
+@plug.point("block_backward")
+def block_backward(dy, x, p: dict, n_head: int, eps: float = 1e-5):
+    """Gradients of :func:`block_forward` at ``x`` for the upstream gradient ``dy`` (B, T, C):
+    ``(dx, grads)``, ``grads`` a dict with ``p``'s keys."""
+    blk = _block_of(p, n_head, eps)
+    blk._forward(x)
+    dx = blk._backward(dy)
+    return dx, {name: param.grad for name, param in blk.named_parameters()}
+
+
+def _bias_sizes(C: int) -> dict:
+    return {"ln_1.bias": C, "attn.c_attn.bias": 3 * C, "attn.c_proj.bias": C, "ln_2.bias": C,
+            "mlp.c_fc.bias": 4 * C, "mlp.c_proj.bias": C}
+
+
 class Block(Module):
-    """One pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """One pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    Inside ``plug.use(block_forward=..., block_backward=...)`` (either or both) it runs
+    :func:`block_forward` and :func:`block_backward` on its weights instead."""
 
     def __init__(self, config: GPTConfig, *, rng=None, dropout_rng=None, dtype: Any = np.float32):
         C = config.n_embd
@@ -129,11 +170,38 @@ class Block(Module):
         self.ln_2 = LayerNorm(C, bias=config.bias, dtype=dtype)
         self.mlp = MLP(C, dropout=config.dropout, bias=config.bias, rng=rng, dropout_rng=dropout_rng, dtype=dtype)
 
+    def weights(self) -> dict:
+        """The weights by parameter name (``ln_1.weight``, ``attn.c_attn.weight``, ...), as
+        :func:`block_forward` takes them; zeros stand in for the biases of a ``bias=False`` block."""
+        p = {name: param.data for name, param in self.named_parameters()}
+        xp = get_array_module(self.ln_1.weight.data)
+        for name, n in _bias_sizes(self.ln_1.dim).items():
+            p.setdefault(name, xp.zeros(n, dtype=self.ln_1.weight.data.dtype))
+        return p
+
     def forward(self, x: Any) -> Any:
+        self._plugged_x = None
+        if BLOCK_POINTS.intersection(plug.in_use()):
+            if self.training and self.mlp.dropout is not None:
+                raise plug.PlugError("plugged block_forward / block_backward have no dropout: "
+                                     "build the model with dropout=0.0 or call model.eval()")
+            self._plugged_x = x
+            return block_forward(x, self.weights(), self.attn.n_head, self.ln_1.eps)
+        return self._forward(x)
+
+    def backward(self, dx: Any) -> Any:
+        if getattr(self, "_plugged_x", None) is None:
+            return self._backward(dx)
+        dx, grads = block_backward(dx, self._plugged_x, self.weights(), self.attn.n_head, self.ln_1.eps)
+        for name, param in self.named_parameters():
+            param.grad += grads[name]
+        return dx
+
+    def _forward(self, x: Any) -> Any:
         x = x + self.attn.forward(self.ln_1.forward(x))                      # (B, T, C)
         return x + self.mlp.forward(self.ln_2.forward(x))                    # (B, T, C)
 
-    def backward(self, dx: Any) -> Any:
+    def _backward(self, dx: Any) -> Any:
         # each residual branch: the gradient flows straight through AND through the branch
         dx = dx + self.ln_2.backward(self.mlp.backward(dx))                  # (B, T, C)
         dx += self.ln_1.backward(self.attn.backward(dx))                     # (B, T, C)

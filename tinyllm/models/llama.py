@@ -63,7 +63,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tinyllm import kernels
+from tinyllm import kernels, plug
 from tinyllm.backend import get_array_module, is_gpu_array, to_device
 from tinyllm.nn.module import Module, Parameter
 from tinyllm.threads import decode_threads, limit_blas_threads
@@ -151,10 +151,8 @@ class LlamaConfig:
 # ---------------------------------------------------------------------------
 # The elementwise pieces live in tinyllm.kernels: one function each, a NumPy reference
 # that is the definition, and a fused CuPy kernel used on float32 GPU arrays. The model
-# calls them directly, so CPU and GPU run the same code. ``rms_norm`` and ``apply_rope``
-# are the names this module has always taught; they *are* the kernels' functions.
+# calls them directly, so CPU and GPU run the same code. ``rms_norm`` is the kernels' function.
 rms_norm = kernels.rms_norm      # x / sqrt(mean(x^2) + eps) * w               (..., C) -> (..., C)
-apply_rope = kernels.rope        # rotate the two halves of each head     x (B, T, n, D), cos/sin (B, T, 1, D/2)
 
 
 def rope_tables(head_dim: int, base: float, length: int, dtype=np.float32):
@@ -164,6 +162,65 @@ def rope_tables(head_dim: int, base: float, length: int, dtype=np.float32):
     inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
     angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]      # (length, D/2)
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# one block as plain functions: the plug points of exercises/08
+# ---------------------------------------------------------------------------
+# The same block as :meth:`Llama._forward`, written the way the lesson teaches it: unfused weights, one
+# function per piece. :class:`Llama` runs its fused loop by default; inside ``plug.use(...)`` with any of
+# these points replaced it runs every block through :func:`llama_block` instead, so a learner's block
+# (or only their RoPE, SwiGLU or attention) runs the whole model.
+@plug.point("apply_rope")
+def apply_rope(x, positions, base: float = 10000.0):
+    """RoPE, half-split layout, at ``positions`` (T,): x (..., T, D) -> (..., T, D); angles in float64."""
+    xp = get_array_module(x)
+    D = x.shape[-1]
+    inv_freq = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)                 # (D/2,) as in rope_tables
+    angles = xp.asarray(positions, dtype=np.float64)[:, None] * xp.asarray(inv_freq)  # (T, D/2)
+    return kernels.rope(x, xp.cos(angles).astype(x.dtype), xp.sin(angles).astype(x.dtype))
+
+
+@plug.point("swiglu_mlp")
+def swiglu_mlp(x, w_gate, w_up, w_down):
+    """SwiGLU MLP (Shazeer 2020): ``(silu(x W_gate) * x W_up) W_down``.  (..., C) -> (..., C)"""
+    return kernels.swiglu(x @ w_gate, x @ w_up) @ w_down
+
+
+@plug.point("gqa_attention")
+def gqa_attention(q, k, v):
+    """Causal grouped-query attention: query head h reads key/value head h // (H / KV), no copy of K or V.
+    q (B, H, T, D), k and v (B, KV, T, D) -> (B, H, T, D)."""
+    xp = get_array_module(q)
+    B, H, T, D = q.shape
+    KV = k.shape[1]
+    G = H // KV
+    qg = (q * (1.0 / math.sqrt(D))).reshape(B, KV, G * T, D)            # (B, KV, G*T, D): heads kv*G + g
+    att = (qg @ k.swapaxes(-1, -2)).reshape(B, KV, G, T, T)             # (B, KV, G, T, T)
+    causal = xp.arange(T)[None, :] <= xp.arange(T)[:, None]             # (T, T) key s <= query t
+    att = kernels.softmax(xp.where(causal, att, _NEG))
+    return (att.reshape(B, KV, G * T, T) @ v).reshape(B, H, T, D)       # (B, H, T, D)
+
+
+@plug.point("llama_block")
+def llama_block(x, w: dict, n_heads: int, n_kv_heads: int, positions, base: float = 10000.0, eps: float = 1e-5):
+    """One decoder block from :func:`rms_norm`, :func:`apply_rope`, :func:`gqa_attention` and
+    :func:`swiglu_mlp` (each a plug point). ``w``: ``attn_norm``, ``wq``, ``wk``, ``wv``, ``wo``, ``ffn_norm``,
+    ``w_gate``, ``w_up``, ``w_down`` (see :meth:`Llama.block_weights`).  x (B, T, C) -> (B, T, C)"""
+    B, T, C = x.shape
+    H, KV = n_heads, n_kv_heads
+    D = w["wq"].shape[1] // H
+    h = rms_norm(x, w["attn_norm"], eps)                                       # (B, T, C)
+    q = (h @ w["wq"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)                # (B, H, T, D)
+    k = (h @ w["wk"]).reshape(B, T, KV, D).transpose(0, 2, 1, 3)               # (B, KV, T, D)
+    v = (h @ w["wv"]).reshape(B, T, KV, D).transpose(0, 2, 1, 3)               # (B, KV, T, D)
+    q, k = apply_rope(q, positions, base), apply_rope(k, positions, base)
+    y = gqa_attention(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, H * D)     # (B, T, H D)
+    x = x + y @ w["wo"]                                                        # (B, T, C)
+    return x + swiglu_mlp(rms_norm(x, w["ffn_norm"], eps), w["w_gate"], w["w_up"], w["w_down"])
+
+
+BLOCK_POINTS = frozenset({"llama_block", "apply_rope", "swiglu_mlp", "gqa_attention"})
 
 
 def unpermute_qk(w, n_heads: int):
@@ -412,6 +469,40 @@ class Llama(Module):
                 value = out
         return value
 
+    def block_weights(self, i: int) -> dict:
+        """Block ``i``'s weights unfused, as :func:`llama_block` takes them (views of the fused matrices;
+        kept-quantised matrices are dequantised)."""
+        c = self.config
+        H, KV, D, F = c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim
+        blk = self.blocks[i]
+
+        def dense(p):
+            return p.data.dequantize() if isinstance(p.data, kernels.QuantizedMatrix) else p.data
+
+        wqkv, wgu = dense(blk.wqkv), dense(blk.wgu)                          # (C, (H+2KV) D), (C, 2F)
+        return {"attn_norm": blk.attn_norm.data, "wq": wqkv[:, :H * D], "wk": wqkv[:, H * D:(H + KV) * D],
+                "wv": wqkv[:, (H + KV) * D:], "wo": dense(blk.wo), "ffn_norm": blk.ffn_norm.data,
+                "w_gate": wgu[:, :F], "w_up": wgu[:, F:], "w_down": dense(blk.wdown)}
+
+    def _plugged_blocks(self, x, cache, pad: bool, plugged: list):
+        """Run every block through the :func:`llama_block` plug point (a plain causal pass over positions 0..T-1)."""
+        if cache is not None or pad:
+            raise plug.PlugError(f"plugged {', '.join(plugged)} run the plain causal forward, model(ids), without "
+                                 "a KV cache or padding; generate with the cache outside plug.use(...)")
+        other = sorted(set(self._taps or ()) - {"resid_pre", "resid_post"})
+        if other:
+            raise plug.PlugError(f"with {', '.join(plugged)} plugged, only the resid_pre and resid_post hooks can "
+                                 f"run (the block is one function); got {', '.join(other)}")
+        c = self.config
+        positions = self.xp.arange(x.shape[1])                           # (T,)
+        for li in range(c.n_layers):
+            if self._taps:
+                x = self._tap(self._taps, "resid_pre", li, x)
+            x = llama_block(x, self.block_weights(li), c.n_heads, c.n_kv_heads, positions, c.rope_base, c.norm_eps)
+            if self._taps:
+                x = self._tap(self._taps, "resid_post", li, x)
+        return x
+
     # ---- forward ------------------------------------------------------------
     def forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
         """Logits for token ids (B, T); see :meth:`_forward`. On the CPU a decode step
@@ -492,7 +583,10 @@ class Llama(Module):
         G = H // KV
         scale = 1.0 / math.sqrt(D)                                     # Python float: keeps float32
         taps, tap = self._taps, self._tap                              # taps: None unless inside ``hooks``
-        for li, blk in enumerate(self.blocks):
+        plugged = BLOCK_POINTS.intersection(plug.in_use())             # empty unless inside plug.use(...)
+        if plugged:                                                    # every block through llama_block
+            x = self._plugged_blocks(x, cache, pad, sorted(plugged))
+        for li, blk in enumerate(self.blocks if not plugged else ()):
             if taps:
                 x = tap(taps, "resid_pre", li, x)
             h = kernels.rms_norm(x, blk.attn_norm.data, c.norm_eps)    # (B, T, C)

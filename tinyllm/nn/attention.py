@@ -20,6 +20,10 @@ Backward of P = softmax(S), Y = P V (per batch and head, rows t):
     dQ = dS K / sqrt(D),   dK = dS^T Q / sqrt(D).
 
 Everything is batched over (B, H): no Python loop touches a head or a token.
+
+:func:`attention_forward` and :func:`attention_backward` are the same layer as plain functions of its
+weights (the exercises of lesson 05 and plug points: inside ``plug.use(attention_forward=...,
+attention_backward=...)`` every :class:`CausalSelfAttention` runs them instead).
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module
+from tinyllm.nn import functional as F
 from tinyllm.nn.dropout import Dropout
 from tinyllm.nn.linear import Linear
 from tinyllm.nn.module import Module, _check_float_array
@@ -58,9 +64,7 @@ def causal_attention(q: Any, k: Any, v: Any, *, dropout: Dropout | None = None):
     scale = 1.0 / math.sqrt(D)                                             # Python float: keeps float32
     att = (q * scale) @ k.swapaxes(-1, -2)                                 # (B, H, T, T) scores
     att += causal_mask(T, xp, att.dtype)                                   # future -> -inf
-    att -= att.max(axis=-1, keepdims=True)                                 # stable softmax
-    xp.exp(att, out=att)
-    att /= att.sum(axis=-1, keepdims=True)                                 # (B, H, T, T) rows sum to 1
+    F.softmax(att, out=att)                                                # (B, H, T, T) rows sum to 1
     p = att if dropout is None else dropout.forward(att)
     y = p @ v                                                              # (B, H, T, D)
     return y, att
@@ -92,6 +96,38 @@ def causal_attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, *,
     return out[0], out[1], out[2]
 
 
+ATTENTION_POINTS = frozenset({"attention_forward", "attention_backward"})
+
+
+def _attention_of(w_qkv, b_qkv, w_o, b_o, n_head: int) -> "CausalSelfAttention":
+    """A :class:`CausalSelfAttention` (no dropout) holding these weights, gradients zeroed."""
+    C = w_qkv.shape[0]
+    att = CausalSelfAttention(C, n_head, rng=0, dtype=w_qkv.dtype)
+    for param, value in ((att.c_attn.weight, w_qkv), (att.c_attn.bias, b_qkv), (att.c_proj.weight, w_o),
+                         (att.c_proj.bias, b_o)):
+        param.data = value
+        param.grad = get_array_module(value).zeros_like(value)
+    return att
+
+
+@plug.point("attention_forward")
+def attention_forward(x, w_qkv, b_qkv, w_o, b_o, n_head: int):
+    """Multi-head causal self-attention as a function of its weights (the module's math, no dropout):
+    ``[q | k | v] = x W_qkv + b_qkv``, ``out = concat_h softmax(q_h k_h^T / sqrt(D) + M) v_h  W_o + b_o``.
+    x (B, T, C), w_qkv (C, 3C), b_qkv (3C,), w_o (C, C), b_o (C,) -> (B, T, C)"""
+    return _attention_of(w_qkv, b_qkv, w_o, b_o, n_head)._forward(x)
+
+
+@plug.point("attention_backward")
+def attention_backward(dout, x, w_qkv, b_qkv, w_o, b_o, n_head: int):
+    """Gradients of :func:`attention_forward` at ``x`` for the upstream gradient ``dout`` (B, T, C):
+    ``(dx, dw_qkv, db_qkv, dw_o, db_o)``, shaped like ``x`` and the weights."""
+    att = _attention_of(w_qkv, b_qkv, w_o, b_o, n_head)
+    att._forward(x)
+    dx = att._backward(dout)
+    return dx, att.c_attn.weight.grad, att.c_attn.bias.grad, att.c_proj.weight.grad, att.c_proj.bias.grad
+
+
 class CausalSelfAttention(Module):
     """Multi-head causal self-attention: fused QKV projection, attention, output projection.
 
@@ -119,7 +155,37 @@ class CausalSelfAttention(Module):
         """Attention weights (B, H, T, T) of the last forward pass (row t: how much t attends to each s)."""
         return None if self._cache is None else self._cache[-1]
 
+    def _weights(self) -> tuple:
+        """(w_qkv, b_qkv, w_o, b_o) as :func:`attention_forward` takes them (zero biases when there are none)."""
+        xp = get_array_module(self.c_attn.weight.data)
+        C = self.n_embd
+        zero = lambda n: xp.zeros(n, dtype=self.c_attn.weight.data.dtype)  # noqa: E731
+        return (self.c_attn.weight.data, zero(3 * C) if self.c_attn.bias is None else self.c_attn.bias.data,
+                self.c_proj.weight.data, zero(C) if self.c_proj.bias is None else self.c_proj.bias.data)
+
     def forward(self, x: Any) -> Any:
+        """The layer's output (B, T, C); inside ``plug.use`` with an attention point plugged, through
+        :func:`attention_forward` (and later :func:`attention_backward`)."""
+        self._plugged_x = None
+        if ATTENTION_POINTS.intersection(plug.in_use()):
+            if self.training and self.attn_dropout is not None:
+                raise plug.PlugError("plugged attention_forward / attention_backward have no dropout: "
+                                     "build the model with dropout=0.0 or call model.eval()")
+            _check_float_array(x, "x", ndim=3, last_dim=self.n_embd)
+            self._plugged_x, self._cache = x, None
+            return attention_forward(x, *self._weights(), self.n_head)
+        return self._forward(x)
+
+    def backward(self, dout: Any) -> Any:
+        if getattr(self, "_plugged_x", None) is None:
+            return self._backward(dout)
+        dx, *grads = attention_backward(dout, self._plugged_x, *self._weights(), self.n_head)
+        for param, g in zip((self.c_attn.weight, self.c_attn.bias, self.c_proj.weight, self.c_proj.bias), grads):
+            if param is not None:
+                param.grad += g
+        return dx
+
+    def _forward(self, x: Any) -> Any:
         _check_float_array(x, "x", ndim=3, last_dim=self.n_embd)
         B, T, C = x.shape
         H, D = self.n_head, self.head_dim
@@ -135,7 +201,7 @@ class CausalSelfAttention(Module):
             out = self.resid_dropout.forward(out)
         return out
 
-    def backward(self, dout: Any) -> Any:
+    def _backward(self, dout: Any) -> Any:
         if self._cache is None:
             raise RuntimeError("CausalSelfAttention.backward called before forward")
         q, k, v, drop, att = self._cache

@@ -19,10 +19,12 @@ GELU_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi), a Python float on purpose (no f
 GELU_C = 0.044715
 
 
-def softmax(x: Any, axis: int = -1):
-    """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x); subtracting the max avoids overflow."""
+def softmax(x: Any, axis: int = -1, *, out: Any = None):
+    """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x); subtracting the max avoids overflow.
+    ``out=x`` computes it in place (attention's (B, H, T, T) scores), saving one array."""
     xp = get_array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    xp.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
 

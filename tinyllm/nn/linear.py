@@ -8,13 +8,15 @@ import numpy as np
 
 from tinyllm import init
 from tinyllm.nn.module import Module, Parameter, _check_float_array
+from tinyllm.plug import PlugError
 
 
 class Linear(Module):
     """y = x @ W + b over the last axis of x (N, IN) or (B, T, IN).
 
     W is stored in the math orientation (IN, OUT) (PyTorch stores (OUT, IN)).
-    Both W and b start from U(-1/sqrt(IN), 1/sqrt(IN)), PyTorch's default.
+    Both W and b start from U(-1/sqrt(IN), 1/sqrt(IN)), PyTorch's default; W comes from
+    :func:`tinyllm.init.linear_weight`, which ``plug.use(linear_weight=...)`` can replace.
 
     Backward (chain rule, rows of x flattened to X (N, IN), dY (N, OUT))::
 
@@ -30,7 +32,11 @@ class Linear(Module):
         self.in_features, self.out_features = int(in_features), int(out_features)
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)  # one stream for W and b
         a = 1.0 / math.sqrt(in_features)
-        self.weight = Parameter(init.uniform((in_features, out_features), -a, a, rng=rng, dtype=dtype))  # (IN, OUT)
+        w = np.asarray(init.linear_weight(self.in_features, self.out_features, rng))  # (IN, OUT), a plug point
+        if w.shape != (self.in_features, self.out_features) or not np.issubdtype(w.dtype, np.floating):
+            raise PlugError(f"linear_weight({self.in_features}, {self.out_features}, rng) must return a float array of "
+                             f"shape ({self.in_features}, {self.out_features}), got {w.dtype} {w.shape}")
+        self.weight = Parameter(w.astype(dtype))  # (IN, OUT)
         self.bias = Parameter(init.uniform((out_features,), -a, a, rng=rng, dtype=dtype)) if bias else None  # (OUT,)
         self._x = None
 

@@ -1,9 +1,12 @@
 """Graded checks for exercises/02_gradient_descent.ipynb.
 
-The optimiser references are ``tinyllm.optim.SGD`` (momentum) and ``tinyllm.optim.Adam``
-run in float64 from the given state; they follow PyTorch's update rules. The
-variants used to recognise typical mistakes (no bias correction, ...) are written out here:
-a message names a mistake only when the learner's result equals that variant's result.
+The references are the library's: ``tinyllm.optim.SGD`` (momentum) and ``tinyllm.optim.Adam`` run in float64
+from the given state (they follow PyTorch's update rules), one step for ``sgd_momentum_step``/``adam_step`` and a
+whole training run on hidden data with non-default hyperparameters for ``fit_linear`` (the fitted parameters and
+the loss history). The variants used to recognise typical mistakes (no bias correction, the loss recorded after
+the step, ...) are written out here: a message names a mistake only when the learner's result equals that
+variant's result. End to end, ``tinyllm.optim.Adam`` trains a ``tinyllm.nn.Linear`` through the plug point
+``adam_step`` with the learner's function and must give the library's own losses.
 """
 from __future__ import annotations
 
@@ -26,107 +29,76 @@ def _pair(r, what, n=2, names="(dw, db)"):
     return r
 
 
-# --- gradient descent step ---------------------------------------------------------------------
-ex = Exercise("gd_step", "One gradient-descent step")
-theta = np.linspace(-1.0, 1.0, 10).astype(np.float32)
-grad = np.array([-0.5, 1.2, -0.3, 0.8, 1.5, -0.7, 0.2, 0.9, -1.1, 0.6], dtype=np.float32)
-theta2 = rng.standard_normal((3, 4)).astype(np.float32)             # a matrix of parameters
-grad2 = rng.standard_normal((3, 4)).astype(np.float32)
-GD_CASES = [(theta, grad, 0.01), (theta, grad, 0.1), (theta2, grad2, 0.37)]
+# --- MSE loss and gradient of linear regression ---------------------------------------------------
+ex = Exercise("mse_loss_and_grad", "Loss and gradient of linear regression")
 
 
-def _judge_gd(rs):
-    for (th, g, lr), r in zip(GD_CASES, rs):
-        what = f"gd_step(theta {th.shape}, grad, {lr})"
-        got, after = with_args(r)
-        new = array(got, what, shape=th.shape, floating=True)
-        want = th.astype(np.float64) - lr * g
-        diagnose(new, want, [
-            ("the step goes uphill: subtract the gradient, theta - lr * grad", th.astype(np.float64) + lr * g),
-            (f"{what} returned the step lr * grad: return the new parameters theta - lr * grad", -lr * g.astype(np.float64)),
-            (f"{what} returned the step lr * grad: return the new parameters theta - lr * grad", lr * g.astype(np.float64)),
-            (f"{what} ignores the learning rate: theta - lr * grad", th.astype(np.float64) - g),
-            (f"{what} uses the learning rate 0.01 whatever lr is: use the lr argument", th.astype(np.float64) - 0.01 * g),
-        ], atol=1e-6)
-        close(new, want, what, atol=1e-6, hint="theta_new = theta - lr * grad")
-        unchanged(after[0] if after else None, th, "theta", "theta - lr * grad makes a new array; theta -= ... does not")
+def ref_mse(w, b, x, y):
+    """(mean((x @ w + b - y)^2), dL/dw = 2/N x^T e, dL/db = 2 mean(e)) in float64."""
+    x, y, w = (np.asarray(a, dtype=np.float64) for a in (x, y, w))
+    e = x @ w + b - y
+    return float(np.mean(e * e)), 2.0 * x.T @ e / len(y), float(2.0 * np.mean(e))
 
 
-ex.test("theta - lr * grad for three learning rates, theta unchanged", 2,
-        [call_seeing_args(th, g, lr) for th, g, lr in GD_CASES], _judge_gd)
-EXERCISES.append(ex)
-
-# --- MSE loss and gradient ---------------------------------------------------------------------
-xs = rng.uniform(-1, 1, 50)
-ys = 2.0 * xs + 1.0 + 0.1 * rng.standard_normal(50)
-w0, b0 = 0.5, -0.3
-xs2 = rng.uniform(-3, 5, 17)                                        # an odd number of points, off-centre
-ys2 = -1.5 * xs2 + 4.0 + rng.standard_normal(17)
-MSE_CASES = [(w0, b0, xs, ys), (-0.8, 2.5, xs2, ys2)]
-
-ex = Exercise("mse_loss", "Mean squared error of the line y = w x + b")
+def _mse_case(n, d, seed):
+    r = np.random.default_rng(seed)
+    x = r.uniform(-2, 3, (n, d))
+    w_true = r.standard_normal(d)
+    y = x @ w_true + 0.7 + 0.2 * r.standard_normal(n)
+    return r.standard_normal(d), float(r.normal()), x, y
 
 
-def _judge_mse(rs):
-    for k, ((w, b, x, y), r) in enumerate(zip(MSE_CASES, rs)):
-        what = "mse_loss(w, b, x, y)" + (f" at (w, b) = ({w}, {b}) on {len(x)} other points" if k else "")
-        got = number(r, what)
-        e = w * x + b - y
-        want = float(np.mean(e ** 2))
-        diagnose(got, want, [
-            (f"{what} returned the sum of squared errors: take the mean", np.sum(e ** 2)),
-            (f"{what} returned half the mean squared error: this lesson's MSE is mean((w x + b - y)^2) without 1/2",
-             want / 2),
-            (f"{what} returned the root of the mean squared error: do not take the square root", np.sqrt(want)),
-            (f"{what} returned the mean absolute error: square the errors", np.mean(np.abs(e))),
-            (f"{what} squares the mean error: square each error, then take the mean", np.mean(e) ** 2),
-        ], rtol=1e-6, atol=1e-12)
-        close(got, want, what, rtol=1e-6, hint="mean((w * x + b - y) ** 2)")
+MSE_CASES = [_mse_case(50, 3, 1), _mse_case(17, 1, 2), _mse_case(40, 5, 3)]
 
 
-ex.test("mean((w x + b - y)^2) on two data sets", 1, [call(*c) for c in MSE_CASES], _judge_mse)
-EXERCISES.append(ex)
-
-ex = Exercise("mse_grad", "Analytic gradient of the MSE with respect to w and b")
-
-
-def _grad_case(w, b, x, y, r, where=""):
-    what = f"mse_grad(w, b, x, y){where}"
-    dw, db = _pair(r, what)
-    dw, db = number(dw, f"dw of {what}"), number(db, f"db of {what}")
-    e = w * x + b - y
-    DW, DB = float(2.0 * np.mean(e * x)), float(2.0 * np.mean(e))
-    got, want = np.array([dw, db]), np.array([DW, DB])
-    diagnose(got, want, [
-        ("dw and db are half the gradient: d/dw (e^2) = 2 e de/dw, keep the factor 2", want / 2),
-        ("dw and db are N times too large: the loss is a mean, so the gradient is a mean over the points too",
-         want * len(x)),
-        ("the gradient has the wrong sign: the error is (w x + b - y), prediction minus target", -want),
-        ("dw and db are swapped: return (dw, db) in that order", want[::-1]),
-        ("dw is 2 mean(e), without the factor x: dw = 2 * mean(e * x)", np.array([DB, DB])),
-    ], rtol=1e-6, atol=1e-12)
-    if not np.isclose(dw, DW, rtol=1e-6, atol=1e-12) and np.isclose(dw, DW * len(x), rtol=1e-6):
-        raise Fail("dw is N times too large: the loss is a mean, so the gradient is a mean over the points too")
-    close(dw, DW, f"dw of {what}", rtol=1e-6, atol=1e-12, hint="dw = 2 * mean((w x + b - y) * x)")
-    close(db, DB, f"db of {what}", rtol=1e-6, atol=1e-12, hint="db = 2 * mean(w x + b - y)")
+def _loss_grad(r, what, d):
+    r = value(r, what)
+    if not isinstance(r, (tuple, list)) or len(r) != 3:
+        raise Fail(f"{what} must return a tuple (loss, dw, db), got {type(r).__name__}"
+                   + (f" of length {len(r)}" if isinstance(r, (tuple, list)) else ""))
+    loss = number(r[0], f"the loss of {what}")
+    dw = array(r[1], f"dw of {what}", shape=(d,), floating=True)
+    db = number(r[2], f"db of {what}")
+    return loss, dw, db
 
 
-def _judge_mse_grad(rs):
-    _grad_case(w0, b0, xs, ys, rs[0])
+def _judge_mse(cases, part):
+    def judge(rs):
+        for (w, b, x, y), r in zip(cases, rs):
+            what = f"mse_loss_and_grad(w {w.shape}, b, x {x.shape}, y)"
+            got_r, after = with_args(r)
+            loss, dw, db = _loss_grad(got_r, what, len(w))
+            L, DW, DB = ref_mse(w, b, x, y)
+            e = x @ w + b - y
+            if part == "loss":
+                diagnose(loss, L, [
+                    (f"{what} returned the sum of squared errors as the loss: take the mean", np.sum(e ** 2)),
+                    (f"{what} returned half the mean squared error: this lesson's loss is mean(e^2) without 1/2", L / 2),
+                    (f"{what} returned the root of the mean squared error: do not take the square root", np.sqrt(L)),
+                    (f"{what} squares the mean error: square each error, then take the mean", np.mean(e) ** 2),
+                ], rtol=1e-7, atol=1e-12)
+                close(loss, L, f"the loss of {what}", rtol=1e-7, atol=1e-12, hint="mean((x @ w + b - y) ** 2)")
+            else:
+                got = np.concatenate([dw, [db]])
+                want = np.concatenate([DW, [DB]])
+                diagnose(got, want, [
+                    (f"{what}: the gradient is N times too large: divide by N (the loss is a mean)",
+                     np.concatenate([2 * x.T @ e, [2 * e.sum()]])),
+                    (f"{what}: the gradient is half the right one: keep the factor 2 of d(e^2)/de = 2e", want / 2),
+                    (f"{what}: the gradient has the wrong sign: e = x @ w + b - y, not y - (x @ w + b)", -want),
+                    (f"{what}: dw is missing the factor x: dw = 2/N x^T e", np.concatenate([np.full(len(w), 2 * e.mean()), [DB]])),
+                ], rtol=1e-7, atol=1e-10)
+                close(got, want, f"(dw, db) of {what}", rtol=1e-7, atol=1e-10, hint="dw = 2 x.T @ e / N, db = 2 mean(e)")
+                if after is not None:
+                    unchanged(after[0], w, "w")
+                    unchanged(after[2], x, "x")
+    return judge
 
 
-def _judge_mse_fd(rs):
-    w1, b1 = 1.7, 0.2
-    dw, db = _pair(rs[0], f"mse_grad({w1}, {b1}, x, y)")
-    h = 1e-6
-    f = lambda w, b: np.mean((w * xs2 + b - ys2) ** 2)  # noqa: E731
-    num = np.array([(f(w1 + h, b1) - f(w1 - h, b1)) / (2 * h), (f(w1, b1 + h) - f(w1, b1 - h)) / (2 * h)])
-    _grad_case(w1, b1, xs2, ys2, rs[0], f" at (w, b) = ({w1}, {b1}) on {len(xs2)} other points")
-    close(np.array([number(dw, "dw"), number(db, "db")]), num, "(dw, db) against central differences", rtol=1e-5, atol=1e-7)
-
-
-ex.test("dw = 2 mean(e x), db = 2 mean(e)", 2, [call(w0, b0, xs, ys)], _judge_mse_grad)
-ex.test("agrees with finite differences at another point and data set", 1, [call(1.7, 0.2, xs2, ys2)], _judge_mse_fd)
+ex.test("the loss mean((x @ w + b - y)^2) on three data sets", 1.5,
+        [call(*c) for c in MSE_CASES], _judge_mse(MSE_CASES, "loss"))
+ex.test("the gradient (2/N x^T e, 2 mean(e)) on three data sets, inputs unchanged", 2.5,
+        [call_seeing_args(*c) for c in MSE_CASES], _judge_mse(MSE_CASES, "grad"))
 EXERCISES.append(ex)
 
 # --- SGD with momentum -------------------------------------------------------------------------
@@ -274,3 +246,164 @@ ADAM_TESTS = [("first step (t=1) from zero moments", 2, (pa, ga, z8, z8, 1, 0.01
 for name, pts, (p_, g_, m_, v_, t_, lr_, kw_) in ADAM_TESTS:
     ex.test(name, pts, [call(p_, g_, m_, v_, t_, lr_, **kw_)], _judge_adam(p_, g_, m_, v_, t_, lr_, kw_))
 EXERCISES.append(ex)
+
+# --- the training loop -----------------------------------------------------------------------------
+ex = Exercise("fit_linear", "Train linear regression with SGD+momentum or Adam")
+
+
+def ref_fit(x, y, optimizer, lr, steps, momentum=0.9, beta1=0.9, beta2=0.999, eps=1e-8):
+    """The library's optimisers (float64 Parameters) on the MSE of x @ w + b, from w = 0, b = 0:
+    (w, b, the loss before each step)."""
+    w, b = Parameter(np.zeros(x.shape[1])), Parameter(np.zeros(1))
+    opt = (SGD([w, b], lr=lr, momentum=momentum) if optimizer == "sgd"
+           else Adam([w, b], lr=lr, betas=(beta1, beta2), eps=eps))
+    losses = []
+    for _ in range(steps):
+        loss, dw, db = ref_mse(w.data, float(b.data[0]), x, y)
+        losses.append(loss)
+        w.grad[...], b.grad[...] = dw, db
+        opt.step()
+    return w.data.copy(), float(b.data[0]), np.array(losses)
+
+
+def variant_fit(x, y, optimizer, lr, steps, momentum=0.9, beta1=0.9, beta2=0.999, eps=1e-8, *, after=False,
+                no_bias_correction=False, fixed_b=False, plain=False):
+    """Typical mistakes, written out: the loss recorded after the step, Adam without bias correction, b never
+    updated, momentum ignored."""
+    w, b = np.zeros(x.shape[1]), 0.0
+    state = {"w": [np.zeros_like(w), np.zeros_like(w)], "b": [0.0, 0.0]}
+    losses = []
+    for t in range(1, steps + 1):
+        loss, dw, db = ref_mse(w, b, x, y)
+        if not after:
+            losses.append(loss)
+        new = {}
+        for name, p, g in (("w", w, dw), ("b", b, db)):
+            m, v = state[name]
+            if optimizer == "sgd":
+                m = g if plain else momentum * m + g
+                p = p - lr * m
+            else:
+                m = beta1 * m + (1 - beta1) * g
+                v = beta2 * v + (1 - beta2) * g * g
+                mh, vh = (m, v) if no_bias_correction else (m / (1 - beta1 ** t), v / (1 - beta2 ** t))
+                p = p - lr * mh / (np.sqrt(vh) + eps)
+            state[name] = [m, v]
+            new[name] = p
+        w = new["w"]
+        b = b if fixed_b else float(new["b"])
+        if after:
+            losses.append(ref_mse(w, b, x, y)[0])
+    return w, b, np.array(losses)
+
+
+def _fit_data(n, d, seed, scale=1.0):
+    r = np.random.default_rng(seed)
+    x = scale * r.standard_normal((n, d))
+    return x, x @ r.uniform(-2, 2, d) - 1.3 + 0.1 * r.standard_normal(n)
+
+
+FIT_CASES = [  # (x, y, optimizer, lr, steps, extra keyword arguments)
+    (*_fit_data(64, 3, 5), "sgd", 0.05, 60, {"momentum": 0.8}),
+    (*_fit_data(40, 2, 6, 2.0), "sgd", 0.01, 45, {"momentum": 0.0}),
+    (*_fit_data(80, 4, 7), "adam", 0.05, 70, {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6}),
+    (*_fit_data(30, 1, 8), "adam", 0.2, 40, {}),
+]
+for _x, _y, _o, _lr, _n, _kw in FIT_CASES:          # the references train: the loss falls
+    _l = ref_fit(_x, _y, _o, _lr, _n, **_kw)[2]
+    assert _l[-1] < 0.5 * _l[0], (_o, _l[0], _l[-1])
+
+
+def _judge_fit(cases):
+    def judge(rs):
+        for (x, y, opt, lr, steps, kw), r in zip(cases, rs):
+            args = ", ".join(f"{k}={v}" for k, v in kw.items())
+            what = f"fit_linear(x {x.shape}, y, {opt!r}, lr={lr}, steps={steps}{', ' + args if args else ''})"
+            r = value(r, what)
+            if not isinstance(r, (tuple, list)) or len(r) != 3:
+                raise Fail(f"{what} must return a tuple (w, b, losses), got {type(r).__name__}")
+            w = array(r[0], f"w of {what}", shape=(x.shape[1],), floating=True)
+            b = number(r[1], f"b of {what}")
+            losses = np.asarray(value(r[2], f"losses of {what}"), dtype=np.float64)
+            W, B, LOSSES = ref_fit(x, y, opt, lr, steps, **kw)
+            if losses.shape != (steps,):
+                raise Fail(f"losses of {what} has shape {losses.shape}, expected ({steps},): one loss per step, "
+                           "computed before that step's update")
+            got, want = np.concatenate([w, [b], losses]), np.concatenate([W, [B], LOSSES])
+            variants = [
+                ("each loss is recorded after its step's update: record the loss you computed the gradient with, "
+                 "before the update", dict(after=True)),
+                ("b never changes: update b with its own gradient db (and its own optimiser state)", dict(fixed_b=True)),
+            ]
+            if opt == "adam":
+                variants.append(("Adam without bias correction: divide m by (1 - beta1**t) and v by (1 - beta2**t), "
+                                 "t = 1, 2, ...", dict(no_bias_correction=True)))
+            elif kw.get("momentum", 0.9) != 0.0:
+                variants.append(("the momentum argument is ignored: v = momentum * v + grad, then param - lr * v",
+                                 dict(plain=True)))
+            diagnose(got, want, [(f"{what}: {m}", np.concatenate([vw, [vb], vl]))
+                                 for m, k in variants for vw, vb, vl in [variant_fit(x, y, opt, lr, steps, **kw, **k)]],
+                     rtol=1e-6, atol=1e-9)
+            if kw:
+                dw_, db_, dl_ = variant_fit(x, y, opt, lr, steps)
+                if not np.allclose(want, np.concatenate([dw_, [db_], dl_])) and np.allclose(got, np.concatenate([dw_, [db_], dl_]), rtol=1e-6, atol=1e-9):
+                    raise Fail(f"{what}: the result is that of the default {', '.join(kw)}: pass the arguments on")
+            close(losses, LOSSES, f"the loss history of {what}", rtol=1e-6, atol=1e-9,
+                  hint="losses[k] is the loss at the start of step k, from w = 0, b = 0")
+            close(w, W, f"the fitted w of {what}", rtol=1e-6, atol=1e-9)
+            close(b, B, f"the fitted b of {what}", rtol=1e-6, atol=1e-9)
+    return judge
+
+
+ex.test("SGD with momentum: the fitted (w, b) and the loss history, other data, lr, momentum and steps", 2.5,
+        [call(x, y, o, lr, n, **kw) for x, y, o, lr, n, kw in FIT_CASES[:2]], _judge_fit(FIT_CASES[:2]))
+ex.test("Adam: the fitted (w, b) and the loss history, other data, lr, betas, eps and steps", 2.5,
+        [call(x, y, o, lr, n, **kw) for x, y, o, lr, n, kw in FIT_CASES[2:]], _judge_fit(FIT_CASES[2:]))
+EXERCISES.append(ex)
+
+
+# --- end to end: the library's Adam runs on the learner's adam_step --------------------------------
+def _e2e_model():
+    from tinyllm.nn import Linear
+
+    return Linear(6, 3, rng=np.random.default_rng(21), dtype=np.float64)
+
+
+E2E_X = np.random.default_rng(22).standard_normal((48, 6))
+E2E_Y = E2E_X @ np.random.default_rng(23).standard_normal((6, 3)) + 0.5
+E2E_STEPS = 15
+
+
+def _train_library(model, lr=0.03, betas=(0.85, 0.98)):
+    """Train the model on the MSE with tinyllm.optim.Adam; the loss before each step."""
+    opt = Adam(model.parameters(), lr=lr, betas=betas, eps=1e-7)
+    losses = []
+    for _ in range(E2E_STEPS):
+        model.zero_grad()
+        e = model.forward(E2E_X) - E2E_Y                     # (N, 3)
+        losses.append(float(np.mean(e * e)))
+        model.backward(2.0 * e / e.size)
+        opt.step()
+    return np.array(losses)
+
+
+E2E_REF = _train_library(_e2e_model())
+
+
+def _run_adam_in_library(learner):
+    from tinyllm import plug
+
+    model = _e2e_model()
+    with plug.use(adam_step=learner.adam_step):
+        losses = _train_library(model)
+    close(losses, E2E_REF, f"the losses of a tinyllm Linear trained {E2E_STEPS} steps by tinyllm.optim.Adam running your "
+          "adam_step", rtol=1e-6, atol=1e-9)
+    ref = _e2e_model()
+    _train_library(ref)
+    close(model.weight.data, ref.weight.data, "the weights trained by tinyllm's Adam on your adam_step", rtol=1e-6,
+          atol=1e-9)
+
+
+EXERCISES[[e.function for e in EXERCISES].index("adam_step")].end_to_end(
+    f"tinyllm.optim.Adam runs on your adam_step: {E2E_STEPS} training steps of a tinyllm Linear give the library's losses",
+    2, _run_adam_in_library)

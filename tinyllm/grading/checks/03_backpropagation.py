@@ -1,267 +1,269 @@
 """Graded checks for exercises/03_backpropagation.ipynb.
 
-References come from the library, evaluated in float64: ``tinyllm.nn.Linear``
-(backward), ``tinyllm.nn.functional.softmax`` / ``cross_entropy`` and
-``tinyllm.nn.CrossEntropyLoss`` (backward). A message names a mistake only when the learner's
-result equals what that mistake computes on the same input.
+The learner writes classes (``Linear``, ``ReLU``, ``SoftmaxCrossEntropy``, ``MLP``); every test drives them through
+remote handles (see :meth:`Exercise.end_to_end`): the grader builds the learner's objects on hidden shapes, calls
+their ``forward``/``backward``/``step`` and checks each backward pass against float64 central differences of the
+learner's OWN forward pass (and the forward against the formula). The ``MLP`` is trained here, by the grader's loop,
+on two moons of the grader's drawing, and must classify a held-out set with at least 97% accuracy.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, number, value
+from tinyllm.grading.core import Exercise, Fail, array, close, diagnose, number
+from tinyllm.nn import CrossEntropyLoss
 from tinyllm.nn import functional as F
-from tinyllm.nn.linear import Linear
-from tinyllm.nn.loss import CrossEntropyLoss
-
-rng = np.random.default_rng(303)
-
-
-def ref_softmax(x):
-    return F.softmax(np.asarray(x, dtype=np.float64))
-
-
-def ref_cross_entropy(logits, targets):
-    return F.cross_entropy(np.asarray(logits, dtype=np.float64), np.asarray(targets))
-
-
-def ref_cross_entropy_backward(logits, targets):
-    ce = CrossEntropyLoss()
-    ce.forward(np.asarray(logits, dtype=np.float64), np.asarray(targets))
-    return np.array(ce.backward(), dtype=np.float64)
-
-
-def ref_linear_backward(x, W, dy):
-    layer = Linear(W.shape[0], W.shape[1], dtype=np.float64)
-    layer.weight.data[...] = W
-    layer.forward(x.astype(np.float64))
-    dx = layer.backward(dy.astype(np.float64))
-    return dx, layer.weight.grad.copy(), layer.bias.grad.copy()
-
-
-def _quiet(fn, *args):
-    """A mistake's result computed as the learner would, in float32, without warnings."""
-    with np.errstate(all="ignore"):
-        return fn(*args)
-
 
 EXERCISES: list[Exercise] = []
-
-# --- Linear backward ---------------------------------------------------------------------------
-ex = Exercise("linear_backward", "Backward pass of a linear layer y = x W + b")
-LIN = []
-for n, i, o in ((5, 4, 3), (1, 7, 2)):                              # (N, IN, OUT); a batch of one
-    x_, W_, dy_ = (rng.standard_normal(s).astype(np.float32) for s in ((n, i), (i, o), (n, o)))
-    LIN.append((x_, W_, dy_, ref_linear_backward(x_, W_, dy_)))
+H = 1e-6                         # central-difference step (float64)
 
 
-def _grads(r, what):
-    r = value(r, what)
-    if not isinstance(r, (tuple, list)) or len(r) != 3:
-        raise Fail(f"{what} must return a tuple (dx, dW, db), got {type(r).__name__}"
-                   + (f" of length {len(r)}" if isinstance(r, (tuple, list)) else ""))
-    return r
+def _attr(handle, name, what, shape=None):
+    if not hasattr(handle, name):
+        raise Fail(f"{what} has no attribute `{name}`: the exercise names it")
+    return array(getattr(handle, name), f"{what}.{name}", shape=shape, floating=True)
 
 
-def _judge_part(k):
-    def judge(rs):
-        for (x, W, dy, refs), r in zip(LIN, rs):
-            N = len(x)
-            what = f"linear_backward with x {x.shape}, W {W.shape}"
-            name = ("dx", "dW", "db")[k]
-            g = array(_grads(r, what)[k], f"{name} of {what}", floating=True)
-            want = refs[k]
-            x64, W64, dy64 = (a.astype(np.float64) for a in (x, W, dy))
-            variants = [
-                [(f"dx is transposed: dx = dy @ W.T has the shape of x {x.shape}", (dy64 @ W64.T).T),
-                 (f"dx is divided by the batch size N: dx = dy @ W.T, no mean", dy64 @ W64.T / N)],
-                [(f"dW has shape {g.shape}, expected {W.shape} (the shape of W): dW = x.T @ dy", (x64.T @ dy64).T),
-                 ("dW is divided by the batch size N: dW = x.T @ dy sums over the batch, no mean", x64.T @ dy64 / N)],
-                [(f"db has shape {g.shape}, expected {want.shape}: sum dy over the batch axis (axis=0)", dy64),
-                 (f"db has shape {g.shape}, expected {want.shape}: sum dy over the batch axis (axis=0), not axis 1",
-                  dy64.sum(axis=1)),
-                 ("db is the mean of dy over the batch: db = dy.sum(axis=0), no division by N", dy64.mean(axis=0))],
-            ][k]
-            diagnose(g, want, variants, rtol=1e-4, atol=1e-5)
-            array(g, f"{name} of {what}", shape=want.shape)
-            close(g, want, f"{name} of {what}", rtol=1e-4, atol=1e-5,
-                  hint=("dx = dy @ W.T", "dW = x.T @ dy", "db = dy.sum(axis=0)")[k])
-    return judge
+def _fd_rows(forward, x, dy):
+    """dL/dx of L = sum(forward(x) * dy) by central differences, when each output row depends only on its input
+    row: one pair of calls per input column."""
+    g = np.zeros_like(x)
+    for i in range(x.shape[1]):
+        e = np.zeros_like(x)
+        e[:, i] = H
+        up = np.sum(np.asarray(forward(x + e), dtype=np.float64) * dy, axis=1)
+        down = np.sum(np.asarray(forward(x - e), dtype=np.float64) * dy, axis=1)
+        g[:, i] = (up - down) / (2 * H)
+    return g
 
 
-LIN_CALLS = [call(x_, W_, dy_) for x_, W_, dy_, _ in LIN]
-ex.test("dx matches dy W^T", 1, LIN_CALLS, _judge_part(0))
-ex.test("dW matches x^T dy", 1, LIN_CALLS, _judge_part(1))
-ex.test("db sums dy over the batch", 1, LIN_CALLS, _judge_part(2))
+# --- Linear --------------------------------------------------------------------------------------
+ex = Exercise("Linear", "A linear layer with forward, backward and step")
+LIN_CASES = [(7, 5, 11), (3, 9, 12)]           # (IN, OUT, seed) on hidden shapes; N = 6 and 4
+
+
+def _run_linear(learner):
+    for (n_in, n_out, seed), n in zip(LIN_CASES, (6, 4)):
+        what = f"Linear({n_in}, {n_out}, rng)"
+        layer = learner.Linear(n_in, n_out, np.random.default_rng(seed))
+        W = _attr(layer, "W", what, (n_in, n_out))
+        b = _attr(layer, "b", what, (n_out,))
+        r = np.random.default_rng(seed + 100)
+        x, dy = r.standard_normal((n, n_in)), r.standard_normal((n, n_out))
+        y = array(layer.forward(x), f"{what}.forward(x {x.shape})", shape=(n, n_out), floating=True)
+        close(y, x @ W + b, f"{what}.forward(x)", rtol=1e-10, atol=1e-12, hint="y = x @ W + b")
+        dx = array(layer.backward(dy), f"{what}.backward(dy {dy.shape})", shape=(n, n_in), floating=True)
+        dW = _attr(layer, "dW", what, (n_in, n_out))
+        db = _attr(layer, "db", what, (n_out,))
+        want_dx = _fd_rows(lambda z: layer.forward(z), x, dy)      # central differences of the learner's forward
+        diagnose(dx, want_dx, [(f"{what}.backward: dx is divided by the batch size N; dx = dy @ W.T", want_dx / n)],
+                 rtol=1e-5, atol=1e-6)
+        close(dx, want_dx, f"dx returned by {what}.backward (against central differences of your forward)",
+              rtol=1e-5, atol=1e-6, hint="dx = dy @ W.T")
+        diagnose(dW, x.T @ dy, [
+            (f"{what}.backward: dW is divided by the batch size N; dW = x.T @ dy", x.T @ dy / n),
+        ], rtol=1e-7, atol=1e-9)
+        close(dW, x.T @ dy, f"{what}.dW", rtol=1e-7, atol=1e-9, hint="dW = x.T @ dy")
+        diagnose(db, dy.sum(axis=0), [(f"{what}.backward: db is the mean of dy over the batch; sum it", dy.mean(axis=0))],
+                 rtol=1e-7, atol=1e-9)
+        close(db, dy.sum(axis=0), f"{what}.db", rtol=1e-7, atol=1e-9, hint="db = dy.sum(axis=0), summed over the batch")
+        layer.step(0.1)
+        W2, b2 = _attr(layer, "W", what, (n_in, n_out)), _attr(layer, "b", what, (n_out,))
+        if np.allclose(W2, W + 0.1 * dW):
+            raise Fail(f"{what}.step(0.1) moved W along the gradient (uphill): W = W - lr * dW")
+        close(W2, W - 0.1 * dW, f"W after {what}.step(0.1)", rtol=1e-10, atol=1e-12, hint="W = W - lr * dW")
+        close(b2, b - 0.1 * db, f"b after {what}.step(0.1)", rtol=1e-10, atol=1e-12, hint="b = b - lr * db")
+
+
+def _run_linear_init(learner):
+    what = "Linear(400, 300, rng)"
+    a = learner.Linear(400, 300, np.random.default_rng(5))
+    b = learner.Linear(400, 300, np.random.default_rng(5))
+    W, W2 = _attr(a, "W", what, (400, 300)), _attr(b, "W", what, (400, 300))
+    if not np.array_equal(W, W2):
+        raise Fail(f"two generators seeded alike gave different weights for {what}: draw W from the rng argument")
+    std, want = float(W.std()), math.sqrt(2.0 / 400)
+    if abs(std - want) > 0.03 * want or abs(float(W.mean())) > 0.05 * want:
+        raise Fail(f"{what}: W has mean {float(W.mean()):.4f} and std {std:.4f}; He initialisation has mean 0 and std "
+                   f"sqrt(2 / IN) = {want:.4f}")
+    if np.any(_attr(a, "b", what, (300,)) != 0):
+        raise Fail(f"{what}: b must start at zero")
+
+
+ex.end_to_end("forward = x @ W + b; dx, dW, db agree with central differences of your forward on hidden shapes; "
+              "step(lr) descends", 5, _run_linear)
+ex.end_to_end("W from He initialisation N(0, 2 / IN) drawn from rng, b zero", 1, _run_linear_init)
 EXERCISES.append(ex)
 
-# --- ReLU backward -----------------------------------------------------------------------------
-ex = Exercise("relu_backward", "Backward pass of ReLU")
-xr = rng.standard_normal((6, 5)).astype(np.float32)
-xr[0, :3] = 0.0                                             # the kink: PyTorch's gradient at 0 is 0
-dyr = rng.standard_normal((6, 5)).astype(np.float32)
-xr3 = (3 * rng.standard_normal((2, 3, 4))).astype(np.float32)
-xr3[1, 1] = 0.0
-dyr3 = rng.standard_normal((2, 3, 4)).astype(np.float32)
+
+# --- ReLU ----------------------------------------------------------------------------------------
+ex = Exercise("ReLU", "ReLU with forward and backward")
 
 
-def _judge_relu(rs):
-    for (x, dy), r in zip(((xr, dyr), (xr3, dyr3)), rs):
-        what = f"relu_backward(x, dy) for x {x.shape}"
-        dx = array(r, what, shape=x.shape, floating=True)
-        want = dy.astype(np.float64) * (x > 0)
-        diagnose(dx, want, [
-            ("relu_backward returned the mask itself: multiply it by the upstream gradient dy", (x > 0).astype(np.float64)),
-            ("the gradient passes where x == 0: at the kink it is 0 (use x > 0, not x >= 0)", dy * (x >= 0)),
-            ("the mask comes from dy: the gradient passes where the input x > 0, whatever the sign of dy",
-             dy * (dy > 0)),
-            ("relu_backward multiplies dy by relu(x): multiply it by the mask (x > 0), not by the activation",
-             dy.astype(np.float64) * np.maximum(x, 0)),
-        ], atol=1e-6)
-        close(dx, want, what, hint="pass dy through where x > 0 and 0 elsewhere (also at x == 0)")
+def _run_relu(learner):
+    r = np.random.default_rng(31)
+    x = r.standard_normal((5, 7))
+    x[np.abs(x) < 0.05] = 0.3                     # no central difference straddles the kink at 0 ...
+    x[0, :3] = 0.0                                 # ... except the exact zeros, whose gradient is 0
+    dy = r.standard_normal((5, 7))
+    relu = learner.ReLU()
+    y = array(relu.forward(x), f"ReLU().forward(x {x.shape})", shape=x.shape, floating=True)
+    close(y, np.maximum(x, 0.0), "ReLU().forward(x)", atol=0, rtol=0, hint="max(x, 0) elementwise")
+    dx = array(relu.backward(dy), "ReLU().backward(dy)", shape=x.shape, floating=True)
+    want = np.where(x > 0, dy, 0.0)
+    diagnose(dx, want, [
+        ("ReLU().backward lets the gradient pass where x == 0: the gradient at 0 is 0 (use x > 0)", np.where(x >= 0, dy, 0)),
+        ("ReLU().backward returned the mask itself: multiply dy by it", (x > 0).astype(np.float64)),
+        ("ReLU().backward takes the mask from dy: the gradient passes where the INPUT was positive",
+         np.where(dy > 0, dy, 0.0)),
+        ("ReLU().backward multiplies dy by relu(x): multiply by the derivative, 1 where x > 0", dy * np.maximum(x, 0)),
+    ], atol=1e-12)
+    xs = x[:, 3:]                                  # away from 0: central differences of the learner's forward
+    fd = (np.asarray(relu.forward(xs + H), dtype=np.float64) - np.asarray(relu.forward(xs - H), dtype=np.float64)) / (2 * H)
+    close(dx[:, 3:], fd * dy[:, 3:], "ReLU().backward(dy) (against central differences of your forward)", atol=1e-6)
+    close(dx, want, "ReLU().backward(dy)", atol=1e-12, hint="dy where x > 0, else 0")
 
 
-ex.test("passes dy where x > 0, zero elsewhere (2-D and 3-D)", 2, [call(xr, dyr), call(xr3, dyr3)], _judge_relu)
+def _run_relu_cache(learner):
+    """backward uses the input of the LAST forward (a layer reused on a second batch)."""
+    relu = learner.ReLU()
+    a = np.array([[1.0, -1.0, 2.0, -3.0]])
+    b = -a
+    relu.forward(a)
+    relu.forward(b)
+    dx = array(relu.backward(np.ones_like(a)), "ReLU().backward after two forwards", shape=a.shape, floating=True)
+    if np.array_equal(dx, (a > 0).astype(float)):
+        raise Fail("ReLU().backward used the input of the first forward call: keep the input of the latest one")
+    close(dx, (b > 0).astype(float), "ReLU().backward after a second forward", atol=0)
+
+
+ex.end_to_end("forward max(x, 0); backward agrees with central differences, 0 at x == 0", 2, _run_relu)
+ex.end_to_end("backward belongs to the latest forward", 1, _run_relu_cache)
 EXERCISES.append(ex)
 
-# --- softmax -----------------------------------------------------------------------------------
-ex = Exercise("softmax", "Numerically stable softmax")
-xs = rng.standard_normal((4, 7)).astype(np.float32)
-big = np.array([[1000.0, 999.0, 998.0], [-1000.0, -1001.0, -1000.5]], dtype=np.float32)
-x3 = (5 * rng.standard_normal((2, 3, 5))).astype(np.float32)
+
+# --- SoftmaxCrossEntropy -------------------------------------------------------------------------
+ex = Exercise("SoftmaxCrossEntropy", "Softmax cross-entropy with forward and backward")
 
 
-def _softmax_mistakes(x):
-    def norm(e, axis=-1):
-        return e / e.sum(axis=axis, keepdims=True)
+def _ce_variants(z, t):
+    n = len(t)
+    zs = z - z.max(axis=-1, keepdims=True)
+    logp = zs - np.log(np.exp(zs).sum(axis=-1, keepdims=True))
+    p = np.exp(logp)
+    picked = logp[np.arange(n), t]
     return [
-        ("softmax overflows for inputs near 1000: subtract the row maximum first (exp(1000) is inf in floating point)",
-         _quiet(lambda: norm(np.exp(x)))),
-        ("softmax subtracts the maximum of the whole array: a row far below it underflows to 0 / 0; subtract each "
-         "row's own maximum (axis=-1, keepdims=True)", _quiet(lambda: norm(np.exp(x - x.max())))),
-        ("softmax normalises over axis 0: it works over the last axis (axis=-1), so each row sums to 1",
-         _quiet(lambda: norm(np.exp(x - x.max(axis=0, keepdims=True)), axis=0))),
-        ("softmax divides by the sum of the whole array: divide each row by its own sum (axis=-1, keepdims=True)",
-         _quiet(lambda: (lambda e: e / e.sum())(np.exp(x - x.max(axis=-1, keepdims=True))))),
-        ("softmax does not normalise: divide exp(x - max) by its row sum",
-         _quiet(lambda: np.exp(x - x.max(axis=-1, keepdims=True)))),
+        ("the loss is summed over the batch: return the mean", -picked.sum()),
+        ("the loss has the wrong sign: it is MINUS the log-probability of the target", picked.mean()),
+        ("the loss averages the probabilities of the targets instead of their logs", -p[np.arange(n), t].mean()),
+        ("the loss uses log base 2: use the natural log", -picked.mean() / math.log(2)),
+        ("the loss picks an N x N block logp[:, targets]: pick one entry per row, logp[np.arange(N), targets]",
+         -logp[:, t].mean()),
     ]
 
 
-def _judge_softmax(x, what, dtype=None):
-    def judge(rs):
-        p = array(rs[0], what, shape=x.shape, dtype=dtype, floating=True)
-        want = ref_softmax(x)
-        diagnose(p, want, _softmax_mistakes(x), atol=1e-6)
-        if not np.isfinite(p).all():
-            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(p))[0])
-            raise Fail(f"{what} contains NaN or inf (first at index {bad}) where every probability is finite")
-        close(p.sum(axis=-1), np.ones(x.shape[:-1]), f"the sums over the last axis of {what}", atol=1e-5,
-              hint="normalise over the last axis (axis=-1, keepdims=True)")
-        close(p, want, what, atol=1e-6)
-    return judge
+def _run_ce(learner):
+    r = np.random.default_rng(41)
+    for n, v in ((6, 5), (3, 11)):
+        z, t = 3 * r.standard_normal((n, v)), r.integers(0, v, n)
+        what = f"SoftmaxCrossEntropy().forward(logits {z.shape}, targets)"
+        ce = learner.SoftmaxCrossEntropy()
+        loss = number(ce.forward(z, t), what)
+        want = F.cross_entropy(z, t)
+        diagnose(loss, want, _ce_variants(z, t), rtol=1e-9, atol=1e-12)
+        close(loss, want, what, rtol=1e-9, atol=1e-12, hint="mean over rows of -log softmax(z)[target]")
+        g = array(ce.backward(), f"SoftmaxCrossEntropy().backward() after {what}", shape=z.shape, floating=True)
+        fd = np.zeros_like(z)
+        for i in np.ndindex(z.shape):                # central differences of the learner's own forward
+            e = np.zeros_like(z)
+            e[i] = H
+            fd[i] = (number(ce.forward(z + e, t), what) - number(ce.forward(z - e, t), what)) / (2 * H)
+        p = F.softmax(z)
+        onehot = np.eye(v)[t]
+        diagnose(g, (p - onehot) / n, [
+            ("backward is N times too large: divide by the batch size N (the loss is a mean)", p - onehot),
+            ("backward has the wrong sign: softmax(z) - onehot(t), divided by N", (onehot - p) / n),
+            ("backward forgot the one-hot: subtract 1 at each row's target before dividing", p / n),
+        ], rtol=1e-6, atol=1e-8)
+        close(g, fd, "SoftmaxCrossEntropy().backward() (against central differences of your forward)", rtol=1e-5,
+              atol=1e-7, hint="(softmax(z) - onehot(targets)) / N")
 
 
-ex.test("matches the reference, float32, rows sum to 1", 2, [call(xs)], _judge_softmax(xs, "softmax(x)", np.float32))
-ex.test("stable for inputs near +-1000", 2, [call(big)], _judge_softmax(big, "softmax(x) for inputs near +-1000"))
-ex.test("works over the last axis of any array", 1, [call(x3)], _judge_softmax(x3, "softmax(x) of a (2, 3, 5) array"))
+def _run_ce_stable(learner):
+    z = np.array([[1000.0, 0.0, -1000.0], [0.0, 1000.0, 999.0]])
+    t = np.array([2, 0])
+    ce = learner.SoftmaxCrossEntropy()
+    loss = number(ce.forward(z, t), "SoftmaxCrossEntropy().forward on logits near +-1000")
+    if not math.isfinite(loss):
+        raise Fail(f"the loss of logits near +-1000 is {loss}: exp(1000) overflows; subtract each row's maximum "
+                   "and compute log-softmax as z - m - log(sum(exp(z - m)))")
+    close(loss, F.cross_entropy(z, t), "SoftmaxCrossEntropy().forward on logits near +-1000", rtol=1e-9)
+    g = array(ce.backward(), "SoftmaxCrossEntropy().backward() on logits near +-1000", shape=z.shape, floating=True)
+    close(g, (F.softmax(z) - np.eye(3)[t]) / 2, "SoftmaxCrossEntropy().backward() on logits near +-1000", atol=1e-9)
+
+
+ex.end_to_end("the mean cross-entropy, and backward agrees with central differences of your forward, hidden shapes",
+              4, _run_ce)
+ex.end_to_end("stable for logits near +-1000 (finite loss and gradient)", 1, _run_ce_stable)
 EXERCISES.append(ex)
 
-# --- cross-entropy -----------------------------------------------------------------------------
-ex = Exercise("cross_entropy", "Cross-entropy loss from logits")
-logits = rng.standard_normal((6, 5)).astype(np.float32)
-targets = rng.integers(0, 5, size=6)
-logits2 = (3 * rng.standard_normal((9, 300))).astype(np.float32)   # a larger vocabulary, targets far from 0
-targets2 = rng.integers(150, 300, size=9)
-over_logits = np.array([[1000.0, 999.0, 998.0], [0.0, 800.0, 1.0]], dtype=np.float32)   # exp overflows, p is fine
-over_targets = np.array([0, 1])
-under_logits = np.array([[10.0, 0.0, -1000.0], [0.0, 5.0, -900.0]], dtype=np.float32)  # nothing overflows, p underflows
-under_targets = np.array([2, 2])
+
+# --- MLP -----------------------------------------------------------------------------------------
+ex = Exercise("MLP", "An MLP of your modules, trained on two moons")
 
 
-def _logp(z):
-    z = z.astype(np.float64) - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+def two_moons(n, noise, rng):
+    """The lesson's two moons: upper arc (class 0), lower arc shifted right (class 1), float64."""
+    angle = rng.uniform(0.0, math.pi, size=n)
+    label = np.arange(n) % 2
+    points = np.stack([np.cos(angle), np.sin(angle)], axis=1)          # (n, 2)
+    points[label == 1] = np.array([1.0, 0.5]) - points[label == 1]
+    points += noise * rng.standard_normal((n, 2))
+    return points, label
 
 
-def _judge_ce(rs):
-    for (lg, tg), r in zip(((logits, targets), (logits2, targets2)), rs):
-        what = f"cross_entropy(logits {lg.shape}, targets)"
-        loss = number(r, what)
-        want = ref_cross_entropy(lg, tg)
-        lp = _logp(lg)
-        n = np.arange(len(tg))
-        diagnose(loss, want, [
-            (f"{what} returned the sum over the batch: return the mean ({want:.5f})", want * len(tg)),
-            (f"{what} returned {loss:.5f}: the loss is minus the log-probability of the target", -want),
-            (f"{what} averages -logp[:, targets], an N x N block: pick one entry per row, logp[np.arange(N), targets]",
-             -lp[:, tg].mean()),
-            (f"{what} averages -log p over every entry: pick each row's target, logp[np.arange(N), targets]",
-             -lp.mean()),
-            (f"{what} averages the probabilities of the targets: take -log of them", -np.exp(lp[n, tg]).mean()),
-            (f"{what} uses log base 2: use the natural log (np.log)", want / np.log(2)),
-            (f"{what} uses log base 10: use the natural log (np.log)", want / np.log(10)),
-        ], rtol=1e-5, atol=1e-5)
-        close(loss, want, what, rtol=1e-5, atol=1e-5, hint="the mean over the batch of -log softmax(logits)[i, targets[i]]")
+_moons = np.random.default_rng(2024)
+X_TRAIN, Y_TRAIN = two_moons(300, 0.12, _moons)
+X_TEST, Y_TEST = two_moons(400, 0.12, _moons)
+STEPS, LR = 200, 0.5
 
 
-def _judge_ce_stable(lg, tg, what, why):
-    def judge(rs):
-        loss = number(rs[0], what)
-        want = ref_cross_entropy(lg, tg)
-        if not np.isfinite(loss):
-            raise Fail(f"{what} gives {loss} where the loss is {want:.4f}: {why}")
-        close(loss, want, what, rtol=1e-5, hint="use log-softmax with the log-sum-exp trick: z - max - log(sum(exp(z - max)))")
-    return judge
+def _run_mlp_gradcheck(learner):
+    sizes = [3, 6, 5, 4]
+    what = f"MLP({sizes}, rng)"
+    mlp = learner.MLP(sizes, np.random.default_rng(51))
+    r = np.random.default_rng(52)
+    x, dy = r.standard_normal((5, 3)), r.standard_normal((5, 4))
+    y = array(mlp.forward(x), f"{what}.forward(x {x.shape})", shape=(5, 4), floating=True)
+    dx = array(mlp.backward(dy), f"{what}.backward(dlogits)", shape=(5, 3), floating=True)
+    want = _fd_rows(lambda z: mlp.forward(z), x, dy)
+    close(dx, want, f"dx returned by {what}.backward (against central differences of your forward)", rtol=1e-5,
+          atol=1e-6, hint="run the layers' backward passes in reverse order")
+    if np.allclose(y, np.maximum(y, 0)) and (y == 0).mean() > 0.2:
+        raise Fail(f"{what}.forward returns only values >= 0: the last Linear's output (the logits) gets no ReLU")
 
 
-ex.test("matches the reference (mean over the batch), small and large vocabulary", 2,
-        [call(logits, targets), call(logits2, targets2)], _judge_ce)
-ex.test("stable where exp overflows (logits near 1000)", 1, [call(over_logits, over_targets)],
-        _judge_ce_stable(over_logits, over_targets, "cross_entropy for logits near 1000",
-                         "exp(1000) overflows; subtract the row maximum before exp (log-sum-exp trick)"))
-ex.test("stable where a probability underflows (a target logit 1000 below the others)", 1,
-        [call(under_logits, under_targets)],
-        _judge_ce_stable(under_logits, under_targets, "cross_entropy for a target far below the best logit",
-                         "the target's probability underflows to 0 and log(0) = -inf; compute log-softmax directly, "
-                         "z - max - log(sum(exp(z - max))), instead of log(softmax(z))"))
-EXERCISES.append(ex)
-
-# --- cross-entropy backward --------------------------------------------------------------------
-ex = Exercise("cross_entropy_backward", "Gradient of the mean cross-entropy with respect to the logits")
-big_logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 800.0, 0.0]], dtype=np.float32)
-big_targets = np.array([2, 0])
-
-
-def _judge_ce_back(rs):
-    for (lg, tg), r in zip(((logits, targets), (logits2, targets2)), rs):
-        what = f"cross_entropy_backward(logits {lg.shape}, targets)"
-        g = array(r, what, shape=lg.shape, floating=True)
-        want = ref_cross_entropy_backward(lg, tg)
-        N = len(tg)
-        p = ref_softmax(lg)
-        wrong_rows = p.copy()
-        wrong_rows[:, tg] -= 1
-        diagnose(g, want, [
-            (f"the gradient is {N}x too large: the loss is a mean, so divide by the batch size N", want * N),
-            ("the gradient is softmax(logits): subtract 1 at each row's target (softmax - one_hot), then divide by N", p),
-            ("the gradient is softmax(logits) / N: subtract 1 at each row's target before dividing", p / N),
-            ("the gradient has the wrong sign: (softmax - one_hot) / N, not (one_hot - softmax) / N", -want),
-            ("g[:, targets] -= 1 subtracts 1 in whole columns: index one entry per row, g[np.arange(N), targets]",
-             wrong_rows / N),
-        ], atol=1e-6)
-        close(g, want, what, atol=1e-6, hint="(softmax(logits) - one_hot(targets)) / N")
+def _run_mlp_train(learner):
+    mlp = learner.MLP([2, 32, 32, 2], np.random.default_rng(7))
+    loss_fn = CrossEntropyLoss()                   # the library's loss: this test grades the MLP alone
+    losses = []
+    for _ in range(STEPS):
+        logits = array(mlp.forward(X_TRAIN), "MLP.forward(X_train)", shape=(len(X_TRAIN), 2), floating=True)
+        losses.append(loss_fn.forward(logits.astype(np.float64), Y_TRAIN))
+        mlp.backward(loss_fn.backward())
+        mlp.step(LR)
+    logits = array(mlp.forward(X_TEST), "MLP.forward(X_test)", shape=(len(X_TEST), 2), floating=True)
+    acc = float((logits.argmax(axis=1) == Y_TEST).mean())
+    if not np.isfinite(losses).all():
+        raise Fail("training your MLP gave a NaN or inf loss")
+    if acc < 0.97:
+        raise Fail(f"the grader trained your MLP([2, 32, 32, 2]) for {STEPS} steps of SGD (lr {LR}) on two moons: loss "
+                   f"{losses[0]:.3f} -> {losses[-1]:.3f}, accuracy on held-out moons {acc:.1%}, below 97%")
 
 
-def _judge_ce_back_big(rs):
-    what = "cross_entropy_backward for logits near 1000"
-    g = array(rs[0], what, shape=big_logits.shape, floating=True)
-    if not np.isfinite(g).all():
-        raise Fail(f"{what} contains NaN or inf: exp(1000) overflows; use a stable softmax (subtract the row maximum)")
-    close(g, ref_cross_entropy_backward(big_logits, big_targets), what, atol=1e-6)
-
-
-ex.test("equals (softmax - one_hot) / N, small and large vocabulary", 2,
-        [call(logits, targets), call(logits2, targets2)], _judge_ce_back)
-ex.test("stable for logits near 1000", 1, [call(big_logits, big_targets)], _judge_ce_back_big)
+ex.end_to_end("backward through the whole MLP agrees with central differences of your forward", 2, _run_mlp_gradcheck)
+ex.end_to_end(f"the grader trains your MLP on its own two moons ({STEPS} SGD steps): >= 97% held-out accuracy", 4,
+              _run_mlp_train, budget=120)
 EXERCISES.append(ex)

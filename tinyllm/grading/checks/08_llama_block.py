@@ -4,7 +4,7 @@ References, all from the library and computed in float64 where they are pure fun
 
 - RMSNorm (Zhang & Sennrich, 2019): ``tinyllm.nn.functional.rms_norm``;
 - RoPE, half-split layout (Su et al., 2021; HF's rotate_half): ``tinyllm.models.llama.rope_tables`` and
-  ``apply_rope`` (= ``tinyllm.kernels.rope``);
+  ``tinyllm.kernels.rope``;
 - SwiGLU (Shazeer, 2020): ``tinyllm.kernels.swiglu``;
 - grouped-query attention (Ainslie et al., 2023): ``tinyllm.nn.attention.causal_attention`` with each key/value
   head repeated for the ``H / KV`` query heads of its group;
@@ -22,9 +22,9 @@ import dataclasses
 
 import numpy as np
 
-from tinyllm import kernels
+from tinyllm import kernels, plug
 from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, diagnose, value
-from tinyllm.models.llama import Llama, LlamaConfig, apply_rope as lib_apply_rope, random_weights, rope_tables
+from tinyllm.models.llama import Llama, LlamaConfig, random_weights, rope_tables
 from tinyllm.models.llama import weights_from_gguf
 from tinyllm.models.smollm2 import ModelNotInstalledError, open_gguf
 from tinyllm.nn import functional as F
@@ -43,7 +43,7 @@ def ref_rms(x, w, eps=1e-5):
 
 
 def ref_rope(x, positions, base=10000.0, interleaved=False, exponent=2.0):
-    """The library's RoPE (``rope_tables`` + ``apply_rope``) in float64 on x (..., T, D) at ``positions`` (T,).
+    """The library's RoPE (``rope_tables`` + ``kernels.rope``) in float64 on x (..., T, D) at ``positions`` (T,).
 
     The mistakes are expressed through it: frequencies base^(-i/D) are base'^(-2i/D) with base' = sqrt(base),
     and the interleaved layout is the half-split one on the even/odd-permuted vector."""
@@ -55,9 +55,9 @@ def ref_rope(x, positions, base=10000.0, interleaved=False, exponent=2.0):
     if interleaved:
         perm = np.concatenate([np.arange(0, d, 2), np.arange(1, d, 2)])   # evens first, then odds
         out = np.empty_like(x)
-        out[..., perm] = lib_apply_rope(x[..., perm], cos, sin)
+        out[..., perm] = kernels.rope(x[..., perm], cos, sin)
         return out
-    return lib_apply_rope(x, cos, sin)
+    return kernels.rope(x, cos, sin)
 
 
 def ref_swiglu(x, wg, wu, wd, variant=""):
@@ -629,3 +629,54 @@ ex.test("a random 3-layer multi-head Llama, one token and nine", 2,
         [call(ids_g1, lw_g, 3, 3, base=50.0, eps=0.05), call(ids_g9, lw_g, 3, 3, base=50.0, eps=0.05)],
         _judge_forward_mha)
 EXERCISES.append(ex)
+
+# --- end to end: the library's Llama runs on the learner's pieces ---------------------------------------
+# A random Llama (6 query heads, 2 KV heads, base 500, eps 1e-4) with one piece plugged in at a time, and the
+# real SmolLM2 (all 30 blocks, loaded by the test) with the learner's llama_block in every layer.
+E2E_CFG = LlamaConfig(vocab_size=64, dim=40, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=8, ffn_dim=56,
+                      rope_base=500.0, norm_eps=1e-4, context_length=64)
+E2E_MODEL = Llama(E2E_CFG, weights=random_weights(E2E_CFG, np.random.default_rng(84), std=0.2))
+E2E_IDS = rng.integers(0, 64, size=(2, 9))
+E2E_REF = E2E_MODEL.forward(E2E_IDS)                                  # (2, 9, 64) the library's own logits
+SMOL_IDS = np.array([[3575, 282, 5197, 314, 3040, 28, 1097]])       # hidden token ids, 7 positions
+
+
+def _smollm2():
+    """(SmolLM2 as the library loads it, its logits on SMOL_IDS), loaded when the test runs (not kept: 538 MB)."""
+    reader = open_gguf()
+    model = Llama.from_gguf(reader.metadata, reader.dequantize)
+    return model, model.forward(SMOL_IDS)
+
+
+def _plugged_logits(model, ids, name: str, fn, what: str):
+    try:
+        with plug.use(**{name: fn}):
+            return model.forward(ids)
+    except Fail:
+        raise
+    except Exception as exc:  # noqa: BLE001 - what the learner returned did not fit the library
+        raise Fail(f"{what} stopped: {type(exc).__name__}: {exc} (check the shape and dtype your function "
+                   "returns)") from None
+
+
+def _e2e_piece(name: str):
+    def run(learner):
+        what = f"the library's Llama with your {name}"
+        got = _plugged_logits(E2E_MODEL, E2E_IDS, name, getattr(learner, name), what)
+        close(got, E2E_REF, f"the logits of {what}", rtol=1e-4, atol=1e-4)
+    return run
+
+
+def _e2e_smollm2(learner):
+    if _NO_MODEL:
+        raise Fail(f"this test runs SmolLM2, and the grader's machine does not have the model: {_NO_MODEL}")
+    model, want = _smollm2()
+    what = "SmolLM2 with your llama_block in all 30 layers"
+    got = _plugged_logits(model, SMOL_IDS, "llama_block", learner.llama_block, what)
+    close(got, want, f"the logits of {what}", rtol=0.0, atol=1e-4)
+
+
+for _ex in EXERCISES[:4]:
+    _ex.end_to_end(f"the library's Llama runs on your {_ex.function}: the same logits", 1, _e2e_piece(_ex.function))
+EXERCISES[4].end_to_end("SmolLM2 runs on your llama_block: logits within 1e-4 of the library's", 4, _e2e_smollm2,
+                        budget=90)
