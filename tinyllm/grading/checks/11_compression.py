@@ -11,6 +11,11 @@ References (all in the grader's process; the learner's code sees only the inputs
 - the distillation loss of Hinton et al. (2015): ``tinyllm.compress.distill.distillation_loss`` in float64, its
   gradient checked against central finite differences of that loss;
 - SmoothQuant's migration factor (Xiao et al. 2023, eq. 4): ``tinyllm.compress.smoothquant.smooth_scales``.
+
+End-to-end tests (the library in the grader, the learner's function plugged in): SmolLM2 cut to two blocks is
+quantised to Q4_1 by ``Llama.quantize_weights`` (bytes, logits and perplexity equal to the library's) and pruned 2:4
+(logits and perplexity); ``gptq_model`` quantises a small Llama sequentially through the learner's ``gptq_layer``;
+``train_student`` distils a small GPT through the learner's ``distillation_loss`` (the same losses).
 """
 from __future__ import annotations
 

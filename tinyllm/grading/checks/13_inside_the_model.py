@@ -2,7 +2,9 @@
 
 References: ``tinyllm.interp`` (``logit_lens``, ``induction_score``, ``direct_logit_attribution``).
 The hidden inputs are activations of small random Llamas read through the library's hooks
-(``run_with_cache``), with shapes, eps values and token sequences unlike the notebook's examples.
+(``run_with_cache``), with shapes, eps values and token sequences unlike the notebook's examples. The end-to-end
+tests give each function SmolLM2's own activations, read through its hooks: the residual streams at the last three
+positions of a fact, the attention patterns of a repeated random sequence, and the 61 components of the last residual.
 """
 from __future__ import annotations
 
