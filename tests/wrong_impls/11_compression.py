@@ -27,10 +27,6 @@ def quantize_q4_1__np_round(x):
     return _pack_q4_1(d, lo, q[:, :16] | (q[:, 16:] << 4), x.shape)
 
 
-def _upper(h, damp):
-    return np.linalg.cholesky(np.linalg.inv(h + damp * np.mean(np.diag(h)) * np.eye(len(h)))).T
-
-
 def _grid(g, bits, symmetric):
     if symmetric:
         hi = 2 ** (bits - 1) - 1
