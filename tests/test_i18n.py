@@ -18,13 +18,6 @@ from tinyllm.grading.runner import grade_notebook, lesson_for, lessons
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# English notebooks whose catalogues other contributors are still writing. Each must get its catalogue
-# (i18n/zh/...json) and then leave this list; the final state of the course has it empty.
-PENDING = {
-    "exercises/11_compression.ipynb",
-    "exercises/13_inside_the_model.ipynb",
-}
-
 SOURCES = i18n.english_sources(ROOT)
 TRANSLATED = [s for s in SOURCES if (ROOT / i18n.catalogue_path(s)).is_file()]
 
@@ -32,13 +25,11 @@ TRANSLATED = [s for s in SOURCES if (ROOT / i18n.catalogue_path(s)).is_file()]
 # --- the course's own catalogues --------------------------------------------------------------------
 
 def test_every_english_notebook_has_a_catalogue():
-    missing = {s for s in SOURCES if s not in TRANSLATED}
-    assert not missing - PENDING, (f"no Chinese translation for {sorted(missing - PENDING)}: write "
-                                   f"{[i18n.catalogue_path(s) for s in sorted(missing - PENDING)]}")
-    done = PENDING - missing
-    assert not done, f"these have catalogues now; remove them from PENDING in tests/test_i18n.py: {sorted(done)}"
+    missing = sorted(s for s in SOURCES if s not in TRANSLATED)
+    assert not missing, f"no Chinese translation for {missing}: write {[i18n.catalogue_path(s) for s in missing]}"
     assert "START_HERE.ipynb" in TRANSLATED and all(f"notebooks/{p.name}" in TRANSLATED
-                                                   for p in sorted((ROOT / "notebooks").glob("0[0-6]_*.ipynb")))
+                                                   for p in sorted((ROOT / "notebooks").glob("[01][0-9]_*.ipynb")))
+    assert all(f"exercises/{p.name}" in TRANSLATED for p in sorted((ROOT / "exercises").glob("*.ipynb")))
 
 
 @pytest.mark.parametrize("source", TRANSLATED)
@@ -79,8 +70,6 @@ def test_edition_copies_code_and_outputs_and_its_links_work(source):
 def test_chinese_exercise_filled_with_the_solutions_scores_full_marks(lesson, tmp_path):
     """The grader takes exercises/zh/NN_topic.ipynb for lesson NN and grades it exactly as the English one."""
     source = f"exercises/{lesson}.ipynb"
-    if source in PENDING and source not in TRANSLATED:
-        pytest.skip(f"{source} is not translated yet (PENDING)")
     path = ROOT / i18n.edition_path(source)
     nb = json.loads(path.read_text(encoding="utf-8"))
     assert lesson_for(path, nb) == lesson

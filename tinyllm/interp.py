@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from tinyllm import kernels
+from tinyllm import kernels, plug
 from tinyllm.backend import get_array_module, to_numpy
 from tinyllm.models.llama import TAP_POINTS
 
@@ -48,6 +48,7 @@ def run_with_cache(model, ids, names: Sequence[str] = ("resid_post",), **forward
     return logits, {n: xp.stack(v) for n, v in store.items()}
 
 
+@plug.point("logit_lens")
 def logit_lens(resid, norm_weight, head, targets, eps: float = 1e-5):
     """Probability and rank of ``targets`` when each layer's residual stream is decoded by the final norm and head.
 
@@ -68,6 +69,7 @@ def logit_lens(resid, norm_weight, head, targets, eps: float = 1e-5):
     return prob, rank
 
 
+@plug.point("induction_score")
 def induction_score(patterns, tokens):
     """Each head's mean attention from a repeated token to the token after its previous occurrence.
 
@@ -136,6 +138,7 @@ def patch_residual(model, corrupt_ids, clean_resid, metric: Callable, layers: Se
     return xp.stack(out)                                                  # (len(layers), T)
 
 
+@plug.point("direct_logit_attribution")
 def direct_logit_attribution(components, final_resid, norm_weight, direction, eps: float = 1e-5):
     """How much each component of the residual stream adds to ``final logits @ direction``.
 

@@ -20,10 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module
 from tinyllm.nn.functional import log_softmax
 
 
+@plug.point("distillation_loss")
 def distillation_loss(
     student_logits: Any,
     teacher_logits: Any,

@@ -45,7 +45,7 @@ from tinyllm.errors import QuantizationError
 
 __all__ = [
     "GGMLType", "BLOCK_SIZES", "SUPPORTED", "quantize", "dequantize", "dequantize_row_q8_0",
-    "dequantize_row_q4_1", "row_nbytes", "tensor_nbytes", "to_ggml_type", "bits_per_weight",
+    "dequantize_row_q4_1", "row_nbytes", "tensor_nbytes", "to_ggml_type", "bits_per_weight", "quantize_q4_1",
 ]
 
 
@@ -326,6 +326,8 @@ def quantize(w: Any, ggml_type: Any) -> np.ndarray:
         raise QuantizationError(f"cannot quantise to {gt.name}: w holds NaN/inf (first at flat index {bad})")
     if gt in _PLAIN_DTYPES:
         return x.astype(_PLAIN_DTYPES[gt]).view(np.uint8).reshape(*w.shape[:-1], -1)
+    if gt == GGMLType.Q4_1:
+        return quantize_q4_1(x)
     blocks = x.reshape(-1, 32)  # (NB, 32)
     rec = np.empty(blocks.shape[0], dtype=_BLOCK_DTYPES[gt])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -333,19 +335,31 @@ def quantize(w: Any, ggml_type: Any) -> np.ndarray:
             d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)  # (NB, 1)
             inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
             rec["q"] = _round_half_away(blocks * inv).astype(np.int8)
-        else:
-            if gt == GGMLType.Q4_0:
-                imax = np.abs(blocks).argmax(axis=1)[:, None]  # (NB, 1)
-                d = np.take_along_axis(blocks, imax, axis=1) / np.float32(-8)
-                inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-                q = np.trunc(blocks * inv + np.float32(8.5))
-            else:
-                lo = blocks.min(axis=1, keepdims=True)
-                d = (blocks.max(axis=1, keepdims=True) - lo) / np.float32(15)
-                inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-                q = np.trunc((blocks - lo) * inv + np.float32(0.5))
-                rec["m"] = lo[:, 0].astype(np.float16)
-            q = np.clip(q, 0, 15).astype(np.uint8)  # (NB, 32)
+        else:                                                               # Q4_0
+            imax = np.abs(blocks).argmax(axis=1)[:, None]  # (NB, 1)
+            d = np.take_along_axis(blocks, imax, axis=1) / np.float32(-8)
+            inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+            q = np.clip(np.trunc(blocks * inv + np.float32(8.5)), 0, 15).astype(np.uint8)  # (NB, 32)
             rec["q"] = q[:, :16] | (q[:, 16:] << np.uint8(4))
     rec["d"] = d[:, 0].astype(np.float16)
     return rec.view(np.uint8).reshape(*w.shape[:-1], -1)
+
+
+@plug.point("quantize_q4_1")
+def quantize_q4_1(x: np.ndarray) -> np.ndarray:
+    """GGML's Q4_1 encoder (``quantize_row_q4_1_ref``): float32 ``x`` (..., K), K % 32 == 0 -> uint8 (..., K / 32 * 20).
+
+    Per block of 32: ``m = min``, ``d = (max - min) / 15``, ``q = min(15, trunc((x - m) * (1 / d) + 0.5))`` in
+    float32 (``1 / d`` taken as 0 when d = 0), stored as f16 ``d``, f16 ``m`` and 16 bytes holding weight ``j`` in
+    the low nibble and weight ``j + 16`` in the high nibble of byte ``j``. :func:`quantize` calls it after checking x.
+    """
+    blocks = x.reshape(-1, 32)                                              # (NB, 32)
+    rec = np.empty(blocks.shape[0], dtype=_BLOCK_DTYPES[GGMLType.Q4_1])
+    lo = blocks.min(axis=1, keepdims=True)                                  # (NB, 1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = (blocks.max(axis=1, keepdims=True) - lo) / np.float32(15)      # (NB, 1)
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+        q = np.clip(np.trunc((blocks - lo) * inv + np.float32(0.5)), 0, 15).astype(np.uint8)   # (NB, 32)
+    rec["d"], rec["m"] = d[:, 0].astype(np.float16), lo[:, 0].astype(np.float16)
+    rec["q"] = q[:, :16] | (q[:, 16:] << np.uint8(4))
+    return rec.view(np.uint8).reshape(*x.shape[:-1], -1)

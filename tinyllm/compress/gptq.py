@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module
 from tinyllm.compress.quantize import (
     QuantizedTensor,
@@ -159,6 +160,16 @@ def gptq_quantize(
     return qt, Q
 
 
+@plug.point("gptq_layer")
+def gptq_layer(w: Any, h: Any, bits: int = 4, group_size: int | None = 128, symmetric: bool = True,
+               damp: float = 0.01) -> Any:
+    """GPTQ of one ``(OUT, IN)`` weight in column order: the dequantised weight ``(OUT, IN)`` float32.
+
+    The piece :func:`gptq_model` runs for every weight when ``act_order=False`` (see :func:`gptq_quantize`).
+    """
+    return gptq_quantize(w, h, bits, group_size=group_size, symmetric=symmetric, damp=damp)[1]
+
+
 def _inv_and_zero(scale: Any, zero: Any | None) -> tuple[Any, Any]:
     """``1/scale`` (0 where the scale is 0) and the zero point as float32 (0 when symmetric)."""
     xp = get_array_module(scale)
@@ -187,7 +198,8 @@ def gptq_model(model: Any, calib: Any, bits: int = 4, *, group_size: int | None 
     runs twice (record, then produce its quantised output) and the whole costs about two
     forward passes.
 
-    Returns the dequantised weights in :func:`~tinyllm.compress.patch.linear_weights` order,
+    With ``act_order=False`` every weight goes through :func:`gptq_layer` (a plug point, so a learner's GPTQ can
+    quantise the whole model). Returns the dequantised weights in :func:`~tinyllm.compress.patch.linear_weights` order,
     each ``(IN, OUT)`` float32 C-contiguous. The model is left unchanged. NumPy only (as the recorders are).
     """
     from tinyllm.compress.calibrate import block_output, record_inputs, run_block
@@ -198,8 +210,12 @@ def gptq_model(model: Any, calib: Any, bits: int = 4, *, group_size: int | None 
         raise ValueError(f"calib must be token ids of shape (N, T), got shape {calib.shape}")
 
     def quantise(w, rec):                                                   # (IN, OUT) float, recorder -> (IN, OUT)
-        _, q = gptq_quantize(np.ascontiguousarray(w.T), rec.hessian(), bits, group_size=group_size,
-                             symmetric=symmetric, damp=damp, act_order=act_order)
+        wt = np.ascontiguousarray(w.T)                                      # (OUT, IN)
+        if act_order:
+            _, q = gptq_quantize(wt, rec.hessian(), bits, group_size=group_size, symmetric=symmetric, damp=damp,
+                                 act_order=True)
+        else:
+            q = gptq_layer(wt, rec.hessian(), bits, group_size, symmetric, damp)
         return np.ascontiguousarray(q.T)
 
     targets = linear_weights(model)

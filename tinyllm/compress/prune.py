@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module
 
 
@@ -72,8 +73,9 @@ def prune_n_m(w: Any, n: int = 2, m: int = 4, axis: int = 0) -> tuple[Any, Any]:
     return w * mask, mask
 
 
+@plug.point("prune_2_4")
 def prune_2_4(w: Any, axis: int = 0) -> tuple[Any, Any]:
-    """2:4 sparsity (see :func:`prune_n_m`)."""
+    """2:4 sparsity (see :func:`prune_n_m`): ``(pruned, mask)``, keeping the 2 largest ``|w|`` of each 4 along ``axis``."""
     return prune_n_m(w, 2, 4, axis)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyllm import plug
 from tinyllm.backend import get_array_module
 from tinyllm.compress.fold import KINDS, fold_input_scale, group_wo_stat
 from tinyllm.compress.patch import MatmulWeight
@@ -34,6 +35,7 @@ from tinyllm.compress.quantize import quantize
 from tinyllm.errors import QuantizationError
 
 
+@plug.point("smooth_scales")
 def smooth_scales(act_absmax: Any, w: Any, alpha: float = 0.5) -> Any:
     """SmoothQuant's migration factor ``s_j = max|X_j|^alpha / max_k |W_jk|^(1-alpha)`` for an ``(IN, OUT)`` weight.
 

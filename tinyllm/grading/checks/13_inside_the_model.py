@@ -2,9 +2,13 @@
 
 References: ``tinyllm.interp`` (``logit_lens``, ``induction_score``, ``direct_logit_attribution``).
 The hidden inputs are activations of small random Llamas read through the library's hooks
-(``run_with_cache``), with shapes, eps values and token sequences unlike the notebook's examples.
+(``run_with_cache``), with shapes, eps values and token sequences unlike the notebook's examples. The end-to-end
+tests give each function SmolLM2's own activations, read through its hooks: the residual streams at the last three
+positions of a fact, the attention patterns of a repeated random sequence, and the 61 components of the last residual.
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -267,3 +271,70 @@ ex.test("a (2, 5, 3, 24) batch of components, a small final residual and eps = 0
         [call(GRID, SMALL, NORM_W, DIRECTION, eps=0.05)],
         _judge_dla(GRID, SMALL, NORM_W, DIRECTION, 0.05, "direct_logit_attribution(components (2, 5, 3, 24), eps=0.05)"))
 EXERCISES.append(ex)
+
+
+# --- end-to-end: SmolLM2's own activations, read through the model's hooks ------------------------
+
+@lru_cache(maxsize=1)
+def _smollm2():
+    """SmolLM2-135M's weights and activations (read by ``run_with_cache``) on a fact and on a repeated random sequence."""
+    from tinyllm.models.smollm2 import load_smollm2
+
+    model, tok = load_smollm2("cpu")
+    fact = np.array([tok.encode("The Eiffel Tower is in the city of")])       # (1, T)
+    _, fact_cache = run_with_cache(model, fact, ["resid_pre", "resid_post", "attn_out", "mlp_out"])
+    seq = np.random.default_rng(1313).integers(1000, 20000, 12)
+    rep = np.concatenate([[0], seq, seq[:9]])                               # 22 tokens, the repeat cut short
+    _, rep_cache = run_with_cache(model, rep[None], ["attn_pattern"])
+    return {"fact": fact, "answer": tok.encode(" Paris")[0], "other": tok.encode(" Rome")[0], "cache": fact_cache,
+            "rep": rep, "patterns": _f32(rep_cache["attn_pattern"][:, 0]),   # (30, 9, 22, 22)
+            "head": _f32(model.tok_embd.data.T), "norm": _f32(model.norm.data),   # (C, V) contiguous, (C,)
+            "eps": model.config.norm_eps, "L": model.config.n_layers}
+
+
+def _run_lens(learner):
+    m = _smollm2()
+    resid = _f32(m["cache"]["resid_post"][:, 0, -3:])                      # (30, 3, 576): the last three positions
+    targets = np.append(m["fact"][0, -2:], m["answer"])                    # the next tokens there
+    want_p, want_r = lib_lens(resid, m["norm"], m["head"], targets, eps=m["eps"])
+    prob, rank = learner.logit_lens(resid.copy(), m["norm"].copy(), m["head"].copy(), targets, m["eps"])   # copies:
+    # what the learner's call changes in its arguments comes back here, and the cached activations must stay intact
+    close(array(prob, "logit_lens on SmolLM2: prob", shape=want_p.shape), want_p,
+          "the logit lens of SmolLM2 (30 layers, 3 positions): prob", rtol=1e-3, atol=1e-6)
+    rank = array(rank, "logit_lens on SmolLM2: rank", shape=want_r.shape)
+    if not np.array_equal(rank, want_r):
+        raise Fail(f"the logit lens of SmolLM2: ' Paris' ranks {rank[:, -1].tolist()} over the 30 layers, expected "
+                   f"{want_r[:, -1].tolist()}")
+
+
+def _run_induction(learner):
+    m = _smollm2()
+    want = lib_induction(m["patterns"], m["rep"])
+    got = array(learner.induction_score(m["patterns"].copy(), m["rep"].copy()), "induction_score on SmolLM2",
+                shape=m["patterns"].shape[:2], floating=True)
+    close(got, want,
+          "SmolLM2's induction scores (30 layers x 9 heads, a repeat of 9 of 12 random tokens)", rtol=1e-4, atol=1e-6)
+
+
+def _run_dla(learner):
+    m = _smollm2()
+    c = m["cache"]
+    parts = _f32(np.concatenate([c["resid_pre"][0, 0, -1][None], c["attn_out"][:, 0, -1],
+                                 c["mlp_out"][:, 0, -1]]))                  # (1 + 2L, C)
+    final = _f32(c["resid_post"][-1, 0, -1]).copy()
+    direction = _f32(m["head"][:, m["answer"]] - m["head"][:, m["other"]])
+    want = lib_dla(parts, final, m["norm"], direction, eps=m["eps"])
+    x = final / np.sqrt((final.astype(np.float64) ** 2).mean() + m["eps"]) * m["norm"]
+    got = array(learner.direct_logit_attribution(parts, final.copy(), m["norm"].copy(), direction, m["eps"]),
+                "direct_logit_attribution on SmolLM2", shape=(1 + 2 * m["L"],), floating=True)
+    close(got, want,
+          "the direct logit attribution of SmolLM2's 61 components to ' Paris' - ' Rome'", rtol=1e-4, atol=1e-4)
+    close(got.sum(), float(x @ direction), "the sum of your attributions (SmolLM2's logit difference)", rtol=1e-3,
+          atol=1e-3)
+
+
+EXERCISES[0].end_to_end("SmolLM2's residual streams, read by run_with_cache: where ' Paris' ranks at each depth",
+                        1, _run_lens)
+EXERCISES[1].end_to_end("SmolLM2's attention patterns, read by run_with_cache: every head's induction score", 1,
+                        _run_induction)
+EXERCISES[2].end_to_end("SmolLM2's 61 components of the residual stream add up to its logit difference", 1, _run_dla)
