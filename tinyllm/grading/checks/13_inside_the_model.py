@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, value
+from tinyllm.grading.core import Exercise, Fail, array, call, close, diagnose, freeze, value
 from tinyllm.interp import direct_logit_attribution as lib_dla
 from tinyllm.interp import induction_score as lib_induction
 from tinyllm.interp import logit_lens as lib_lens
@@ -286,10 +286,10 @@ def _smollm2():
     seq = np.random.default_rng(1313).integers(1000, 20000, 12)
     rep = np.concatenate([[0], seq, seq[:9]])                               # 22 tokens, the repeat cut short
     _, rep_cache = run_with_cache(model, rep[None], ["attn_pattern"])
-    return {"fact": fact, "answer": tok.encode(" Paris")[0], "other": tok.encode(" Rome")[0], "cache": fact_cache,
-            "rep": rep, "patterns": _f32(rep_cache["attn_pattern"][:, 0]),   # (30, 9, 22, 22)
-            "head": _f32(model.tok_embd.data.T), "norm": _f32(model.norm.data),   # (C, V) contiguous, (C,)
-            "eps": model.config.norm_eps, "L": model.config.n_layers}
+    return freeze({"fact": fact, "answer": tok.encode(" Paris")[0], "other": tok.encode(" Rome")[0],
+                   "cache": fact_cache, "rep": rep, "patterns": _f32(rep_cache["attn_pattern"][:, 0]),  # (30, 9, 22, 22)
+                   "head": _f32(model.tok_embd.data.T), "norm": _f32(model.norm.data),   # (C, V) contiguous, (C,)
+                   "eps": model.config.norm_eps, "L": model.config.n_layers})   # read-only: sent to the sandbox once
 
 
 def _run_lens(learner):
@@ -297,8 +297,8 @@ def _run_lens(learner):
     resid = _f32(m["cache"]["resid_post"][:, 0, -3:])                      # (30, 3, 576): the last three positions
     targets = np.append(m["fact"][0, -2:], m["answer"])                    # the next tokens there
     want_p, want_r = lib_lens(resid, m["norm"], m["head"], targets, eps=m["eps"])
-    prob, rank = learner.logit_lens(resid.copy(), m["norm"].copy(), m["head"].copy(), targets, m["eps"])   # copies:
-    # what the learner's call changes in its arguments comes back here, and the cached activations must stay intact
+    prob, rank = learner.logit_lens(resid.copy(), m["norm"].copy(), m["head"], targets, m["eps"])   # copies: what the
+    # learner's call changes in its arguments comes back here; the frozen head cannot change
     close(array(prob, "logit_lens on SmolLM2: prob", shape=want_p.shape), want_p,
           "the logit lens of SmolLM2 (30 layers, 3 positions): prob", rtol=1e-3, atol=1e-6)
     rank = array(rank, "logit_lens on SmolLM2: rank", shape=want_r.shape)
@@ -310,7 +310,7 @@ def _run_lens(learner):
 def _run_induction(learner):
     m = _smollm2()
     want = lib_induction(m["patterns"], m["rep"])
-    got = array(learner.induction_score(m["patterns"].copy(), m["rep"].copy()), "induction_score on SmolLM2",
+    got = array(learner.induction_score(m["patterns"], m["rep"].copy()), "induction_score on SmolLM2",
                 shape=m["patterns"].shape[:2], floating=True)
     close(got, want,
           "SmolLM2's induction scores (30 layers x 9 heads, a repeat of 9 of 12 random tokens)", rtol=1e-4, atol=1e-6)
