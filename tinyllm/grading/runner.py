@@ -610,8 +610,12 @@ class _ArgPickler(pickle.Pickler):
         super().__init__(file, protocol=4)
         self.session = session
         self.new_arrays: dict[int, np.ndarray] = {}
+        self.sent: dict[int, Any] = {}            # id -> every array and generator that travels: the only
+                                                  # objects a call's in-place changes may be written back into
 
     def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, (np.ndarray, np.random.Generator)):
+            self.sent[id(obj)] = obj
         if isinstance(obj, np.ndarray) and obj.nbytes >= CACHED_ARRAY_BYTES and _frozen(obj):
             key = (obj.__array_interface__["data"][0], obj.shape, obj.strides, obj.dtype.str)
             sent = self.session.sent_arrays
@@ -662,6 +666,18 @@ def _unplain(x: Any) -> Any:
     return x
 
 
+def _path_name(path: Any) -> str:
+    """A readable name of an argument path (the sandbox's ``_mutables``): ``argument 2``, ``w['wq']``..."""
+    if not isinstance(path, list) or not path:
+        return "an argument"
+    key, *steps = path
+    out = f"argument {key + 1}" if isinstance(key, int) else f"`{key}`"
+    for step in steps:
+        kind, k = step if isinstance(step, list) and len(step) == 2 else ("i", "?")
+        out += f".{k}" if kind == "a" else f"[{k!r}]"
+    return out
+
+
 def _follow(args: tuple, kwargs: dict, path: Any) -> Any:
     """The object at ``path`` (the sandbox's ``_mutables``) in a call's arguments, or None."""
     if not isinstance(path, list) or not path:
@@ -692,7 +708,8 @@ class Learner:
 
     def _value(self, name: str) -> Any:
         attr = self._aliases.get(name, name)
-        return self._session.request({"op": "value", "target": attr}, f"`{name}`", names=(attr,), runs_code=False)[0]
+        return self._session.request({"op": "value", "target": attr}, f"`{name}`", names=(attr,),
+                                     runs_code=False)[0]
 
     def _functions(self) -> dict[str, bool]:
         """The notebook's top-level functions and classes: name -> whether it is still a stub (its own code
@@ -881,26 +898,38 @@ class EndToEndSession:
             if isinstance(value, _Opaque):
                 self._fail(run, f"{what} returned {type(value).__name__}, which cannot be sent back to the grader")
             run.calls_ok += runs_code
-            return value, msg.get("inplace") or []
+            return value, msg.get("inplace") or [], pickler.sent
 
     def call(self, target: str | int, attr: str | None, args: tuple, kwargs: dict, what: str, *,
              handle: Any = None, names: tuple = ()) -> Any:
         """Call the learner's function (or a handle's method); arrays and random generators in the arguments
         that the call changed in place are changed here too, as they would be by an in-process call."""
-        value, inplace = self.request({"op": "call", "target": target, "attr": attr, "args": tuple(args),
-                                       "kwargs": dict(kwargs)}, what, handle=handle, names=names)
+        value, inplace, sent = self.request({"op": "call", "target": target, "attr": attr, "args": tuple(args),
+                                             "kwargs": dict(kwargs)}, what, handle=handle, names=names)
+        changes = []
         for path, enc in inplace:
             orig = _follow(args, kwargs, path)
+            if orig is None or sent.get(id(orig)) is not orig:           # not an argument of this call: ignored
+                continue
             if isinstance(enc, dict) and enc.get("t") == "rng":         # a random generator the call advanced
                 if isinstance(orig, np.random.Generator):
-                    try:
-                        orig.bit_generator.state = _unplain(enc.get("state"))
-                    except Exception:  # noqa: BLE001 - a state NumPy refuses leaves the generator as it was
-                        pass
+                    changes.append((orig, enc))
                 continue
+            if not isinstance(orig, np.ndarray):
+                continue
+            if not orig.flags.writeable:
+                self._fail(self.current, f"{what} changed its input {_path_name(path)} in place; that input is "
+                                         "read-only: compute into a new array instead of writing into it")
             new = decode(enc)
-            if (isinstance(orig, np.ndarray) and orig.flags.writeable and isinstance(new, np.ndarray)
-                    and new.shape == orig.shape):
+            if isinstance(new, np.ndarray) and new.shape == orig.shape:
+                changes.append((orig, new))
+        for orig, new in changes:                                       # only once every change is allowed
+            if isinstance(orig, np.random.Generator):
+                try:
+                    orig.bit_generator.state = _unplain(new.get("state"))
+                except Exception:  # noqa: BLE001 - a state NumPy refuses leaves the generator as it was
+                    pass
+            else:
                 orig[...] = new
         return value
 
