@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tinyllm.grading import runner
+from tinyllm.grading import remote, runner
 from tinyllm.grading.core import Fail
 from tinyllm.grading.runner import grade_source, use_checks
 
@@ -365,11 +365,11 @@ def test_a_read_only_input_changed_in_place_fails_and_is_not_written_back(toy):
 
 def _session_replying(monkeypatch, inplace):
     """An EndToEndSession whose sandbox answers every call with ``inplace`` (what a forged reply could say)."""
-    session = runner.EndToEndSession.__new__(runner.EndToEndSession)
-    session.current = runner._TestRun(10.0, 1e18)
+    session = remote.EndToEndSession.__new__(remote.EndToEndSession)
+    session.current = remote._TestRun(10.0, 1e18)
 
     def request(req, what, **kw):
-        pickler = runner._ArgPickler(io.BytesIO(), session)
+        pickler = remote._ArgPickler(io.BytesIO(), session)
         session.sent_arrays = {}
         pickler.dump(req)
         return None, inplace, pickler.sent
