@@ -11,7 +11,8 @@
 than tinyllm and constants; no other top-level code) and keeps the functions named like a plug point
 (:func:`tinyllm.plug.points`) that are written (no longer a stub). :func:`chat` runs one greedy
 turn (the chat template, then the generation loop :func:`tinyllm.generate.generate`) with those functions
-plugged in and counts the calls of the plug points. The grader's capstone checks run the same :func:`chat`, with the learner's functions in its sandbox.
+plugged in and counts the calls of the plug points. The grader's capstone checks run the same :func:`chat`,
+with the learner's functions in its sandbox.
 """
 from __future__ import annotations
 

@@ -3,9 +3,8 @@
 The learner's code is every exercise notebook next to the capstone (the grader reads them, one namespace per
 notebook, as it reads one lesson's notebook). The graded pieces are the plug points that the capstone's chat
 calls (found on a tiny model, :func:`tinyllm.capstone.chat_points`) and that some lesson grades, except those
-that receive the model (see :func:`_takes_the_model`): one exercise
-each, whose test plugs only that function into SmolLM2 and wants the library's greedy reply token for token;
-and one exercise for all of them at once. Nothing here names a lesson's function: new plug points join by
+that receive the model (see :func:`_takes_the_model`): one exercise each, whose test plugs only that function
+into SmolLM2 and wants the library's greedy reply token for token; and one exercise for all of them at once. Nothing here names a lesson's function: new plug points join by
 themselves. SmolLM2 is loaded at the first test, not when the checks load.
 """
 from __future__ import annotations
