@@ -64,7 +64,6 @@ def source_cells(source: str) -> list[Cell]:
     return [_parse_cell(1, source)]
 
 
-
 def _tinyllm_import(node: ast.AST) -> str | None:
     if isinstance(node, ast.Import):
         for a in node.names:
@@ -116,7 +115,6 @@ def library_use(cells: list[Cell], function: str) -> str | None:
                     return f"`{sub.id}` from `{aliases[sub.id]}` in `{name}`"
                 todo.append(sub.id)
     return None
-
 
 
 # ---------------------------------------------------------------------------------------------

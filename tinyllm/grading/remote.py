@@ -22,7 +22,6 @@ from tinyllm.grading.process import (KILL_GRACE, PRINT_CAP, STARTUP_GRACE, Confi
 from tinyllm.grading.report import TestResult
 
 
-
 # ---------------------------------------------------------------------------------------------
 # end-to-end tests: the library runs here, only the learner's functions run in the sandbox
 # ---------------------------------------------------------------------------------------------

@@ -160,7 +160,6 @@ def lesson_for(path: str | Path, nb: dict | None = None) -> str | None:
     return None
 
 
-
 def capstone_cells(folder: str | Path) -> list[Cell]:
     """The code cells of the graded exercise notebooks in ``folder`` (``NN_topic.ipynb`` of every lesson), in
     lesson order, each marked with its notebook: the learner's code that the capstone grades."""
@@ -332,7 +331,6 @@ def grade_source(lesson: str, source: str, *, implementations: dict[str, str] | 
     """
     return grade_cells(lesson, source_cells(source), time_limit=time_limit, implementations=implementations,
                        only=only, notebook="<source>")
-
 
 
 def grade_notebook(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, execute: bool = True,
