@@ -291,7 +291,7 @@ def _kill(proc: subprocess.Popen, box: Confined, reader: threading.Thread) -> No
 
 
 # ---------------------------------------------------------------------------------------------
-# decoding and judging
+# decoding the sandbox's replies
 # ---------------------------------------------------------------------------------------------
 
 def decode(obj: Any, limit: float | None = None, remote: Any = None) -> Any:

@@ -171,6 +171,10 @@ def capstone_cells(folder: str | Path) -> list[Cell]:
     return cells
 
 
+# ---------------------------------------------------------------------------------------------
+# judging and grading
+# ---------------------------------------------------------------------------------------------
+
 def judge_exercise(ex: Exercise, msg: dict | None, *, cells: list[Cell], load_errors: list[dict],
                    fatal: str | None, time_limit: float, attr: str | None = None,
                    session: EndToEndSession | None = None) -> ExerciseResult:
