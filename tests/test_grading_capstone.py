@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from tinyllm import capstone, plug
+from tinyllm.models.llama import BLOCK_POINTS
 from tinyllm.grading.runner import CAPSTONE, grade_notebook, lesson_for, lessons, load_exercises
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,8 @@ def test_the_capstone_is_graded_as_its_own_lesson():
     ex = load_exercises(CAPSTONE)
     graded = {e.function for lesson in lessons() for e in load_exercises(lesson)}
     points = [e.function for e in ex[:-1]]
-    assert points == [p for p in capstone.chat_points() if p in graded] and points
+    assert points == [p for p in capstone.chat_points() if p in graded and p != "generate"] and points
+    assert {"generate", "sample_next", "llama_block"} <= set(capstone.chat_points())
     assert ex[-1].function == "all_pieces"
     assert all(t.run is not None for e in ex for t in e.tests)
 
@@ -80,11 +82,15 @@ def test_the_capstone_runs_smollm2_on_the_solutions_and_gives_the_librarys_greed
     assert mine.text == library.text and mine.ids == library.ids and library.ids
     assert library.text == capstone.chat(model, tokenizer).text           # greedy: the same every time
     used = set(mine.used())
-    assert used == set(library.used()) and used & set(pieces)
+    assert {"generate", "llama_block"} <= used & set(pieces) and "sample_next" in pieces
+    # the library keeps its fused blocks; the solution's generate calls its own sample_next, not the plug point
+    assert set(library.used()) - {"sample_next"} == used - BLOCK_POINTS
+    assert all(library.calls[n] is None for n in BLOCK_POINTS)
     table = capstone.plug_table(mine)
     for name in plug.points():
         row = next(r for r in table.splitlines() if r.startswith(name + " "))
         assert ("your code" in row) == (name in pieces) and ("not called" in row) == (name not in used)
+    assert "not counted" in capstone.plug_table(library).splitlines()[1 + sorted(plug.points()).index("llama_block")]
 
 
 def test_grading_the_capstone_full_marks_on_the_solutions_and_zero_on_the_stubs(smollm2):
@@ -100,7 +106,7 @@ def test_grading_the_capstone_full_marks_on_the_solutions_and_zero_on_the_stubs(
 def test_grade_all_includes_the_capstone_after_the_lessons(monkeypatch, capsys):
     from tinyllm.cli import main
     from tinyllm.grading import cli
-    from tinyllm.grading.runner import Report
+    from tinyllm.grading.report import Report
 
     graded = []
 

@@ -6,12 +6,14 @@ the learner's own class, used through a remote handle.
 """
 from __future__ import annotations
 
+import io
 import textwrap
 
 import numpy as np
 import pytest
 
-from tinyllm.grading import runner
+from tinyllm.grading import remote, runner
+from tinyllm.grading.core import Fail
 from tinyllm.grading.runner import grade_source, use_checks
 
 TOY_CHECKS = '''
@@ -119,7 +121,19 @@ def _total(learner):
 
 total.end_to_end("sums a read-only array", 1, _total)
 
-EXERCISES = [norm, cls, fill, total, store, draw]
+scale = Exercise("scale", "scales a read-only input")
+
+
+def _scale(learner):
+    from tinyllm.grading.core import freeze
+
+    small, big = freeze([np.ones(4, np.float32), BIG.copy()], 0)   # small travels by value, big once by reference
+    close(learner.scale(small, big, 2.0), np.full(4, 2.0), "scale(small, big, 2)")
+
+
+scale.end_to_end("scales without changing its inputs", 1, _scale)
+
+EXERCISES = [norm, cls, fill, total, store, draw, scale]
 '''
 
 RIGHT = '''
@@ -158,6 +172,9 @@ def store(cache, layer, k, extra, more):
     extra[0][:] = 1
     more["b"][:] = 2
 
+def scale(a, big, f):
+    return a * f
+
 def try_write(a):
     try:
         a[0, 0] = 1
@@ -194,7 +211,7 @@ def with_norm(body: str) -> str:
 
 def test_a_right_function_and_class_score_full_marks(toy):
     got = toy(RIGHT)
-    for name in ("rms_norm", "make_norm", "fill", "total", "store", "draw"):
+    for name in ("rms_norm", "make_norm", "fill", "total", "store", "draw", "scale"):
         assert got[name].passed, feedback(got[name])
 
 
@@ -337,3 +354,45 @@ def test_learner_proxies_need_a_running_test_and_arguments_that_can_travel(tmp_p
     assert report.exercises[0].passed, report.exercises[0].tests[0].feedback
     with pytest.raises(Fail, match="only be called during an end-to-end test"):
         seen["f"](1)
+
+
+def test_a_read_only_input_changed_in_place_fails_and_is_not_written_back(toy):
+    got = toy(RIGHT.replace("    return a * f", "    a *= f\n    return a"))["scale"]
+    assert not got.passed and "changed its input argument 1 in place" in feedback(got), feedback(got)
+    got = toy(RIGHT.replace("    return a * f", "    big.setflags(write=True)\n    big[0, 0] = 5\n    return a * f"))
+    assert not got["scale"].passed and "WRITEABLE" in feedback(got["scale"]), feedback(got["scale"])
+
+
+def _session_replying(monkeypatch, inplace):
+    """An EndToEndSession whose sandbox answers every call with ``inplace`` (what a forged reply could say)."""
+    session = remote.EndToEndSession.__new__(remote.EndToEndSession)
+    session.current = remote._TestRun(10.0, 1e18)
+
+    def request(req, what, **kw):
+        pickler = remote._ArgPickler(io.BytesIO(), session)
+        session.sent_arrays = {}
+        pickler.dump(req)
+        return None, inplace, pickler.sent
+    monkeypatch.setattr(session, "request", request)
+    return session
+
+
+def test_write_back_goes_only_into_the_writable_arrays_of_the_call(monkeypatch):
+    big = np.zeros(8)
+    view, other = big[:2], np.zeros(2)                    # view travels as its own data; big itself does not
+    enc = runner_encode(np.ones(2))
+    session = _session_replying(monkeypatch, [[[0], enc], [[0, ["a", "base"]], runner_encode(np.ones(8))],
+                                              [["other"], enc]])
+    session.call("f", None, (view,), {}, "your `f`")
+    assert view.tolist() == [1, 1] and big[2:].tolist() == [0] * 6 and other.tolist() == [0, 0]
+    frozen = np.zeros(2)
+    frozen.setflags(write=False)
+    session = _session_replying(monkeypatch, [[[1], enc], [[0], enc]])
+    with pytest.raises(Fail, match="changed its input argument 2 in place"):
+        session.call("f", None, (view := np.zeros(2), frozen), {}, "your `f`")
+    assert frozen.tolist() == [0, 0] and view.tolist() == [0, 0]          # nothing written when one change fails
+
+
+def runner_encode(a):
+    from tinyllm.grading.sandbox import _encode
+    return _encode(a)

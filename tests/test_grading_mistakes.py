@@ -19,7 +19,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from tinyllm.grading.runner import ExerciseResult, grade_source, lessons, load_exercises
+from tinyllm.grading.report import ExerciseResult
+from tinyllm.grading.runner import grade_source, lessons, load_exercises
 
 HERE = Path(__file__).parent / "mistakes"
 CATCH_GOAL, NAMING_GOAL = 0.95, 0.75

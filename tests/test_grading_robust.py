@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tinyllm.grading import runner
-from tinyllm.grading.runner import code_cells, grade_cells, grade_notebook, grade_source, load_exercises, use_checks
+from tinyllm.grading.notebook import code_cells
+from tinyllm.grading.runner import grade_cells, grade_notebook, grade_source, load_exercises, use_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -328,7 +329,7 @@ def test_the_sweep_kills_orphans_that_left_the_session_and_cleared_their_environ
 
 def _writes_confined() -> bool:
     from tinyllm.grading import jail
-    from tinyllm.grading.runner import _grading_uid
+    from tinyllm.grading.process import _grading_uid
 
     return sys.platform.startswith("linux") and (jail.landlock_abi() > 0 or _grading_uid() is not None)
 
@@ -382,7 +383,7 @@ def test_graded_code_cannot_write_outside_its_scratch_folder_nor_leave_processes
     assert ex["linear_backward"].score == 0
     assert list(tmp_path.iterdir()) == []
     # what the confinement is, measured from inside
-    from tinyllm.grading.runner import Confined
+    from tinyllm.grading.process import Confined
 
     with Confined(2**31, [str(ROOT / "tinyllm")]) as box:
         probe = ("import os, resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0], resource.getrlimit(resource.RLIMIT_NPROC)[0])\n"

@@ -42,6 +42,7 @@ GLOSSARY = f"{CATALOGUES}/glossary.json"
 GLOSSARY_PAGE = f"{CATALOGUES}/glossary.md"
 FOLDERS = ("notebooks", "exercises")        # each gets a <folder>/zh/ edition
 LANDING = "START_HERE.ipynb"                 # its edition lives with the lessons: notebooks/zh/START_HERE.ipynb
+CAPSTONE = "exercises/capstone.ipynb"        # after the exercises: exercises/zh/capstone.ipynb
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,6 +60,8 @@ def english_sources(root: str | Path = ".") -> list[str]:
     found = [LANDING] if (root / LANDING).is_file() else []
     for folder in FOLDERS:
         found += [f"{folder}/{p.name}" for p in sorted((root / folder).glob("[0-9][0-9]_*.ipynb"))]
+    if (root / CAPSTONE).is_file():
+        found.append(CAPSTONE)
     return found
 
 

@@ -18,7 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-from tinyllm.grading.runner import (CAPSTONE, DEFAULT_MEMORY, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT, ChecksSourceError, Report,
+from tinyllm.grading.notebook import DEFAULT_NOTEBOOK_TIMEOUT
+from tinyllm.grading.process import DEFAULT_MEMORY
+from tinyllm.grading.report import Report
+from tinyllm.grading.runner import (CAPSTONE, DEFAULT_TIMEOUT, ChecksSourceError,
                                     grade_notebook, lesson_for, lessons, use_checks)
 
 EXIT_FULL, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2

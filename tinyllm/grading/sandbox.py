@@ -366,9 +366,8 @@ def serve(namespace, inp, send, timed, sink):
         inplace = []
         try:
             outer = pickle.loads(frame)
-            for key, a in outer["arrays"].items():
-                a.setflags(write=False)           # read-only in the grader: read-only here too
-                frozen[key] = a
+            for key, a in outer["arrays"].items():  # read-only in the grader: read-only here too, and a view of
+                frozen[key] = np.frombuffer(a.tobytes(), a.dtype).reshape(a.shape)   # bytes: setflags cannot undo it
             req = Request(io.BytesIO(outer["request"])).load()
         except BaseException as exc:  # noqa: BLE001
             value = {"t": "error", "type": "ArgumentError", "message": str(exc)[:500], "where": ""}

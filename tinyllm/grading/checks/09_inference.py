@@ -441,10 +441,8 @@ def _e2e_sampler(learner):
     from tinyllm.generate import generate_batch
 
     def plugged(logits, *, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0, previous=None, rng=None):
-        out = learner.sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                                  repetition_penalty=repetition_penalty, previous=previous, rng=rng)
-        if temperature != 0:
-            rng.random((np.shape(logits)[0], 1))     # the learner drew from a copy of rng: advance the library's the same
+        out = learner.sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,   # rng advances here
+                                  repetition_penalty=repetition_penalty, previous=previous, rng=rng)   # as it did there
         return np.asarray(out)
 
     for kw in E2E_RUNS:
