@@ -1,7 +1,7 @@
 """The sandbox process: starting it confined (:mod:`jail`), talking to it, stopping it, and decoding its replies.
 
 The learner's top-level definitions run in a separate Python process (``sandbox.py``) that cannot read tinyllm;
-:func:`run_sandbox` runs the graded calls there and returns the raw replies, :func:`decode` turns a reply's
+:func:`_run_jobs` runs the graded calls there and returns the raw replies, :func:`decode` turns a reply's
 values back into NumPy and Python values."""
 from __future__ import annotations
 
@@ -202,22 +202,13 @@ def _payload(chunks: list, jobs: list[dict], time_limit: float, memory: int, hid
                          "memory": memory, "hidden": hidden, "serve": serve}, protocol=4)
 
 
-def run_sandbox(cells: list[Cell], jobs: list[dict], time_limit: float, *, memory: int = DEFAULT_MEMORY,
-                hidden: list[str] | None = None) -> tuple[list[dict], dict[str, dict], str | None]:
-    """Run ``jobs`` (``{"key", "attr", "tests"}``) against the definitions in ``cells`` in child processes.
-
-    Returns (errors while loading the cells, results by job key, a message when loading failed as a whole).
-    A job whose child hangs or dies is recorded as such and the rest go to a fresh child.
-    """
-    hidden = library_dirs(Path.cwd()) if hidden is None else hidden
-    with Confined(memory, hidden) as box:
-        return _run_jobs(box, cells, jobs, time_limit, memory=memory, hidden=hidden)[:3]
-
-
 def _run_jobs(box: Confined, cells: list[Cell], jobs: list[dict], time_limit: float, *, memory: int,
               hidden: list[str], serve: bool = False) -> tuple[list[dict], dict[str, dict], str | None, _Child | None]:
-    """:func:`run_sandbox` in ``box``; with ``serve``, the last child, alive after the jobs, is returned to
-    answer end-to-end requests (None when it did not survive)."""
+    """Run ``jobs`` (``{"key", "attr", "tests"}``) against the definitions in ``cells`` in child processes of
+    ``box``: (errors while loading the cells, results by job key, a message when loading failed as a whole, the
+    child). A job whose child hangs or dies is recorded as such and the rest go to a fresh child. With
+    ``serve``, the last child, alive after the jobs, is returned to answer end-to-end requests (None when it
+    did not survive)."""
     chunks = _chunks(cells)
     remaining = list(jobs)
     results: dict[str, dict] = {}
