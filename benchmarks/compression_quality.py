@@ -28,7 +28,8 @@ makes GPTQ carry to other text:
 The rows run in order of importance (a partial ``--save`` run keeps the rows it finished).
 
 ``--quick`` runs fp32, RTN and the two W8A8 rows; the full run adds the damp search,
-GPTQ (sequential on docs, mix and self; the old one on docs) and AWQ, several times longer. ``--save`` writes the table to
+GPTQ (sequential on docs, mix, self, mix x4, docs with shrunk correlations and docs+chat; the old one on docs)
+and AWQ, several times longer. ``--save`` writes the table to
 ``benchmarks/results/compression_quality.md`` (row by row, so a partial run keeps its rows);
 lesson 11 shows that file and ``tests/test_compression_table.py`` re-measures one row.
 """
@@ -179,14 +180,21 @@ def main(argv=None) -> int:
         return wanted(name) and (cname is None or not args.calib or cname in args.calib)
 
     probe = [j for i in (0, 29) for j in range(4 * i, 4 * i + 4)]         # the weights of blocks 0 and 29
-    damp = DAMPS[3]
+    held: dict = {}
+
+    def held_out():
+        """Recorders of the probe weights on 12 rows of the docs set (to fit) and on the other 4 (to measure)."""
+        if not held:
+            held["fit"] = record_inputs(model, calib["docs"][:12], [targets[j] for j in probe])
+            held["val"] = record_inputs(model, calib["docs"][12:], [targets[j] for j in probe])
+        return zip(probe, held["fit"], held["val"])
+
+    damp = None                                                             # set by the search when a row uses it
     if any(runs("GPTQ sequential", c) for c in ("docs", "mix", "self", "mix x4")):
         # dampening by measurement: GPTQ fitted on 12 rows of the docs set, its output error measured on the other 4
-        fit = record_inputs(model, calib["docs"][:12], [targets[j] for j in probe])
-        val = record_inputs(model, calib["docs"][12:], [targets[j] for j in probe])
         errs = np.array([damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(), v.hessian(),
                                      DAMPS, bits=BITS, group_size=GROUP, symmetric=SYM, act_order=True)
-                         for j, f, v in zip(probe, fit, val)])              # (8, len(DAMPS))
+                         for j, f, v in held_out()])                        # (8, len(DAMPS))
         mean_err = errs.mean(axis=0)
         damp = DAMPS[int(np.argmin(mean_err))]
         print("held-out output error of GPTQ by dampening (mean over the 8 weights of blocks 0 and 29): "
@@ -198,19 +206,6 @@ def main(argv=None) -> int:
             w = gptq_model(model, calib[cname], BITS, group_size=GROUP, symmetric=SYM, damp=d, sequential=sequential,
                            channel_damp=c)
             with_weights(w, name, f"{cname}, damp {d}" + (f" + {c} diag" if c else ""), bytes_4bit)
-
-    if runs("GPTQ sequential", "docs diag"):
-        # the correlations shrunk (H + c diag H, damp 0.01), c by the same held-out measurement on the docs set
-        fit = record_inputs(model, calib["docs"][:12], [targets[j] for j in probe])
-        val = record_inputs(model, calib["docs"][12:], [targets[j] for j in probe])
-        cerr = np.array([[damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(), v.hessian(),
-                                      [0.01], bits=BITS, group_size=GROUP, symmetric=SYM, act_order=True,
-                                      channel_damp=c)[0] for c in CHANNEL_DAMPS]
-                         for j, f, v in zip(probe, fit, val)]).mean(axis=0)
-        cdamp = CHANNEL_DAMPS[int(np.argmin(cerr))]
-        print("held-out output error of GPTQ by channel damp c (damp 0.01, blocks 0 and 29): "
-              + ", ".join(f"{c}: {e:.4f}" for c, e in zip(CHANNEL_DAMPS, cerr)) + f" -> c {cdamp}", flush=True)
-        gptq("docs", True, 0.01, cdamp, key="docs diag")
 
     gptq("docs", True, damp)
     gptq("docs", False, 0.01)
@@ -239,6 +234,16 @@ def main(argv=None) -> int:
         calib["mix x4"] = mixed_calibration(text_calibration(tok.encode, calib_text, 32, 128, seed=1), more_self, seed=0)
         print(f"mix x4: {calib['mix x4'].size} tokens ({time.perf_counter() - t0:.0f} s to sample)", flush=True)
         gptq("mix x4", True, damp)
+    if runs("GPTQ sequential", "docs diag"):
+        # the correlations shrunk (H + c diag H, damp 0.01), c by the same held-out measurement on the docs set
+        cerr = np.array([[damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(), v.hessian(),
+                                      [0.01], bits=BITS, group_size=GROUP, symmetric=SYM, act_order=True,
+                                      channel_damp=c)[0] for c in CHANNEL_DAMPS]
+                         for j, f, v in held_out()]).mean(axis=0)           # (len(CHANNEL_DAMPS),)
+        cdamp = CHANNEL_DAMPS[int(np.argmin(cerr))]
+        print("held-out output error of GPTQ by channel damp c (damp 0.01, blocks 0 and 29): "
+              + ", ".join(f"{c}: {e:.4f}" for c, e in zip(CHANNEL_DAMPS, cerr)) + f" -> c {cdamp}", flush=True)
+        gptq("docs", True, 0.01, cdamp, key="docs diag")
     if runs("GPTQ sequential", "docs+chat"):
         t0 = time.perf_counter()
         calib["chat"] = chat_calibration(model, tok, 16, 128, seed=0)
