@@ -23,7 +23,8 @@ makes GPTQ carry to other text:
   recipes, code), with the dampening whose GPTQ, fitted on one of the two texts, has the least
   output error on the other (``tinyllm.compress.gptq.cross_domain_damp``);
 - "docs ... + c diag": the docs set, with the correlations of ``H`` shrunk, ``H + c diag(H)``
-  (``channel_damp``; dampening 0.01), ``c`` chosen by the held-out measurement above.
+  (``channel_damp``; dampening 0.01), ``c`` chosen by the held-out measurement above;
+- "docs+chat ... + c diag" (``--calib "docs+chat diag"``): both, the docs+chat set with that ``c``.
 
 The rows run in order of importance (a partial ``--save`` run keeps the rows it finished).
 
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated method names to run (fp32, RTN 4-bit asym g64, ...)")
     ap.add_argument("--save", action="store_true", help=f"write the table to {RESULTS.relative_to(ROOT)}")
     ap.add_argument("--calib", type=lambda v: v.split(","), default=None,
-                    help="GPTQ's calibration sets to run (docs,self,mix,mix x4,docs+chat,docs diag; default all)")
+                    help="GPTQ's calibration sets to run (docs,self,mix,mix x4,docs diag,docs+chat,docs+chat diag; default all)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where --save writes (to run parts in parallel)")
     ap.add_argument("--merge", nargs="+", type=Path, help="only join the rows of these saved tables into --out")
     args = ap.parse_args(argv)
@@ -234,27 +235,34 @@ def main(argv=None) -> int:
         calib["mix x4"] = mixed_calibration(text_calibration(tok.encode, calib_text, 32, 128, seed=1), more_self, seed=0)
         print(f"mix x4: {calib['mix x4'].size} tokens ({time.perf_counter() - t0:.0f} s to sample)", flush=True)
         gptq("mix x4", True, damp)
-    if runs("GPTQ sequential", "docs diag"):
-        # the correlations shrunk (H + c diag H, damp 0.01), c by the same held-out measurement on the docs set
-        cerr = np.array([[damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(), v.hessian(),
-                                      [0.01], bits=BITS, group_size=GROUP, symmetric=SYM, act_order=True,
-                                      channel_damp=c)[0] for c in CHANNEL_DAMPS]
-                         for j, f, v in held_out()]).mean(axis=0)           # (len(CHANNEL_DAMPS),)
-        cdamp = CHANNEL_DAMPS[int(np.argmin(cerr))]
-        print("held-out output error of GPTQ by channel damp c (damp 0.01, blocks 0 and 29): "
-              + ", ".join(f"{c}: {e:.4f}" for c, e in zip(CHANNEL_DAMPS, cerr)) + f" -> c {cdamp}", flush=True)
-        gptq("docs", True, 0.01, cdamp, key="docs diag")
-    if runs("GPTQ sequential", "docs+chat"):
+    def channel_search() -> float:
+        """``c`` of ``H + c diag H`` (damp 0.01) by the held-out measurement on the docs set (searched once)."""
+        if "c" not in held:
+            cerr = np.array([[damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(),
+                                          v.hessian(), [0.01], bits=BITS, group_size=GROUP, symmetric=SYM,
+                                          act_order=True, channel_damp=c)[0] for c in CHANNEL_DAMPS]
+                             for j, f, v in held_out()]).mean(axis=0)       # (len(CHANNEL_DAMPS),)
+            held["c"] = CHANNEL_DAMPS[int(np.argmin(cerr))]
+            print("held-out output error of GPTQ by channel damp c (damp 0.01, blocks 0 and 29): "
+                  + ", ".join(f"{c}: {e:.4f}" for c, e in zip(CHANNEL_DAMPS, cerr)) + f" -> c {held['c']}", flush=True)
+        return held["c"]
+
+    if runs("GPTQ sequential", "docs diag"):                                 # the correlations shrunk
+        gptq("docs", True, 0.01, channel_search(), key="docs diag")
+    if runs("GPTQ sequential", "docs+chat") or runs("GPTQ sequential", "docs+chat diag"):
         t0 = time.perf_counter()
         calib["chat"] = chat_calibration(model, tok, 16, 128, seed=0)
         print(f"chat calibration: {calib['chat'].size} tokens in {time.perf_counter() - t0:.0f} s; the first: "
               f"{tok.decode(calib['chat'][0, :40].tolist())!r}", flush=True)
-        xdamp, xerr = cross_domain_damp(model, [calib["docs"], calib["chat"]], X_DAMPS, probe, bits=BITS,
-                                        group_size=GROUP, symmetric=SYM, act_order=True)
-        print("output error of GPTQ fitted on one text, measured on the other (docs <-> chat, blocks 0 and 29): "
-              + ", ".join(f"{d}: {e:.4f}" for d, e in zip(X_DAMPS, xerr)) + f" -> damp {xdamp}", flush=True)
         calib["docs+chat"] = mixed_calibration(calib["docs"][:8], calib["chat"][:8], seed=0)
-        gptq("docs+chat", True, xdamp)
+        if runs("GPTQ sequential", "docs+chat"):
+            xdamp, xerr = cross_domain_damp(model, [calib["docs"], calib["chat"]], X_DAMPS, probe, bits=BITS,
+                                            group_size=GROUP, symmetric=SYM, act_order=True)
+            print("output error of GPTQ fitted on one text, measured on the other (docs <-> chat, blocks 0 and 29): "
+                  + ", ".join(f"{d}: {e:.4f}" for d, e in zip(X_DAMPS, xerr)) + f" -> damp {xdamp}", flush=True)
+            gptq("docs+chat", True, xdamp)
+        if runs("GPTQ sequential", "docs+chat diag"):                        # both: varied text, shrunk correlations
+            gptq("docs+chat", True, 0.01, channel_search(), key="docs+chat diag")
 
     print()
     print(format_table(rows, COLUMNS))
