@@ -15,11 +15,22 @@ Every variant is scored in one process on the same model:
 from random first tokens, no data set needed) and "mix" (8 of each). GPTQ's dampening
 is chosen by measurement: GPTQ is fitted on 12 of the docs set's rows and its output error
 measured on the other 4, for the weights of blocks 0 and 29. "mix x4" has four times the
-tokens (32 windows of the documentation and 32 new self-generated sequences). The rows run in order of
-importance (a partial ``--save`` run keeps the rows it finished).
+tokens (32 windows of the documentation and 32 new self-generated sequences). Two rows test what
+makes GPTQ carry to other text:
+
+- "docs+chat": 8 rows of the documentation and 8 of SmolLM2's replies to 16 diverse instructions
+  (``tinyllm.compress.calibrate.chat_calibration``: stories, explanations, letters, dialogue,
+  recipes, code), with the dampening whose GPTQ, fitted on one of the two texts, has the least
+  output error on the other (``tinyllm.compress.gptq.cross_domain_damp``);
+- "docs ... + c diag": the docs set, with the correlations of ``H`` shrunk, ``H + c diag(H)``
+  (``channel_damp``; dampening 0.01), ``c`` chosen by the held-out measurement above;
+- "docs+chat ... + c diag" (``--calib "docs+chat diag"``): both, the docs+chat set with that ``c``.
+
+The rows run in order of importance (a partial ``--save`` run keeps the rows it finished).
 
 ``--quick`` runs fp32, RTN and the two W8A8 rows; the full run adds the damp search,
-GPTQ (sequential on docs, mix and self; the old one on docs) and AWQ, several times longer. ``--save`` writes the table to
+GPTQ (sequential on docs, mix, self, mix x4, docs with shrunk correlations and docs+chat; the old one on docs)
+and AWQ, several times longer. ``--save`` writes the table to
 ``benchmarks/results/compression_quality.md`` (row by row, so a partial run keeps its rows);
 lesson 11 shows that file and ``tests/test_compression_table.py`` re-measures one row.
 """
@@ -37,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from tinyllm.compress import fold  # noqa: E402
 from tinyllm.compress.awq import awq_apply, rtn_weight  # noqa: E402
-from tinyllm.compress.calibrate import (mixed_calibration, record_inputs, self_generated_calibration,  # noqa: E402
-                                        text_calibration)
-from tinyllm.compress.gptq import damp_errors, gptq_model  # noqa: E402
+from tinyllm.compress.calibrate import (chat_calibration, mixed_calibration, record_inputs,  # noqa: E402
+                                        self_generated_calibration, text_calibration)
+from tinyllm.compress.gptq import cross_domain_damp, damp_errors, gptq_model  # noqa: E402
 from tinyllm.compress.patch import linear_weights, replace_weights, restore_weights  # noqa: E402
 from tinyllm.compress.smoothquant import w8a8_apply  # noqa: E402
 from tinyllm.data import load_corpus  # noqa: E402
@@ -50,6 +61,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "compression_quality.md"
 COLUMNS = ["method", "calibration", "docs ppl", "docs vs fp32", "story ppl", "story vs fp32", "choice acc", "MB"]
 BITS, GROUP, SYM = 4, 64, False
 DAMPS = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0)
+X_DAMPS = DAMPS + (3.0,)                                                    # the cross-domain search's grid
+CHANNEL_DAMPS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)                            # H + c diag(H), with damp 0.01
 
 
 def parse_table(text: str) -> list[dict[str, str]]:
@@ -92,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated method names to run (fp32, RTN 4-bit asym g64, ...)")
     ap.add_argument("--save", action="store_true", help=f"write the table to {RESULTS.relative_to(ROOT)}")
     ap.add_argument("--calib", type=lambda v: v.split(","), default=None,
-                    help="GPTQ's calibration sets to run (docs,self,mix,mix x4; default all)")
+                    help="GPTQ's calibration sets to run (docs,self,mix,mix x4,docs diag,docs+chat,docs+chat diag; default all)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where --save writes (to run parts in parallel)")
     ap.add_argument("--merge", nargs="+", type=Path, help="only join the rows of these saved tables into --out")
     args = ap.parse_args(argv)
@@ -164,31 +177,45 @@ def main(argv=None) -> int:
         print(format_table(rows, COLUMNS))
         return 0
 
-    # dampening by measurement: GPTQ fitted on 12 rows of the docs set, its output error measured on the other 4
-    probe = [j for i in (0, 29) for j in range(4 * i, 4 * i + 4)]
-    fit = record_inputs(model, calib["docs"][:12], [targets[j] for j in probe])
-    val = record_inputs(model, calib["docs"][12:], [targets[j] for j in probe])
-    errs = np.array([damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(), v.hessian(),
-                                 DAMPS, bits=BITS, group_size=GROUP, symmetric=SYM, act_order=True)
-                     for j, f, v in zip(probe, fit, val)])                  # (8, len(DAMPS))
-    mean_err = errs.mean(axis=0)
-    damp = DAMPS[int(np.argmin(mean_err))]
-    print("held-out output error of GPTQ by dampening (mean over the 8 weights of blocks 0 and 29): "
-          + ", ".join(f"{d}: {e:.4f}" for d, e in zip(DAMPS, mean_err)) + f" -> damp {damp}", flush=True)
+    def runs(name: str, cname: str | None = None) -> bool:
+        return wanted(name) and (cname is None or not args.calib or cname in args.calib)
 
-    def gptq(cname: str, sequential: bool, d: float) -> None:
+    probe = [j for i in (0, 29) for j in range(4 * i, 4 * i + 4)]         # the weights of blocks 0 and 29
+    held: dict = {}
+
+    def held_out():
+        """Recorders of the probe weights on 12 rows of the docs set (to fit) and on the other 4 (to measure)."""
+        if not held:
+            held["fit"] = record_inputs(model, calib["docs"][:12], [targets[j] for j in probe])
+            held["val"] = record_inputs(model, calib["docs"][12:], [targets[j] for j in probe])
+        return zip(probe, held["fit"], held["val"])
+
+    damp = None                                                             # set by the search when a row uses it
+    if any(runs("GPTQ sequential", c) for c in ("docs", "mix", "self", "mix x4")):
+        # dampening by measurement: GPTQ fitted on 12 rows of the docs set, its output error measured on the other 4
+        errs = np.array([damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(), v.hessian(),
+                                     DAMPS, bits=BITS, group_size=GROUP, symmetric=SYM, act_order=True)
+                         for j, f, v in held_out()])                        # (8, len(DAMPS))
+        mean_err = errs.mean(axis=0)
+        damp = DAMPS[int(np.argmin(mean_err))]
+        print("held-out output error of GPTQ by dampening (mean over the 8 weights of blocks 0 and 29): "
+              + ", ".join(f"{d}: {e:.4f}" for d, e in zip(DAMPS, mean_err)) + f" -> damp {damp}", flush=True)
+
+    def gptq(cname: str, sequential: bool, d: float, c: float = 0.0, key: str | None = None) -> None:
         name = "GPTQ sequential" if sequential else "GPTQ (old: float inputs)"
-        if wanted(name) and (not args.calib or cname in args.calib):
-            w = gptq_model(model, calib[cname], BITS, group_size=GROUP, symmetric=SYM, damp=d, sequential=sequential)
-            with_weights(w, name, f"{cname}, damp {d}", bytes_4bit)
+        if runs(name, key or cname):
+            w = gptq_model(model, calib[cname], BITS, group_size=GROUP, symmetric=SYM, damp=d, sequential=sequential,
+                           channel_damp=c)
+            with_weights(w, name, f"{cname}, damp {d}" + (f" + {c} diag" if c else ""), bytes_4bit)
 
     gptq("docs", True, damp)
     gptq("docs", False, 0.01)
-    t0 = time.perf_counter()
-    calib["self"] = self_generated_calibration(model, 16, 128, seed=0)
-    print(f"self-generated calibration: {calib['self'].size} tokens sampled in {time.perf_counter() - t0:.0f} s;"
-          f" the first: {tok.decode(calib['self'][0, :40].tolist())!r}", flush=True)
-    calib["mix"] = mixed_calibration(calib["docs"][:8], calib["self"][:8], seed=0)
+    if runs("GPTQ sequential", "mix") or runs("GPTQ sequential", "self") or runs("AWQ (RTN after scaling)"):
+        t0 = time.perf_counter()
+        calib["self"] = self_generated_calibration(model, 16, 128, seed=0)
+        print(f"self-generated calibration: {calib['self'].size} tokens sampled in {time.perf_counter() - t0:.0f} s;"
+              f" the first: {tok.decode(calib['self'][0, :40].tolist())!r}", flush=True)
+        calib["mix"] = mixed_calibration(calib["docs"][:8], calib["self"][:8], seed=0)
     gptq("mix", True, damp)
     if wanted("AWQ (RTN after scaling)"):
         recs = record_inputs(model, calib["mix"])
@@ -202,12 +229,40 @@ def main(argv=None) -> int:
             for b, a in zip(model.blocks, saved):
                 fold.set_block_arrays(b, a)
     gptq("self", True, damp)
-    if wanted("GPTQ sequential") and (not args.calib or "mix x4" in args.calib):   # four times the tokens
+    if runs("GPTQ sequential", "mix x4"):                                  # four times the tokens
         t0 = time.perf_counter()
         more_self = self_generated_calibration(model, 32, 128, seed=1)
         calib["mix x4"] = mixed_calibration(text_calibration(tok.encode, calib_text, 32, 128, seed=1), more_self, seed=0)
         print(f"mix x4: {calib['mix x4'].size} tokens ({time.perf_counter() - t0:.0f} s to sample)", flush=True)
         gptq("mix x4", True, damp)
+    def channel_search() -> float:
+        """``c`` of ``H + c diag H`` (damp 0.01) by the held-out measurement on the docs set (searched once)."""
+        if "c" not in held:
+            cerr = np.array([[damp_errors(np.ascontiguousarray(getattr(*targets[j]).data.T), f.hessian(),
+                                          v.hessian(), [0.01], bits=BITS, group_size=GROUP, symmetric=SYM,
+                                          act_order=True, channel_damp=c)[0] for c in CHANNEL_DAMPS]
+                             for j, f, v in held_out()]).mean(axis=0)       # (len(CHANNEL_DAMPS),)
+            held["c"] = CHANNEL_DAMPS[int(np.argmin(cerr))]
+            print("held-out output error of GPTQ by channel damp c (damp 0.01, blocks 0 and 29): "
+                  + ", ".join(f"{c}: {e:.4f}" for c, e in zip(CHANNEL_DAMPS, cerr)) + f" -> c {held['c']}", flush=True)
+        return held["c"]
+
+    if runs("GPTQ sequential", "docs diag"):                                 # the correlations shrunk
+        gptq("docs", True, 0.01, channel_search(), key="docs diag")
+    if runs("GPTQ sequential", "docs+chat") or runs("GPTQ sequential", "docs+chat diag"):
+        t0 = time.perf_counter()
+        calib["chat"] = chat_calibration(model, tok, 16, 128, seed=0)
+        print(f"chat calibration: {calib['chat'].size} tokens in {time.perf_counter() - t0:.0f} s; the first: "
+              f"{tok.decode(calib['chat'][0, :40].tolist())!r}", flush=True)
+        calib["docs+chat"] = mixed_calibration(calib["docs"][:8], calib["chat"][:8], seed=0)
+        if runs("GPTQ sequential", "docs+chat"):
+            xdamp, xerr = cross_domain_damp(model, [calib["docs"], calib["chat"]], X_DAMPS, probe, bits=BITS,
+                                            group_size=GROUP, symmetric=SYM, act_order=True)
+            print("output error of GPTQ fitted on one text, measured on the other (docs <-> chat, blocks 0 and 29): "
+                  + ", ".join(f"{d}: {e:.4f}" for d, e in zip(X_DAMPS, xerr)) + f" -> damp {xdamp}", flush=True)
+            gptq("docs+chat", True, xdamp)
+        if runs("GPTQ sequential", "docs+chat diag"):                        # both: varied text, shrunk correlations
+            gptq("docs+chat", True, 0.01, channel_search(), key="docs+chat diag")
 
     print()
     print(format_table(rows, COLUMNS))

@@ -4,8 +4,9 @@ import pytest
 
 from tinyllm.compress import fold
 from tinyllm.compress.awq import awq_apply, awq_search, rtn_weight
-from tinyllm.compress.calibrate import block_output, mixed_calibration, record_inputs, text_calibration
-from tinyllm.compress.gptq import damp_errors, gptq_model, gptq_quantize, hessian, output_error
+from tinyllm.compress.calibrate import (CHAT_INSTRUCTIONS, block_output, chat_calibration, mixed_calibration,
+                                        record_inputs, text_calibration)
+from tinyllm.compress.gptq import cross_domain_damp, damp_errors, gptq_model, gptq_quantize, hessian, output_error
 from tinyllm.compress.patch import linear_weights, replace_weights, restore_weights
 from tinyllm.compress.smoothquant import W8A8Weight, quantize_per_token, smooth_scales, w8a8_apply
 from tinyllm.models.llama import Llama, LlamaConfig
@@ -113,6 +114,27 @@ def test_damp_errors_measure_held_out_error():
         assert e == pytest.approx(output_error(x[200:], w, q), rel=1e-3)
 
 
+def test_cross_domain_damp_fits_on_one_set_and_measures_on_the_other():
+    m = _model()
+    rng = np.random.default_rng(5)
+    low, high = rng.integers(0, 40, (6, 16)), rng.integers(40, TINY.vocab_size, (5, 16))   # two kinds of "text"
+    damps, probe = (0.01, 0.3, 3.0), [1, 6]
+    kw = dict(bits=3, group_size=16, symmetric=False, act_order=True)
+    best, mean = cross_domain_damp(m, [low, high], damps, probe, **kw)
+    targets = [linear_weights(m)[j] for j in probe]
+    h_low = [r.hessian() for r in record_inputs(m, low, targets)]
+    h_high = [r.hessian() for r in record_inputs(m, high, targets)]
+    ref = [damp_errors(np.ascontiguousarray(getattr(b, k).data.T), hf[j], hv[j], damps, **kw)
+           for hf, hv in ((h_low, h_high), (h_high, h_low)) for j, (b, k) in enumerate(targets)]
+    np.testing.assert_allclose(mean, np.mean(ref, axis=0), rtol=1e-6)
+    assert best == damps[int(np.argmin(mean))] and mean.shape == (3,)
+    assert not np.allclose(mean, np.mean(ref[:2], axis=0))                 # both directions count
+    with pytest.raises(ValueError, match="two calibration sets"):
+        cross_domain_damp(m, [low], damps, probe)
+    with pytest.raises(ValueError, match="at least one"):
+        cross_domain_damp(m, [low, high], (), probe)
+
+
 def test_calibration_sets():
     text = "the quick brown fox jumps over the lazy dog. " * 400
     enc = lambda s: [ord(c) for c in s]                                     # noqa: E731
@@ -124,6 +146,39 @@ def test_calibration_sets():
         text_calibration(enc, "short", 2, 32)
     with pytest.raises(ValueError, match="same sequence length"):
         mixed_calibration(a, a[:, :8])
+
+
+class _CharTokenizer:
+    """Characters as ids (mod the tiny vocabulary); remembers the texts it encoded."""
+
+    def __init__(self):
+        self.texts = []
+
+    def encode(self, text, allowed_special=None):
+        self.texts.append(text)
+        return [ord(c) % TINY.vocab_size for c in text[-24:]]
+
+
+def test_chat_calibration_answers_each_instruction_through_the_chat_template():
+    from tinyllm.generate import generate_batch
+    from tinyllm.tokenizers.chat import apply_chat_template
+
+    m, tok = _model(), _CharTokenizer()
+    instr = ["Tell a story.", "Explain tides.", "Write code."]
+    rows = chat_calibration(m, tok, 5, 7, seed=2, instructions=instr)
+    assert rows.shape == (5, 7) and rows.dtype == np.int64
+    assert tok.texts == [apply_chat_template([{"role": "user", "content": instr[i % 3]}], add_generation_prompt=True)
+                         for i in range(5)]                                 # row i answers instruction i % 3
+    ref = generate_batch(m, [tok.encode(t) for t in tok.texts], max_new_tokens=7, temperature=0.8, top_k=50, seed=2)
+    np.testing.assert_array_equal(rows, ref)                                # the replies only, not the prompts
+    a = chat_calibration(m, _CharTokenizer(), 4, 6, seed=3, instructions=instr)
+    np.testing.assert_array_equal(a, chat_calibration(m, _CharTokenizer(), 4, 6, seed=3, instructions=instr))
+    assert not np.array_equal(a, chat_calibration(m, _CharTokenizer(), 4, 6, seed=4, instructions=instr))
+    assert len(CHAT_INSTRUCTIONS) >= 8 and len(set(CHAT_INSTRUCTIONS)) == len(CHAT_INSTRUCTIONS)
+    for bad in ({"n": 0}, {"length": 0}, {"instructions": []}, {"instructions": "one string"}, {"instructions": [""]}):
+        kw = {"n": 2, "length": 4, **bad}
+        with pytest.raises(ValueError, match="positive|instructions"):
+            chat_calibration(m, tok, kw.pop("n"), kw.pop("length"), **kw)
 
 
 def test_awq_search_never_worse_than_rtn_and_finds_salient_channels():

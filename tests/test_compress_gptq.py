@@ -69,3 +69,38 @@ def test_gptq_act_order_is_not_worse_on_skewed_inputs():
     plain = output_error(x, w, gptq_quantize(w, h, 3, group_size=None)[1])
     ordered = output_error(x, w, gptq_quantize(w, h, 3, group_size=None, act_order=True)[1])
     assert ordered <= plain * 1.02
+
+
+def test_channel_damp_shrinks_the_correlations_towards_round_to_nearest():
+    x, w = _correlated_layer(5, d_in=64, d_out=16)
+    h = hessian(x)
+    kw = dict(group_size=16, symmetric=False)
+    np.testing.assert_array_equal(gptq_quantize(w, h, 4, channel_damp=0.0, **kw)[1], gptq_quantize(w, h, 4, **kw)[1])
+    c = 0.3                                                                 # = GPTQ on H + c diag(H)
+    np.testing.assert_allclose(gptq_quantize(w, h, 4, damp=0.0, channel_damp=c, **kw)[1],
+                               gptq_quantize(w, h + c * np.diag(np.diag(h)), 4, damp=0.0, **kw)[1], atol=1e-6)
+    rtn = fake_quantize(w, 4, symmetric=False, granularity="group", group_size=16)
+    far = gptq_quantize(w, h, 4, channel_damp=1e7, **kw)[1]                 # no compensation left
+    np.testing.assert_allclose(far, rtn, atol=1e-5)
+    assert not np.allclose(gptq_quantize(w, h, 4, channel_damp=0.1, **kw)[1], rtn, atol=1e-5)
+    with pytest.raises(ValueError, match="channel_damp"):
+        gptq_quantize(w, h, 4, channel_damp=-0.1, **kw)
+
+
+def test_channel_damp_generalises_from_few_calibration_rows():
+    rng = np.random.default_rng(0)
+    d_in, d_out = 64, 32
+    mix = rng.standard_normal((d_in, d_in)).astype(np.float32) / 8
+    scale = np.geomspace(0.1, 3, d_in).astype(np.float32)                  # channels of different energy
+
+    def draw(m):                                                            # (m, IN) correlated inputs
+        z = rng.standard_normal((m, d_in)).astype(np.float32)
+        return (z @ mix + 0.3 * rng.standard_normal((m, d_in)).astype(np.float32)) * scale
+
+    x_fit, x_new = draw(32), draw(4000)                                     # 32 rows estimate a 64 x 64 H badly
+    w = rng.standard_normal((d_out, d_in)).astype(np.float32)
+    kw = dict(group_size=16, symmetric=False, act_order=True, damp=0.01)
+    plain = gptq_quantize(w, hessian(x_fit), 4, **kw)[1]
+    shrunk = gptq_quantize(w, hessian(x_fit), 4, channel_damp=0.3, **kw)[1]
+    assert output_error(x_fit, w, plain) < output_error(x_fit, w, shrunk)   # plain fits the calibration rows best
+    assert output_error(x_new, w, shrunk) < 0.85 * output_error(x_new, w, plain)   # shrunk carries to new rows

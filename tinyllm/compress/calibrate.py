@@ -7,6 +7,9 @@ sequences. This module provides those sequences and the recording:
 - :func:`self_generated_calibration`: text sampled from the model itself, which needs
   no data set and follows the model's own distribution (Liu et al. 2023, "LLM-QAT", sec. 2.1:
   a random first token, then sampling);
+- :func:`chat_calibration`: SmolLM2's own replies to a fixed list of diverse instructions
+  (stories, explanations, letters, dialogue, recipes, code, ...), rendered through its chat
+  template: natural text of many kinds, still without a data set;
 - :func:`mixed_calibration`: rows of several sets;
 - :func:`record_inputs`: one forward pass with an :class:`~tinyllm.compress.patch.InputRecorder`
   in place of each weight;
@@ -57,6 +60,54 @@ def self_generated_calibration(model: Any, n: int, length: int = 128, *, seed: i
     if any(len(r) < length - 1 for r in new):
         raise RuntimeError("generation stopped early")                     # generate_batch has no stop ids here
     return np.array([[int(f)] + r for f, r in zip(first, new)], dtype=np.int64)
+
+
+CHAT_INSTRUCTIONS = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how rainbows form, for a curious ten-year-old.",
+    "Write a letter to a friend describing your trip to the mountains.",
+    "Write a dialogue between a shopkeeper and a customer who lost her umbrella.",
+    "Give me a recipe for a simple vegetable soup, with steps.",
+    "Write a Python function that checks whether a word is a palindrome, and explain it.",
+    "Describe the causes of the French Revolution in a few paragraphs.",
+    "Write a poem about autumn leaves.",
+    "What are some tips for sleeping better?",
+    "Write a news report about a town festival that was interrupted by a storm.",
+    "Explain what photosynthesis is and why it matters.",
+    "Tell me a fairy tale about a fox and a clever crow.",
+    "Write an email to your manager asking for a day off next week.",
+    "Summarise the plot of a detective novel you invent.",
+    "How do I change a flat tyre on a bicycle?",
+    "Write a diary entry of a child on the first day at a new school.",
+)
+"""Instructions for :func:`chat_calibration`: many kinds of text, none of them the evaluation texts."""
+
+
+def chat_calibration(model: Any, tokenizer: Any, n: int, length: int = 128, *, seed: int = 0,
+                     temperature: float = 0.8, top_k: int | None = 50,
+                     instructions: Sequence[str] = CHAT_INSTRUCTIONS) -> np.ndarray:
+    """``n`` replies of ``length`` tokens that ``model`` writes to ``instructions``: ``(n, length)`` int64.
+
+    Row ``i`` answers ``instructions[i % len(instructions)]``, asked through the chat template
+    (:func:`tinyllm.tokenizers.chat.apply_chat_template`); the row holds the reply's tokens only.
+    Generation does not stop at the end of the turn, so every row has ``length`` tokens.
+    Unlike :func:`self_generated_calibration` (random first tokens), the text is the kinds
+    of prose, dialogue and code the instructions ask for.
+    """
+    from tinyllm.generate import generate_batch
+    from tinyllm.tokenizers.chat import apply_chat_template
+
+    if n <= 0 or length <= 0:
+        raise QuantizationError(f"n and length must be positive, got n={n}, length={length}")
+    if isinstance(instructions, str) or not instructions or not all(isinstance(s, str) and s for s in instructions):
+        raise QuantizationError("instructions must be a non-empty sequence of non-empty strings")
+    prompts = [tokenizer.encode(apply_chat_template([{"role": "user", "content": instructions[i % len(instructions)]}],
+                                                    add_generation_prompt=True), allowed_special="all")
+               for i in range(n)]
+    new = generate_batch(model, prompts, max_new_tokens=length, temperature=temperature, top_k=top_k, seed=seed)
+    if any(len(r) < length for r in new):
+        raise RuntimeError("generation stopped early")                     # generate_batch has no stop ids here
+    return np.array([r[:length] for r in new], dtype=np.int64)
 
 
 def mixed_calibration(*sets: np.ndarray, n: int | None = None, seed: int = 0) -> np.ndarray:
