@@ -114,6 +114,8 @@ def main(argv=None) -> int:
              "(SmolLM2-135M-Instruct, CPU, float32).\n\n"
     if args.merge:
         merged = [row for path in args.merge for row in parse_table(path.read_text(encoding="utf-8"))]
+        header = ("Made by `python benchmarks/compression_quality.py --save`, rows of partial runs (`--only`, `--calib`) "
+                  "joined with `--merge` (SmolLM2-135M-Instruct, CPU, float32).\n\n")
         args.out.write_text(header + format_table(merged, COLUMNS) + "\n", encoding="utf-8")
         return 0
 
