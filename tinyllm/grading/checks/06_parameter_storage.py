@@ -16,8 +16,11 @@ import tempfile
 
 import ml_dtypes
 import numpy as np
-import safetensors
-import safetensors.numpy
+try:                                    # the reference implementation: installed with the test extras; in the
+    import safetensors                  # course environment (`make lab`) the library's reader judges alone
+    import safetensors.numpy
+except ImportError:
+    safetensors = None
 
 from tinyllm.errors import CheckpointError
 from tinyllm.grading.core import CallError, Exercise, Fail, array, call, call_seeing_args, value, with_args
@@ -89,7 +92,7 @@ def _read_back(data, what, want, metadata):
     finally:
         os.unlink(path)
     try:
-        theirs = {n: t for n, t in safetensors.deserialize(data)}
+        theirs = None if safetensors is None else {n: t for n, t in safetensors.deserialize(data)}
     except Exception as e:                                  # the package's own error type and message
         raise Fail(f"the safetensors package refuses {what}: {e}") from None
     if set(got) != set(want):
@@ -104,8 +107,8 @@ def _read_back(data, what, want, metadata):
         if _bits(got[name]) != _bits(x):
             raise Fail(f"{what}: tensor {name!r} holds other values than the array given (C order, little-endian: "
                        "np.ascontiguousarray(x) and a little-endian dtype)")
-        t = theirs[name]
-        if t["dtype"] != NAMES[x.dtype] or list(t["shape"]) != list(x.shape) or bytes(t["data"]) != _bits(x):
+        t = None if theirs is None else theirs[name]
+        if t is not None and t["dtype"] != NAMES[x.dtype] or list(t["shape"]) != list(x.shape) or bytes(t["data"]) != _bits(x):
             raise Fail(f"{what}: the safetensors package reads tensor {name!r} differently from the library")
     if (meta or {}) != (metadata or {}):
         raise Fail(f"{what}: the metadata reads back as {meta}, expected {metadata or {}}: write it under "
@@ -208,7 +211,8 @@ LIB_FILES = [(_tensors(81), {"model": "tiny", "step": "12"}), (_tensors(82, 9), 
 LIB_BYTES = [_library_bytes(t, m) for t, m in LIB_FILES]
 PKG_TENSORS = {k: v for k, v in _tensors(83, 8).items() if v.dtype != BF16}
 PKG_TENSORS["bf"] = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3).astype(BF16)
-PKG_BYTES = safetensors.numpy.save(PKG_TENSORS, metadata={"source": "safetensors"})
+PKG_BYTES = (_library_bytes(PKG_TENSORS, {"source": "safetensors"}) if safetensors is None      # (`make lab`)
+             else safetensors.numpy.save(PKG_TENSORS, metadata={"source": "safetensors"}))
 
 
 def _corrupt():
