@@ -174,11 +174,11 @@ def test_only_and_all_on_a_folder(tmp_path, capsys):
         (tmp_path / f"{lesson}.ipynb").write_text((ROOT / "solutions" / f"{lesson}.ipynb").read_text())
     assert main(["grade", "--all", "--dir", str(tmp_path), "--no-execute"]) == 0
     out = capsys.readouterr().out
-    assert "Course progress" in out and "total" in out and "7/7" in out and "not found: 01_parameters" in out
+    assert "Course progress" in out and "total" in out and "39/39" in out and "not found: 01_parameters" in out
     exercise = ROOT / "exercises" / "04_tokenization.ipynb"
-    assert main(["grade", str(exercise), "--no-execute", "--only", "merge", "--json"]) == 1
+    assert main(["grade", str(exercise), "--no-execute", "--only", "bpe_merge", "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert [e["function"] for e in data["exercises"]] == ["merge"] and data["score"] == 0
+    assert [e["function"] for e in data["exercises"]] == ["bpe_merge"] and data["score"] == 0
     assert main(["grade", str(exercise), "--no-execute", "--only", "nope"]) == 2
 
 
@@ -203,7 +203,7 @@ def test_end_to_end_in_a_kernel_a_solution_and_a_broken_notebook(tmp_path):
     r = _cli("solutions/04_tokenization.ipynb", str(broken), "--json", "--timeout", "5")
     assert r.returncode == 1, r.stdout + r.stderr
     good, bad = json.loads(r.stdout)["notebooks"]
-    assert good["full_marks"] and good["score"] == good["max_score"] == 7 and good["notes"] == []
+    assert good["full_marks"] and good["score"] == good["max_score"] == 12 and good["notes"] == []
     assert bad["score"] == 6 and bad["max_score"] == 27 and not bad["full_marks"]   # attention_backward but its e2e
     attention = {e["function"]: e for e in bad["exercises"]}["attention_forward"]
     assert attention["score"] == 0
