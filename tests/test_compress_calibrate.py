@@ -169,7 +169,8 @@ def test_chat_calibration_answers_each_instruction_through_the_chat_template():
     assert rows.shape == (5, 7) and rows.dtype == np.int64
     assert tok.texts == [apply_chat_template([{"role": "user", "content": instr[i % 3]}], add_generation_prompt=True)
                          for i in range(5)]                                 # row i answers instruction i % 3
-    ref = generate_batch(m, [tok.encode(t) for t in tok.texts], max_new_tokens=7, temperature=0.8, top_k=50, seed=2)
+    prompts = [tok.encode(t) for t in list(tok.texts)]                     # a copy: encode() appends to tok.texts
+    ref = generate_batch(m, prompts, max_new_tokens=7, temperature=0.8, top_k=50, seed=2)
     np.testing.assert_array_equal(rows, ref)                                # the replies only, not the prompts
     a = chat_calibration(m, _CharTokenizer(), 4, 6, seed=3, instructions=instr)
     np.testing.assert_array_equal(a, chat_calibration(m, _CharTokenizer(), 4, 6, seed=3, instructions=instr))

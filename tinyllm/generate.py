@@ -272,6 +272,18 @@ class CudaGraphDecoder:
         return out
 
 
+def check_continued_cache(cache, n_prompt: int, max_new_tokens: int) -> None:
+    """A batch-1 ``cache`` that a prompt of ``n_prompt`` tokens continues (its first ``cache.length`` are already
+    read) must leave at least one token to read and hold every position the generation writes."""
+    if cache.batch_size != 1 or not 0 <= cache.length < n_prompt:
+        raise ValueError(f"cache must be a batch-1 cache holding fewer than the {n_prompt} prompt tokens "
+                         f"(at least one new token to read); it has batch {cache.batch_size} and "
+                         f"{cache.length} tokens")
+    if n_prompt + max_new_tokens - 1 > cache.max_len:
+        raise ValueError(f"the cache holds {cache.max_len} positions; {n_prompt} prompt + {max_new_tokens} new "
+                         f"tokens need {n_prompt + max_new_tokens - 1}: make room with grow_cache")
+
+
 def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
                     top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None,
                     cuda_graph: bool = False, cache=None):
@@ -297,13 +309,7 @@ def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature:
     if cache is not None:
         if cuda_graph:
             raise ValueError("cuda_graph=True makes its own cache; it cannot continue a given one")
-        if cache.batch_size != 1 or not 0 <= cache.length < len(prompt):
-            raise ValueError(f"cache must be a batch-1 cache holding fewer than the {len(prompt)} prompt tokens "
-                             f"(at least one new token to read); it has batch {cache.batch_size} and "
-                             f"{cache.length} tokens")
-        if len(prompt) + max_new_tokens - 1 > cache.max_len:
-            raise ValueError(f"the cache holds {cache.max_len} positions; {len(prompt)} prompt + {max_new_tokens} new "
-                             f"tokens need {len(prompt) + max_new_tokens - 1}: make room with grow_cache")
+        check_continued_cache(cache, len(prompt), max_new_tokens)
     stop = {int(s) for s in stop_ids}
     rng = np.random.default_rng(seed)
     if max_new_tokens == 0:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyllm.backend import to_numpy
-from tinyllm.generate import _as_prompts, decode_step, grow_cache, prefill, rewind_cache
+from tinyllm.generate import _as_prompts, check_continued_cache, decode_step, grow_cache, prefill, rewind_cache
 from tinyllm.nn.functional import softmax
 from tinyllm.threads import decode_threads, limit_blas_threads
 
@@ -153,13 +153,7 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
         return
     prompt = prompt[0]
     if cache is not None:
-        if cache.batch_size != 1 or not 0 <= cache.length < len(prompt):
-            raise ValueError(f"cache must be a batch-1 cache holding fewer than the {len(prompt)} prompt tokens "
-                             f"(at least one new token to read); it has batch {cache.batch_size} and "
-                             f"{cache.length} tokens")
-        if len(prompt) + max_new_tokens - 1 > cache.max_len:
-            raise ValueError(f"the cache holds {cache.max_len} positions; {len(prompt)} prompt + {max_new_tokens} new "
-                             f"tokens need {len(prompt) + max_new_tokens - 1}: make room with grow_cache")
+        check_continued_cache(cache, len(prompt), max_new_tokens)
     stats = stats if stats is not None else SpecStats()
     stop = {int(s) for s in stop_ids}
     # the verify pass writes at most up to slot len(prompt) + max_new_tokens - 1 (see the draft limit below)
