@@ -27,6 +27,7 @@ import numpy as np
 from tinyllm import kernels, plug
 from tinyllm.backend import get_array_module, to_numpy
 from tinyllm.models.llama import TAP_POINTS
+from tinyllm.nn.functional import logsumexp
 
 
 def run_with_cache(model, ids, names: Sequence[str] = ("resid_post",), **forward_kwargs):
@@ -61,8 +62,7 @@ def logit_lens(resid, norm_weight, head, targets, eps: float = 1e-5):
     L, T, C = resid.shape
     x = kernels.rms_norm(resid, norm_weight, eps)                         # the final norm, (L, T, C)
     logits = (x.reshape(L * T, C) @ head).reshape(L, T, -1)               # (L, T, V)
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    log_z = xp.log(xp.exp(logits).sum(axis=-1))                          # (L, T)
+    log_z = logsumexp(logits, axis=-1)                                    # (L, T)
     target = xp.take_along_axis(logits, xp.broadcast_to(targets[None, :, None], logits.shape[:2] + (1,)), axis=-1)[..., 0]
     prob = xp.exp(target - log_z)                                         # (L, T)
     rank = (logits > target[..., None]).sum(axis=-1)                      # (L, T)

@@ -29,8 +29,16 @@ def softmax(x: Any, axis: int = -1, *, out: Any = None):
     return e
 
 
+def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False):
+    """log sum_j exp(x_j) = m + log sum_j exp(x_j - m), m = max x: the log of softmax's normaliser."""
+    xp = get_array_module(x)
+    m = x.max(axis=axis, keepdims=True)
+    out = m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
+    return out if keepdims else out.squeeze(axis)
+
+
 def log_softmax(x: Any, axis: int = -1):
-    """log softmax(x) = x - logsumexp(x), with logsumexp(x) = m + log sum exp(x - m), m = max x."""
+    """log softmax(x) = x - logsumexp(x), computed as z - log sum exp(z) with z = x - max x."""
     xp = get_array_module(x)
     z = x - x.max(axis=axis, keepdims=True)
     return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
