@@ -142,8 +142,8 @@ class CausalSelfAttention(Module):
             raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
-        self.c_attn = Linear(dim, 3 * dim, bias=bias, rng=rng, dtype=dtype)         # W: (C, 3C)
-        self.c_proj = Linear(dim, dim, bias=bias, rng=rng, dtype=dtype)             # W: (C, C)
+        self.c_attn = Linear(dim, 3 * dim, bias=bias, rng=rng, dtype=dtype)   # W: (C, 3C)
+        self.c_proj = Linear(dim, dim, bias=bias, rng=rng, dtype=dtype)       # W: (C, C)
         # dropout draws from its own generator so that changing it never changes the initial weights
         dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng(rng.integers(2**63))
         self.attn_dropout = Dropout(dropout, rng=dropout_rng) if dropout > 0 else None
