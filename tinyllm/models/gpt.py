@@ -91,10 +91,10 @@ class GPTConfig:
 # The presets used in the notebooks, tests and benchmark. vocab_size is usually
 # overridden with the tokenizer's; "gpt2" is GPT-2 small, for counting only.
 PRESETS: dict[str, dict[str, Any]] = {
-    "nano": dict(vocab_size=11, context_length=8, n_layers=2, n_heads=2, dim=8),           # gradient checks
-    "char-small": dict(vocab_size=96, context_length=64, n_layers=4, n_heads=4, dim=64),   # notebook 05 training
-    "bench": dict(vocab_size=96, context_length=128, n_layers=4, n_heads=4, dim=128),      # train_throughput.py
-    "gpt2": dict(vocab_size=50257, context_length=1024, n_layers=12, n_heads=12, dim=768), # GPT-2 small (124M)
+    "nano": dict(vocab_size=11, context_length=8, n_layers=2, n_heads=2, dim=8),            # gradient checks
+    "char-small": dict(vocab_size=96, context_length=64, n_layers=4, n_heads=4, dim=64),    # notebook 05 training
+    "bench": dict(vocab_size=96, context_length=128, n_layers=4, n_heads=4, dim=128),       # train_throughput.py
+    "gpt2": dict(vocab_size=50257, context_length=1024, n_layers=12, n_heads=12, dim=768),  # GPT-2 small (124M)
 }
 
 
