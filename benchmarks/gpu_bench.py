@@ -295,10 +295,10 @@ def bench_training(quick: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False                # float32 on both sides
     print("GPT training step (forward + backward + AdamW), float32")
     configs = {"bench B=16": (GPTConfig.preset("bench"), 16),
-               "6L-384 T=256 B=32": (GPTConfig.preset("bench", n_layer=6, n_head=6, n_embd=384, block_size=256), 32)}
+               "6L-384 T=256 B=32": (GPTConfig.preset("bench", n_layers=6, n_heads=6, dim=384, context_length=256), 32)}
     steps = 5 if quick else 20
     for name, (cfg, B) in configs.items():
-        T = cfg.block_size
+        T = cfg.context_length
         rng = np.random.default_rng(0)
         x = rng.integers(0, cfg.vocab_size, size=(B, T))
         y = rng.integers(0, cfg.vocab_size, size=(B, T))

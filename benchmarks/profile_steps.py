@@ -172,7 +172,7 @@ def profile_train(args) -> None:
     from tinyllm.models.gpt import GPTConfig
 
     cfg = GPTConfig.preset(args.preset)
-    B, T = args.batch, cfg.block_size
+    B, T = args.batch, cfg.context_length
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg.vocab_size, size=(B, T))
     y = rng.integers(0, cfg.vocab_size, size=(B, T))

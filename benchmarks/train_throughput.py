@@ -52,14 +52,14 @@ def build_torch(cfg: GPTConfig, lr: float):
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            C = cfg.n_embd
+            C = cfg.dim
             self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
             self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
             self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
 
         def forward(self, x):
             B, T, C = x.shape
-            H = cfg.n_head
+            H = cfg.n_heads
             q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
             q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -69,10 +69,10 @@ def build_torch(cfg: GPTConfig, lr: float):
     class TorchGPT(nn.Module):
         def __init__(self):
             super().__init__()
-            self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layer))
-            self.ln_f = nn.LayerNorm(cfg.n_embd)
+            self.wte = nn.Embedding(cfg.vocab_size, cfg.dim)
+            self.wpe = nn.Embedding(cfg.context_length, cfg.dim)
+            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layers))
+            self.ln_f = nn.LayerNorm(cfg.dim)
 
         def forward(self, idx, targets):
             T = idx.shape[1]
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = GPTConfig.preset(args.preset)
-    B, T = args.batch, cfg.block_size
+    B, T = args.batch, cfg.context_length
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg.vocab_size, size=(B, T))
     y = rng.integers(0, cfg.vocab_size, size=(B, T))

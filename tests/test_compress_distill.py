@@ -67,7 +67,7 @@ def test_train_student_runs_deterministically_and_learns():
     from tinyllm.compress.distill import train_student
     from tinyllm.models.gpt import GPT, GPTConfig
 
-    cfg = GPTConfig.preset("nano", vocab_size=5, block_size=8)
+    cfg = GPTConfig.preset("nano", vocab_size=5, context_length=8)
     tokens = np.tile(np.arange(5), 60)                                   # a fully predictable sequence
     teacher = GPT(cfg, rng=1)
     runs = []
@@ -87,7 +87,7 @@ def test_alpha_zero_is_the_baseline_exactly():
     from tinyllm.compress.distill import train_student
     from tinyllm.models.gpt import GPT, GPTConfig
 
-    cfg = GPTConfig.preset("nano", vocab_size=7, block_size=8)
+    cfg = GPTConfig.preset("nano", vocab_size=7, context_length=8)
     tokens = np.random.default_rng(0).integers(0, 7, 200)
     runs = [train_student(GPT(cfg, rng=0), tokens, teacher=t, alpha=0.0, steps=8, batch_size=4, seed=3,
                           progress=False) for t in (None, GPT(cfg, rng=1))]
@@ -99,7 +99,7 @@ def test_heldout_loss_is_fixed_and_matches_the_models_loss():
     from tinyllm.data import get_batch
     from tinyllm.models.gpt import GPT, GPTConfig
 
-    model = GPT(GPTConfig.preset("nano", vocab_size=7, block_size=8), rng=0)
+    model = GPT(GPTConfig.preset("nano", vocab_size=7, context_length=8), rng=0)
     tokens = np.random.default_rng(0).integers(0, 7, 300)
     a = heldout_loss(model, tokens, batch_size=4, batches=3, seed=5)
     assert a == heldout_loss(model, tokens, batch_size=4, batches=3, seed=5)
@@ -147,7 +147,7 @@ def test_distilled_student_is_closer_to_the_teacher_with_little_data(seed):
     P = rng.dirichlet(np.ones(V), size=V)                                # (V, V) rows: next-token laws
     train, val = _markov_chain(P, 200, rng), _markov_chain(P, 2000, rng)
     teacher = _MarkovTeacher(P)
-    cfg = GPTConfig.preset("nano", vocab_size=V, block_size=8, n_embd=16)
+    cfg = GPTConfig.preset("nano", vocab_size=V, context_length=8, dim=16)
     windows = val[: len(val) // 8 * 8].reshape(-1, 8)                    # (W, 8) held-out windows
     kl, val_loss = {}, {}
     for name, t in (("baseline", None), ("distilled", teacher)):

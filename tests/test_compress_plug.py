@@ -65,7 +65,7 @@ def test_prune_and_distillation_and_interp_points_are_replaceable():
         seen.append(kwargs.get("alpha"))
         return distillation_loss.library(*args, **kwargs)
 
-    cfg = GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    cfg = GPTConfig(vocab_size=16, context_length=8, n_layers=1, n_heads=2, dim=16)
     tokens = np.random.default_rng(0).integers(0, 16, 400)
     with plug.use(distillation_loss=spy):
         train_student(GPT(cfg, rng=0), tokens, teacher=GPT(cfg, rng=1), steps=2, batch_size=2, alpha=0.7,

@@ -76,7 +76,7 @@ def test_train_val_split():
 
 def test_get_batch_shapes_targets_and_seed(xp):
     tokens = xp.arange(1000, dtype=xp.int64) * 3  # (N,)
-    x, y = get_batch(tokens, block_size=16, batch_size=8, rng=np.random.default_rng(0))
+    x, y = get_batch(tokens, context_length=16, batch_size=8, rng=np.random.default_rng(0))
     assert x.shape == (8, 16) and y.shape == (8, 16)
     assert x.dtype == tokens.dtype and type(x) is type(tokens)
     assert bool((y[:, :-1] == x[:, 1:]).all())  # y is x shifted by one
@@ -106,7 +106,7 @@ def test_get_batch_errors():
         get_batch(np.zeros((2, 5), dtype=np.int64), 2, 2, rng)
     with pytest.raises(TypeError, match="integer dtype"):
         get_batch(np.zeros(20), 2, 2, rng)
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(ValueError, match="context_length"):
         get_batch(np.arange(20), 0, 2, rng)
     with pytest.raises(ValueError, match="batch_size"):
         get_batch(np.arange(20), 2, -1, rng)

@@ -118,17 +118,17 @@ def test_attention_rejects_bad_input():
 def test_presets_and_overrides():
     for name in PRESETS:
         cfg = GPTConfig.preset(name)
-        assert cfg.n_embd % cfg.n_head == 0
+        assert cfg.dim % cfg.n_heads == 0
     cfg = GPTConfig.preset("char-small", vocab_size=70)
-    assert cfg.vocab_size == 70 and cfg.n_layer == PRESETS["char-small"]["n_layer"]
+    assert cfg.vocab_size == 70 and cfg.n_layers == PRESETS["char-small"]["n_layers"]
     with pytest.raises(ValueError, match="unknown GPT preset 'huge'"):
         GPTConfig.preset("huge")
-    with pytest.raises(ValueError, match="n_head"):
-        GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=3, n_embd=8)
-    with pytest.raises(ValueError, match="block_size"):
-        GPTConfig(vocab_size=10, block_size=0, n_layer=1, n_head=2, n_embd=8)
+    with pytest.raises(ValueError, match="n_heads"):
+        GPTConfig(vocab_size=10, context_length=4, n_layers=1, n_heads=3, dim=8)
+    with pytest.raises(ValueError, match="context_length"):
+        GPTConfig(vocab_size=10, context_length=0, n_layers=1, n_heads=2, dim=8)
     with pytest.raises(ValueError, match="dropout"):
-        GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=2, n_embd=8, dropout=1.0)
+        GPTConfig(vocab_size=10, context_length=4, n_layers=1, n_heads=2, dim=8, dropout=1.0)
 
 
 def test_gpt2_small_parameter_count():
@@ -143,7 +143,7 @@ def test_parameter_counts_per_component(bias):
     counts = model.parameter_counts()
     assert counts == cfg.parameter_counts()
     assert counts["total"] == model.num_parameters() == sum(p.size for p in model.parameters())
-    assert counts["token embedding (tied head)"] == 50 * cfg.n_embd
+    assert counts["token embedding (tied head)"] == 50 * cfg.dim
 
 
 # ---- the model -------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_forward_shapes_dtypes_and_init():
         assert p.data.dtype == np.float32 and p.grad.dtype == np.float32, name
         assert np.all(np.isfinite(p.grad)), name
     std = float(model.h[0].mlp.c_proj.weight.data.std())
-    assert abs(std - 0.02 / math.sqrt(2 * cfg.n_layer)) < 0.002     # GPT-2 residual scaling
+    assert abs(std - 0.02 / math.sqrt(2 * cfg.n_layers)) < 0.002     # GPT-2 residual scaling
     assert abs(float(model.h[0].mlp.c_fc.weight.data.std()) - 0.02) < 0.002
 
 
@@ -180,7 +180,7 @@ def test_gpt_rejects_bad_idx():
         model.forward(np.zeros((1, 3), np.float32))
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         model.forward(np.zeros(3, np.int64))
-    with pytest.raises(ValueError, match="block_size=8"):
+    with pytest.raises(ValueError, match="context_length=8"):
         model.forward(np.zeros((1, 9), np.int64))
     with pytest.raises(ValueError, match="vocabulary"):
         model.forward(np.full((1, 3), 11))
@@ -220,7 +220,7 @@ def test_gpt_gradients_match_finite_differences_for_every_parameter():
 def test_gpt_matches_pytorch_loss_and_all_gradients():
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
-    cfg = GPTConfig(vocab_size=23, block_size=12, n_layer=2, n_head=4, n_embd=16)
+    cfg = GPTConfig(vocab_size=23, context_length=12, n_layers=2, n_heads=4, dim=16)
     model = _random_float64_gpt(cfg, seed=3)
     idx, targets = _batch(cfg, 3, 10, seed=4)
     model.zero_grad()
@@ -230,12 +230,12 @@ def test_gpt_matches_pytorch_loss_and_all_gradients():
     # the same network written with plain torch operations, weights (IN, OUT) as ours
     P = {name: torch.tensor(p.data, requires_grad=True) for name, p in model.named_parameters()}
     B, T = idx.shape
-    C, H = cfg.n_embd, cfg.n_head
+    C, H = cfg.dim, cfg.n_heads
     D = C // H
     ti, tt = torch.tensor(idx), torch.tensor(targets)
     x = P["wte.weight"][ti] + P["wpe.weight"][:T]
     mask = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
-    for layer in range(cfg.n_layer):
+    for layer in range(cfg.n_layers):
         p = f"h.{layer}."
         h = F.layer_norm(x, (C,), P[p + "ln_1.weight"], P[p + "ln_1.bias"], eps=1e-5)
         qkv = h @ P[p + "attn.c_attn.weight"] + P[p + "attn.c_attn.bias"]
@@ -307,7 +307,7 @@ def _train(model, steps=4, seed=0):
     opt = AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(steps):
-        idx = rng.integers(0, model.config.vocab_size, size=(3, model.config.block_size))
+        idx = rng.integers(0, model.config.vocab_size, size=(3, model.config.context_length))
         tgt = np.roll(idx, -1, axis=1)
         opt.zero_grad()
         losses.append(model.loss(idx, tgt))
@@ -325,7 +325,7 @@ def test_plugged_functions_train_like_the_modules(points, bias):
     from tinyllm.models import gpt
     from tinyllm.nn import attention
 
-    cfg = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=bias)
+    cfg = GPTConfig(vocab_size=13, context_length=8, n_layers=2, n_heads=2, dim=16, bias=bias)
     ref_model = GPT(cfg, rng=1)
     ref = _train(ref_model)
     model = GPT(cfg, rng=1)
@@ -336,14 +336,14 @@ def test_plugged_functions_train_like_the_modules(points, bias):
     for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
         np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-5, err_msg=name)
     for fn in fns.values():
-        assert fn.calls == 4 * cfg.n_layer
+        assert fn.calls == 4 * cfg.n_layers
 
 
 def test_block_functions_match_finite_differences():
     from tinyllm.models.gpt import block_backward, block_forward
 
     rng = np.random.default_rng(5)
-    blk = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=6), rng=2).astype(np.float64).h[0]
+    blk = GPT(GPTConfig(vocab_size=5, context_length=4, n_layers=1, n_heads=2, dim=6), rng=2).astype(np.float64).h[0]
     p = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in blk.weights().items()}
     x = rng.standard_normal((2, 4, 6))
     dy = rng.standard_normal((2, 4, 6))
@@ -357,7 +357,7 @@ def test_block_functions_match_finite_differences():
 def test_plugged_block_refuses_dropout_and_is_off_after_the_block():
     from tinyllm import plug
 
-    model = GPT(GPTConfig(vocab_size=7, block_size=4, n_layer=1, n_head=1, n_embd=4, dropout=0.1), rng=0)
+    model = GPT(GPTConfig(vocab_size=7, context_length=4, n_layers=1, n_heads=1, dim=4, dropout=0.1), rng=0)
     idx = np.zeros((1, 4), dtype=np.int64)
     with plug.use(block_forward=lambda x, p, n_head, eps=1e-5: x):
         with pytest.raises(plug.PlugError, match="dropout"):

@@ -23,7 +23,7 @@ def data():
 
 
 def _cfg(vocab_size: int, **kw) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16, **kw)
+    return GPTConfig(vocab_size=vocab_size, context_length=16, n_layers=2, n_heads=2, dim=16, **kw)
 
 
 def _params(model) -> dict[str, np.ndarray]:
@@ -136,7 +136,7 @@ def test_bad_token_arrays_are_rejected(data):
         Trainer(model, train_ids.astype(np.float32))
     with pytest.raises(ValueError, match="vocabulary"):
         Trainer(model, train_ids + V)
-    with pytest.raises(ValueError, match="block_size=16"):
+    with pytest.raises(ValueError, match="context_length=16"):
         Trainer(model, train_ids[:10])
     with pytest.raises(ValueError, match="warmup_steps"):
         TrainConfig(steps=10, warmup_steps=20)

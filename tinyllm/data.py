@@ -110,7 +110,7 @@ def train_val_split(data, val_fraction: float = 0.1):
     return data[:cut], data[cut:]
 
 
-def get_batch(tokens, block_size: int, batch_size: int, rng: np.random.Generator):
+def get_batch(tokens, context_length: int, batch_size: int, rng: np.random.Generator):
     """Sample ``batch_size`` random windows from ``tokens`` (N,).
 
     Returns ``x`` (B, T) and ``y`` (B, T) with ``y[b, t] == x[b, t + 1]`` inside a window: ``y`` is
@@ -124,16 +124,16 @@ def get_batch(tokens, block_size: int, batch_size: int, rng: np.random.Generator
                          f"with shape {getattr(tokens, 'shape', None)}")
     if not np.issubdtype(tokens.dtype, np.integer):
         raise TypeError(f"tokens must have an integer dtype, got {tokens.dtype}")
-    for name, value in (("block_size", block_size), ("batch_size", batch_size)):
+    for name, value in (("context_length", context_length), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     n = tokens.shape[0]
-    if n < block_size + 1:
-        raise ValueError(f"tokens has {n} ids but block_size={block_size} needs at least {block_size + 1}")
-    starts = rng.integers(0, n - block_size, size=batch_size)  # (B,)
-    idx = xp.asarray(starts)[:, None] + xp.arange(block_size)[None, :]  # (B, T)
+    if n < context_length + 1:
+        raise ValueError(f"tokens has {n} ids but context_length={context_length} needs at least {context_length + 1}")
+    starts = rng.integers(0, n - context_length, size=batch_size)  # (B,)
+    idx = xp.asarray(starts)[:, None] + xp.arange(context_length)[None, :]  # (B, T)
     x = tokens[idx]  # (B, T)
     y = tokens[idx + 1]  # (B, T)
     return x, y

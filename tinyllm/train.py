@@ -64,7 +64,7 @@ def _new_history() -> dict[str, list]:
 
 class Trainer:
     """Trains ``model`` (a :class:`~tinyllm.models.gpt.GPT` or anything with ``loss(x, y)``,
-    ``backward()``, ``parameters()`` and ``config.block_size``) on a 1-D array of token ids.
+    ``backward()``, ``parameters()`` and ``config.context_length``) on a 1-D array of token ids.
 
     ``callbacks`` are called as ``callback(trainer)`` after every validation (e.g. :class:`LivePlot`).
     """
@@ -77,7 +77,7 @@ class Trainer:
             raise TypeError(f"config must be a TrainConfig, got {type(self.config).__name__}")
         self.train_tokens = self._check_tokens(train_tokens, "train_tokens")
         self.val_tokens = None if val_tokens is None else self._check_tokens(val_tokens, "val_tokens")
-        self.block_size = model.config.block_size
+        self.context_length = model.config.context_length
         c = self.config
         # weight decay on matrices only (Linear weights, embeddings); never on biases and LayerNorm gains
         params = model.parameters()
@@ -102,16 +102,16 @@ class Trainer:
         if V is not None and tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= V):
             raise ValueError(f"{name} holds ids in [{int(tokens.min())}, {int(tokens.max())}] "
                              f"but the model's vocabulary is [0, {V})")
-        if tokens.shape[0] < self.model.config.block_size + 1:
-            raise ValueError(f"{name} has {tokens.shape[0]} tokens; block_size={self.model.config.block_size} "
-                             f"needs at least {self.model.config.block_size + 1}")
+        if tokens.shape[0] < self.model.config.context_length + 1:
+            raise ValueError(f"{name} has {tokens.shape[0]} tokens; context_length={self.model.config.context_length} "
+                             f"needs at least {self.model.config.context_length + 1}")
         return tokens
 
     # ---- one step ---------------------------------------------------------------------------
     def train_step(self) -> float:
         """One optimiser step; returns the training loss of its batch."""
         c, model, step = self.config, self.model, self.step
-        x, y = get_batch(self.train_tokens, self.block_size, c.batch_size, self.data_rng)   # (B, T) each
+        x, y = get_batch(self.train_tokens, self.context_length, c.batch_size, self.data_rng)   # (B, T) each
         model.train()
         model.zero_grad()
         loss = model.loss(x, y)
@@ -161,7 +161,7 @@ class Trainer:
         model = self.model
         model.eval()
         try:
-            losses = [model.loss(*get_batch(tokens, self.block_size, self.config.batch_size, rng))
+            losses = [model.loss(*get_batch(tokens, self.context_length, self.config.batch_size, rng))
                       for _ in range(batches or self.config.eval_batches)]
         finally:
             model.train()

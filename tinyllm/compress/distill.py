@@ -86,7 +86,7 @@ def distillation_loss(
 
 
 def heldout_loss(model: Any, tokens: Any, *, batch_size: int = 8, batches: int = 4,
-                 block_size: int | None = None, seed: int = 1234, get_batch: Callable | None = None) -> float:
+                 context_length: int | None = None, seed: int = 1234, get_batch: Callable | None = None) -> float:
     """Mean next-token cross-entropy (nats) of ``model`` on ``batches`` random windows of ``tokens`` (N,).
 
     The windows come from their own generator seeded by ``seed``, so every call, and every model,
@@ -94,11 +94,11 @@ def heldout_loss(model: Any, tokens: Any, *, batch_size: int = 8, batches: int =
     """
     if get_batch is None:
         from tinyllm.data import get_batch  # noqa: PLC0415
-    block_size = block_size or model.config.block_size
+    context_length = context_length or model.config.context_length
     rng = np.random.default_rng(seed)
     total = 0.0
     for _ in range(batches):
-        x, y = get_batch(tokens, block_size, batch_size, rng)               # (B, T), (B, T)
+        x, y = get_batch(tokens, context_length, batch_size, rng)               # (B, T), (B, T)
         z = model.forward(x)                                                 # (B, T, V)
         total += distillation_loss(z, z, y, alpha=0.0)[0]
     return total / batches
@@ -111,7 +111,7 @@ def train_student(
     teacher: Any | None = None,
     steps: int = 100,
     batch_size: int = 8,
-    block_size: int | None = None,
+    context_length: int | None = None,
     lr: float = 3e-3,
     temperature: float = 2.0,
     alpha: float = 0.5,
@@ -139,7 +139,7 @@ def train_student(
     from tinyllm.optim import AdamW, clip_grad_norm  # h1's optimiser
 
     rng = np.random.default_rng(seed)
-    block_size = block_size or student.config.block_size
+    context_length = context_length or student.config.context_length
     if get_batch is None:
         from tinyllm.data import get_batch  # noqa: PLC0415
     opt = AdamW(student.parameters(), lr=lr, weight_decay=0.0)
@@ -153,7 +153,7 @@ def train_student(
         student.eval()
         hist["eval_step"].append(step)
         hist["eval_loss"].append(heldout_loss(student, eval_tokens, batch_size=batch_size, batches=eval_batches,
-                                              block_size=block_size, get_batch=get_batch))
+                                              context_length=context_length, get_batch=get_batch))
         student.train()
 
     student.train()
@@ -165,7 +165,7 @@ def train_student(
         bar = tqdm(bar, desc="distilled" if teacher is not None else "baseline", unit="step",
                    mininterval=0.5)                                          # few redraws: small saved notebooks
     for step in bar:
-        x, y = get_batch(tokens, block_size, batch_size, rng)               # (B, T), (B, T)
+        x, y = get_batch(tokens, context_length, batch_size, rng)               # (B, T), (B, T)
         logits = student.forward(x)                                          # (B, T, V)
         ce, dlogits = distillation_loss(logits, logits, y, alpha=0.0)        # hard-label CE and its gradient
         if teacher is not None:

@@ -17,6 +17,8 @@ N(0, (0.02 / sqrt(2L))^2) (:func:`tinyllm.init.gpt2_residual`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,23 +38,24 @@ from tinyllm.nn.norm import LayerNorm
 
 @dataclass
 class GPTConfig:
-    """Hyper-parameters of a :class:`GPT`. ``GPTConfig.preset(name, **overrides)`` gives the named ones."""
+    """Hyper-parameters of a :class:`GPT`, named as in :class:`~tinyllm.models.llama.LlamaConfig`.
+    ``GPTConfig.preset(name, **overrides)`` gives the named ones."""
 
     vocab_size: int      # V
-    block_size: int      # longest context T the position embedding covers
-    n_layer: int         # L blocks
-    n_head: int          # H heads per block
-    n_embd: int          # C model width (D = C / H per head)
+    context_length: int  # longest context T the position embedding covers
+    n_layers: int        # L blocks
+    n_heads: int         # H heads per block
+    dim: int             # C model width (D = C / H per head)
     dropout: float = 0.0
     bias: bool = True    # biases in the Linear layers and LayerNorms
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "context_length", "n_layers", "n_heads", "dim"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.dim % self.n_heads:
+            raise ValueError(f"GPTConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
 
@@ -61,17 +64,17 @@ class GPTConfig:
         """A named configuration, e.g. ``GPTConfig.preset("char-small", vocab_size=tok.vocab_size)``."""
         if name not in PRESETS:
             raise ValueError(f"unknown GPT preset {name!r}: expected one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**PRESETS[name], **_new_names(overrides)})
 
     def replace(self, **changes: Any) -> "GPTConfig":
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **_new_names(changes))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per component, computed from the shapes alone (no model is built)."""
-        V, T, L, C = self.vocab_size, self.block_size, self.n_layer, self.n_embd
+        V, T, L, C = self.vocab_size, self.context_length, self.n_layers, self.dim
         b = 1 if self.bias else 0
         ln = C * (1 + b)
         counts = {
@@ -88,21 +91,72 @@ class GPTConfig:
 # The presets used in the notebooks, tests and benchmark. vocab_size is usually
 # overridden with the tokenizer's; "gpt2" is GPT-2 small, for counting only.
 PRESETS: dict[str, dict[str, Any]] = {
-    "nano": dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8),             # gradient checks
-    "char-small": dict(vocab_size=96, block_size=64, n_layer=4, n_head=4, n_embd=64),     # notebook 05 training
-    "bench": dict(vocab_size=96, block_size=128, n_layer=4, n_head=4, n_embd=128),        # train_throughput.py
-    "gpt2": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),   # GPT-2 small (124M)
+    "nano": dict(vocab_size=11, context_length=8, n_layers=2, n_heads=2, dim=8),            # gradient checks
+    "char-small": dict(vocab_size=96, context_length=64, n_layers=4, n_heads=4, dim=64),    # notebook 05 training
+    "bench": dict(vocab_size=96, context_length=128, n_layers=4, n_heads=4, dim=128),       # train_throughput.py
+    "gpt2": dict(vocab_size=50257, context_length=1024, n_layers=12, n_heads=12, dim=768),  # GPT-2 small (124M)
 }
+
+
+# GPTConfig used GPT-2's names until it took LlamaConfig's. The one table of the old names: GPTConfig(...),
+# preset(...) and replace(...) still take them as keywords, and cfg.<old name> still reads and writes the field,
+# each with a DeprecationWarning that names the new name.
+OLD_NAMES: dict[str, str] = {"n_embd": "dim", "n_head": "n_heads", "n_layer": "n_layers", "block_size": "context_length"}
+
+
+def _warn_old_name(old: str, stacklevel: int = 4) -> None:
+    new = OLD_NAMES[old]
+    warnings.warn(f"GPTConfig.{old} is now called {new}: write {new}", DeprecationWarning, stacklevel=stacklevel)
+
+
+def _new_names(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with each old name of :data:`OLD_NAMES` replaced by its new one."""
+    out = dict(kwargs)
+    for old, new in OLD_NAMES.items():
+        if old in out:
+            if new in out:
+                raise TypeError(f"GPTConfig got both {old}= and {new}=: {old} is the old name of {new}; pass only {new}=")
+            _warn_old_name(old)
+            out[new] = out.pop(old)
+    return out
+
+
+def _old_name_property(old: str) -> property:
+    new = OLD_NAMES[old]
+
+    def get(self):
+        _warn_old_name(old, stacklevel=3)
+        return getattr(self, new)
+
+    def set(self, value):
+        _warn_old_name(old, stacklevel=3)
+        setattr(self, new, value)
+
+    return property(get, set, doc=f"Deprecated: the old name of ``{new}``.")
+
+
+_dataclass_init = GPTConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_with_old_names(self, *args: Any, **kwargs: Any) -> None:
+    _dataclass_init(self, *args, **_new_names(kwargs))
+
+
+GPTConfig.__init__ = _init_with_old_names      # type: ignore[method-assign]
+for _old in OLD_NAMES:
+    setattr(GPTConfig, _old, _old_name_property(_old))
+del _old
 
 
 class MLP(Module):
     """Position-wise feed-forward network: Linear C -> 4C, GELU, Linear 4C -> C."""
 
-    def __init__(self, n_embd: int, *, dropout: float = 0.0, bias: bool = True, rng=None, dropout_rng=None,
+    def __init__(self, dim: int, *, dropout: float = 0.0, bias: bool = True, rng=None, dropout_rng=None,
                  dtype: Any = np.float32):
-        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias, rng=rng, dtype=dtype)     # W: (C, F)
+        self.c_fc = Linear(dim, 4 * dim, bias=bias, rng=rng, dtype=dtype)           # W: (C, F)
         self.gelu = GELU()
-        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias, rng=rng, dtype=dtype)   # W: (F, C)
+        self.c_proj = Linear(4 * dim, dim, bias=bias, rng=rng, dtype=dtype)         # W: (F, C)
         self.dropout = Dropout(dropout, rng=dropout_rng) if dropout > 0 else None
 
     def forward(self, x: Any) -> Any:
@@ -124,7 +178,7 @@ BLOCK_POINTS = frozenset({"block_forward", "block_backward"})
 def _block_of(p: dict, n_head: int, eps: float) -> "Block":
     """A :class:`Block` (no dropout) holding the weights ``p`` (its parameter names), gradients zeroed."""
     C = p["ln_1.weight"].shape[0]
-    config = GPTConfig(vocab_size=1, block_size=1, n_layer=1, n_head=n_head, n_embd=C)
+    config = GPTConfig(vocab_size=1, context_length=1, n_layers=1, n_heads=n_head, dim=C)
     blk = Block(config, rng=0, dtype=p["ln_1.weight"].dtype)
     for name, param in blk.named_parameters():
         param.data = p[name]
@@ -163,9 +217,9 @@ class Block(Module):
     :func:`block_forward` and :func:`block_backward` on its weights instead."""
 
     def __init__(self, config: GPTConfig, *, rng=None, dropout_rng=None, dtype: Any = np.float32):
-        C = config.n_embd
+        C = config.dim
         self.ln_1 = LayerNorm(C, bias=config.bias, dtype=dtype)
-        self.attn = CausalSelfAttention(C, config.n_head, dropout=config.dropout, bias=config.bias, rng=rng,
+        self.attn = CausalSelfAttention(C, config.n_heads, dropout=config.dropout, bias=config.bias, rng=rng,
                                         dropout_rng=dropout_rng, dtype=dtype)
         self.ln_2 = LayerNorm(C, bias=config.bias, dtype=dtype)
         self.mlp = MLP(C, dropout=config.dropout, bias=config.bias, rng=rng, dropout_rng=dropout_rng, dtype=dtype)
@@ -186,13 +240,13 @@ class Block(Module):
                 raise plug.PlugError("plugged block_forward / block_backward have no dropout: "
                                      "build the model with dropout=0.0 or call model.eval()")
             self._plugged_x = x
-            return block_forward(x, self.weights(), self.attn.n_head, self.ln_1.eps)
+            return block_forward(x, self.weights(), self.attn.n_heads, self.ln_1.eps)
         return self._forward(x)
 
     def backward(self, dx: Any) -> Any:
         if getattr(self, "_plugged_x", None) is None:
             return self._backward(dx)
-        dx, grads = block_backward(dx, self._plugged_x, self.weights(), self.attn.n_head, self.ln_1.eps)
+        dx, grads = block_backward(dx, self._plugged_x, self.weights(), self.attn.n_heads, self.ln_1.eps)
         for name, param in self.named_parameters():
             param.grad += grads[name]
         return dx
@@ -223,11 +277,11 @@ class GPT(Module):
         self.config = config
         self.dtype = np.dtype(dtype)
         self.dropout_rng = np.random.default_rng(rng.integers(2**63))      # one generator for every Dropout
-        V, C = config.vocab_size, config.n_embd
+        V, C = config.vocab_size, config.dim
         self.wte = Embedding(V, C, rng=rng)                                  # (V, C), also the output head
-        self.wpe = Embedding(config.block_size, C, rng=rng)                  # (T_max, C)
+        self.wpe = Embedding(config.context_length, C, rng=rng)              # (T_max, C)
         self.drop = Dropout(config.dropout, rng=self.dropout_rng) if config.dropout > 0 else None
-        self.h = [Block(config, rng=rng, dropout_rng=self.dropout_rng, dtype=dtype) for _ in range(config.n_layer)]
+        self.h = [Block(config, rng=rng, dropout_rng=self.dropout_rng, dtype=dtype) for _ in range(config.n_layers)]
         self.ln_f = LayerNorm(C, bias=config.bias, dtype=dtype)
         self.loss_fn = CrossEntropyLoss()
         self._init_weights(rng)
@@ -235,7 +289,7 @@ class GPT(Module):
 
     def _init_weights(self, rng: np.random.Generator) -> None:
         """GPT-2 initialisation (see the module docstring), in ``self.dtype``."""
-        L = self.config.n_layer
+        L = self.config.n_layers
         for name, p in self.named_parameters():
             shape = p.shape
             if name.endswith("c_proj.weight"):
@@ -255,8 +309,8 @@ class GPT(Module):
         if idx.ndim != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         T = idx.shape[1]
-        if not 1 <= T <= self.config.block_size:
-            raise ValueError(f"idx has T={T} positions; this model takes 1 to block_size={self.config.block_size}")
+        if not 1 <= T <= self.config.context_length:
+            raise ValueError(f"idx has T={T} positions; this model takes 1 to context_length={self.config.context_length}")
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"idx holds token ids in [{lo}, {hi}], outside the vocabulary [0, {self.config.vocab_size})")
@@ -285,7 +339,7 @@ class GPT(Module):
         if dlogits is None:
             dlogits = self.loss_fn.backward()                               # (B, T, V)
         x, T = self._cache
-        C, V = self.config.n_embd, self.config.vocab_size
+        C, V = self.config.dim, self.config.vocab_size
         E = self.wte.weight
         E.grad += dlogits.reshape(-1, V).T @ x.reshape(-1, C)               # (V, C) head's share of dE
         dx = dlogits @ E.data                                               # (B, T, C)

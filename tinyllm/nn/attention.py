@@ -135,15 +135,15 @@ class CausalSelfAttention(Module):
     :attr:`attention_weights` (B, H, T, T), ready for a heat map.
     """
 
-    def __init__(self, n_embd: int, n_head: int, *, dropout: float = 0.0, bias: bool = True,
+    def __init__(self, dim: int, n_heads: int, *, dropout: float = 0.0, bias: bool = True,
                  rng: np.random.Generator | int | None = None, dropout_rng: np.random.Generator | None = None,
                  dtype: Any = np.float32):
-        if n_embd % n_head != 0:
-            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        if dim % n_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
-        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias, rng=rng, dtype=dtype)   # W: (C, 3C)
-        self.c_proj = Linear(n_embd, n_embd, bias=bias, rng=rng, dtype=dtype)       # W: (C, C)
+        self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
+        self.c_attn = Linear(dim, 3 * dim, bias=bias, rng=rng, dtype=dtype)   # W: (C, 3C)
+        self.c_proj = Linear(dim, dim, bias=bias, rng=rng, dtype=dtype)       # W: (C, C)
         # dropout draws from its own generator so that changing it never changes the initial weights
         dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng(rng.integers(2**63))
         self.attn_dropout = Dropout(dropout, rng=dropout_rng) if dropout > 0 else None
@@ -158,7 +158,7 @@ class CausalSelfAttention(Module):
     def _weights(self) -> tuple:
         """(w_qkv, b_qkv, w_o, b_o) as :func:`attention_forward` takes them (zero biases when there are none)."""
         xp = get_array_module(self.c_attn.weight.data)
-        C = self.n_embd
+        C = self.dim
         zero = lambda n: xp.zeros(n, dtype=self.c_attn.weight.data.dtype)  # noqa: E731
         return (self.c_attn.weight.data, zero(3 * C) if self.c_attn.bias is None else self.c_attn.bias.data,
                 self.c_proj.weight.data, zero(C) if self.c_proj.bias is None else self.c_proj.bias.data)
@@ -171,24 +171,24 @@ class CausalSelfAttention(Module):
             if self.training and self.attn_dropout is not None:
                 raise plug.PlugError("plugged attention_forward / attention_backward have no dropout: "
                                      "build the model with dropout=0.0 or call model.eval()")
-            _check_float_array(x, "x", ndim=3, last_dim=self.n_embd)
+            _check_float_array(x, "x", ndim=3, last_dim=self.dim)
             self._plugged_x, self._cache = x, None
-            return attention_forward(x, *self._weights(), self.n_head)
+            return attention_forward(x, *self._weights(), self.n_heads)
         return self._forward(x)
 
     def backward(self, dout: Any) -> Any:
         if getattr(self, "_plugged_x", None) is None:
             return self._backward(dout)
-        dx, *grads = attention_backward(dout, self._plugged_x, *self._weights(), self.n_head)
+        dx, *grads = attention_backward(dout, self._plugged_x, *self._weights(), self.n_heads)
         for param, g in zip((self.c_attn.weight, self.c_attn.bias, self.c_proj.weight, self.c_proj.bias), grads):
             if param is not None:
                 param.grad += g
         return dx
 
     def _forward(self, x: Any) -> Any:
-        _check_float_array(x, "x", ndim=3, last_dim=self.n_embd)
+        _check_float_array(x, "x", ndim=3, last_dim=self.dim)
         B, T, C = x.shape
-        H, D = self.n_head, self.head_dim
+        H, D = self.n_heads, self.head_dim
         qkv = self.c_attn.forward(x)                                       # (B, T, 3C)
         qkv = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)          # (3, B, H, T, D) view
         q, k, v = qkv[0], qkv[1], qkv[2]                                   # (B, H, T, D) each

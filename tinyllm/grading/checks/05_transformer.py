@@ -437,7 +437,7 @@ ex.test("eps=1e-2, 3 heads of 2, batch 1: everything", 1, [call(DY2, *BB2, eps=1
 EXERCISES.append(ex)
 
 # --- end to end: the library's GPT trains on the learner's code -----------------------------------
-E2E_CFG = GPTConfig(vocab_size=11, block_size=10, n_layer=2, n_head=4, n_embd=16)   # not the notebook's GPT
+E2E_CFG = GPTConfig(vocab_size=11, context_length=10, n_layers=2, n_heads=4, dim=16)   # not the notebook's GPT
 E2E_STEPS = 4
 
 
@@ -450,7 +450,7 @@ def train_gpt(**plugs) -> np.ndarray:
     with plug.use(**plugs):
         for _ in range(E2E_STEPS):
             start = r.integers(0, 7, size=(3, 1))
-            ids = (start + np.arange(E2E_CFG.block_size + 1) * r.integers(1, 3, size=(3, 1))) % E2E_CFG.vocab_size
+            ids = (start + np.arange(E2E_CFG.context_length + 1) * r.integers(1, 3, size=(3, 1))) % E2E_CFG.vocab_size
             opt.zero_grad()
             losses.append(model.loss(ids[:, :-1], ids[:, 1:]))
             model.backward()

@@ -693,7 +693,7 @@ def _run_prune(learner):
 
 
 def _run_distill(learner):
-    cfg = GPTConfig(vocab_size=24, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    cfg = GPTConfig(vocab_size=24, context_length=16, n_layers=1, n_heads=2, dim=32)
     tokens = np.random.default_rng(1115).integers(0, cfg.vocab_size, 3000)
     teacher = GPT(cfg, rng=1)
     kw = dict(teacher=teacher, steps=3, batch_size=4, lr=1e-2, temperature=3.0, alpha=0.8, seed=5,
