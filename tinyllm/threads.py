@@ -2,12 +2,16 @@
 
 A decode step runs on :func:`decode_threads` threads, a longer input (prefill,
 perplexity) on all of them. :func:`limit_blas_threads` applies a limit for a
-block of code (``threadpoolctl``); GPU arrays are not affected.
+block of code (``threadpoolctl``); GPU arrays are not affected. :func:`map_rows` runs large
+elementwise work (which NumPy does on one thread) in row blocks on as many threads as BLAS may use.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
+
+import numpy as np
 
 from tinyllm.errors import ConfigError
 
@@ -49,3 +53,101 @@ def limit_blas_threads(n: int):
         return _BLAS_CONTROLLER.limit(limits=n, user_api="blas")
     except Exception:  # noqa: BLE001 - no threadpoolctl or no BLAS found: run as is
         return contextlib.nullcontext()
+
+
+# ---- elementwise work on the other cores ------------------------------------------------------------------
+# NumPy runs a ufunc or a reduction on one thread, whatever the BLAS setting, but releases the GIL
+# inside its loops. So row blocks of a large elementwise computation (GELU, LayerNorm, softmax, AdamW)
+# can run on a few Python threads at once. Blocks also keep each operand and temporary in the L2
+# cache (~64K float32 = 256 KB), which makes a chain of in-place ufuncs faster even on one thread.
+ROW_BLOCK_ELEMENTS = 1 << 16   # elements per row block (rounded to whole rows)
+INLINE_ELEMENTS = 1 << 15      # smaller arrays: one call on the calling thread
+
+_ROWS = {"controller": None, "pool": None, "workers": 0}
+_IN_WORKER = threading.local()
+
+
+def compute_threads() -> int:
+    """Threads for elementwise work: the current BLAS limit (``threadpool_limits(1)`` means 1), else 1."""
+    ctl = _ROWS["controller"]
+    if ctl is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            ctl = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        except Exception:  # noqa: BLE001 - no threadpoolctl: one thread
+            ctl = []
+        _ROWS["controller"] = ctl
+    return max([1] + [lib.num_threads for lib in ctl])
+
+
+def _pool(workers: int):
+    if _ROWS["workers"] < workers:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _ROWS["pool"] is not None:
+            _ROWS["pool"].shutdown(wait=False)
+        _ROWS["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinyllm-rows")
+        _ROWS["workers"] = workers
+    return _ROWS["pool"]
+
+
+def _forget_pool() -> None:  # a forked child has the pool object but not its threads
+    _ROWS["pool"], _ROWS["workers"] = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _run_blocks(fn, arrays, starts) -> None:
+    _IN_WORKER.active = True
+    try:
+        for lo, hi in starts:
+            fn(*(a[lo:hi] for a in arrays))
+    finally:
+        _IN_WORKER.active = False
+
+
+def as_rows(a):
+    """``a`` (..., C) as rows (N, C) for :func:`map_rows`: a view of a contiguous array; 0-d and 1-d: one row."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
+
+
+def map_rows(fn, *arrays, threads: int | None = None) -> None:
+    """Call ``fn(*blocks)`` on row blocks of ``arrays`` (all with the same first axis), on
+    :func:`compute_threads` threads; ``fn`` writes its results into blocks of output arrays among them.
+
+    Only the first axis is split, so a computation that is elementwise or reduces along other axes
+    gives the same bits as ``fn(*arrays)``. Small arrays, GPU arrays and calls from inside a block
+    run as that one call.
+
+        def gelu_rows(x, y):                       # (n, F) blocks of x and of the output y
+            np.tanh(x, out=y)
+        map_rows(gelu_rows, x2, y2)
+    """
+    rows = arrays[0].shape[0]
+    size = max(a.size for a in arrays)
+    if (size < INLINE_ELEMENTS or rows < 2 or getattr(_IN_WORKER, "active", False)
+            or not all(type(a) is np.ndarray for a in arrays)):
+        fn(*arrays)
+        return
+    if any(a.shape[0] != rows for a in arrays):
+        raise ValueError(f"map_rows: every array needs the same first axis, got {[a.shape for a in arrays]}")
+    n = max(1, compute_threads() if threads is None else int(threads))
+    per_row = max(1, size // rows)
+    step = max(1, min(ROW_BLOCK_ELEMENTS // per_row, -(-rows // n)))  # rows per block, >= 1 block per thread
+    blocks = [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+    n = min(n, len(blocks))
+    shares = [blocks[i::n] for i in range(n)]                        # thread i: blocks i, i + n, ...
+    if n == 1:
+        _run_blocks(fn, arrays, shares[0])
+        return
+    futures = [_pool(n - 1).submit(_run_blocks, fn, arrays, share) for share in shares[1:]]
+    try:
+        _run_blocks(fn, arrays, shares[0])
+    finally:
+        for f in futures:                                            # never return while a block still writes
+            f.exception()
+    for f in futures:
+        f.result()
