@@ -27,6 +27,7 @@ attention_backward=...)`` every :class:`CausalSelfAttention` runs them instead).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -38,6 +39,7 @@ from tinyllm.nn import functional as F
 from tinyllm.nn.dropout import Dropout
 from tinyllm.nn.linear import Linear
 from tinyllm.nn.module import Module, _check_float_array
+from tinyllm.threads import map_rows
 
 _MASKS: dict[tuple[Any, int, Any], Any] = {}
 
@@ -63,8 +65,8 @@ def causal_attention(q: Any, k: Any, v: Any, *, dropout: Dropout | None = None):
     T, D = q.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(D)                                             # Python float: keeps float32
     att = (q * scale) @ k.swapaxes(-1, -2)                                 # (B, H, T, T) scores
-    att += causal_mask(T, xp, att.dtype)                                   # future -> -inf
-    F.softmax(att, out=att)                                                # (B, H, T, T) rows sum to 1
+    map_rows(functools.partial(_masked_softmax_rows, mask=causal_mask(T, xp, att.dtype)),
+             att.reshape(-1, T, T))                                        # (B, H, T, T) rows sum to 1
     p = att if dropout is None else dropout.forward(att)
     y = p @ v                                                              # (B, H, T, D)
     return y, att
@@ -88,12 +90,25 @@ def causal_attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, *,
     dp = dy @ v.swapaxes(-1, -2)                                           # (B, H, T, T)
     if dropout is not None:
         dp = dropout.backward(dp)                                          # through the dropout mask
-    dp -= (dp * att).sum(axis=-1, keepdims=True)                           # softmax backward,
-    dp *= att                                                              # dS = P * (dP - rowsum(dP * P))
-    dp *= scale                                                            # fold 1/sqrt(D) in once
+    T = att.shape[-1]
+    map_rows(functools.partial(_softmax_backward_rows, scale=scale),
+             dp.reshape(-1, T, T), att.reshape(-1, T, T))                  # dS / sqrt(D), in place in dp
     xp.matmul(dp, k, out=out[0])                                           # dq = dS K / sqrt(D)
     xp.matmul(dp.swapaxes(-1, -2), q, out=out[1])                          # dk = dS^T Q / sqrt(D)
     return out[0], out[1], out[2]
+
+
+def _masked_softmax_rows(att, *, mask):
+    """Blocks (n, T, T) of scores, in place: softmax(att + mask) along the last axis (future -> -inf -> 0)."""
+    att += mask
+    F.softmax(att, out=att)
+
+
+def _softmax_backward_rows(dp, att, *, scale):
+    """Blocks (n, T, T), in place in dp: dS = P * (dP - rowsum(dP * P)), times 1/sqrt(D) folded in once."""
+    dp -= (dp * att).sum(axis=-1, keepdims=True)
+    dp *= att
+    dp *= scale
 
 
 ATTENTION_POINTS = frozenset({"attention_forward", "attention_backward"})
