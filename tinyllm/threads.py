@@ -114,13 +114,15 @@ def as_rows(a):
     return a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
 
 
-def map_rows(fn, *arrays, threads: int | None = None) -> None:
+def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = False) -> None:
     """Call ``fn(*blocks)`` on row blocks of ``arrays`` (all with the same first axis), on
     :func:`compute_threads` threads; ``fn`` writes its results into blocks of output arrays among them.
 
     Only the first axis is split, so a computation that is elementwise or reduces along other axes
     gives the same bits as ``fn(*arrays)``. Small arrays, GPU arrays and calls from inside a block
-    run as that one call.
+    run as that one call. ``one_blas_thread``: the blocks hold matrix products (a batch of small
+    ones, as in attention), which then run side by side on one BLAS thread each (a matrix product
+    does not split its sums across threads, so the bits stay the same).
 
         def gelu_rows(x, y):                       # (n, F) blocks of x and of the output y
             np.tanh(x, out=y)
@@ -143,11 +145,18 @@ def map_rows(fn, *arrays, threads: int | None = None) -> None:
     if n == 1:
         _run_blocks(fn, arrays, shares[0])
         return
-    futures = [_pool(n - 1).submit(_run_blocks, fn, arrays, share) for share in shares[1:]]
+    libs = _ROWS["controller"] if one_blas_thread else []
+    saved = [lib.num_threads for lib in libs]
+    futures = []
     try:
+        for lib in libs:
+            lib.set_num_threads(1)
+        futures = [_pool(n - 1).submit(_run_blocks, fn, arrays, share) for share in shares[1:]]
         _run_blocks(fn, arrays, shares[0])
     finally:
         for f in futures:                                            # never return while a block still writes
             f.exception()
+        for lib, value in zip(libs, saved):
+            lib.set_num_threads(value)
     for f in futures:
         f.result()
