@@ -8,6 +8,7 @@ elementwise work (which NumPy does on one thread) in row blocks on as many threa
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 
@@ -100,13 +101,39 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _run_blocks(fn, arrays, starts) -> None:
-    _IN_WORKER.active = True
-    try:
-        for lo, hi in starts:
-            fn(*(a[lo:hi] for a in arrays))
-    finally:
-        _IN_WORKER.active = False
+class _Blocks:
+    """One :func:`map_rows` call: its blocks, handed out one at a time to whichever thread asks first."""
+
+    def __init__(self, fn, arrays, blocks):
+        self.fn, self.arrays, self.blocks = fn, arrays, blocks
+        self.claim = itertools.count()           # next() is atomic under the GIL
+        self.done, self.error = 0, None
+        self.finished = threading.Condition()
+
+    def work(self) -> None:
+        """Run blocks until none is left (a thread that starts late finds none and returns)."""
+        _IN_WORKER.active = True
+        try:
+            for i in self.claim:
+                if i >= len(self.blocks):
+                    return
+                lo, hi = self.blocks[i]
+                try:
+                    if self.error is None:
+                        self.fn(*(a[lo:hi] for a in self.arrays))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    self.error = exc
+                finally:
+                    with self.finished:
+                        self.done += 1
+                        if self.done == len(self.blocks):
+                            self.finished.notify_all()
+        finally:
+            _IN_WORKER.active = False
+
+    def wait(self) -> None:
+        with self.finished:
+            self.finished.wait_for(lambda: self.done == len(self.blocks))
 
 
 def as_rows(a):
@@ -114,7 +141,8 @@ def as_rows(a):
     return a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
 
 
-def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = False) -> None:
+def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = False,
+             block_elements: int = ROW_BLOCK_ELEMENTS) -> None:
     """Call ``fn(*blocks)`` on row blocks of ``arrays`` (all with the same first axis), on
     :func:`compute_threads` threads; ``fn`` writes its results into blocks of output arrays among them.
 
@@ -122,7 +150,8 @@ def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = Fa
     gives the same bits as ``fn(*arrays)``. Small arrays, GPU arrays and calls from inside a block
     run as that one call. ``one_blas_thread``: the blocks hold matrix products (a batch of small
     ones, as in attention), which then run side by side on one BLAS thread each (a matrix product
-    does not split its sums across threads, so the bits stay the same).
+    does not split its sums across threads, so the bits stay the same). ``block_elements``: the
+    elements of the largest array in one block (``arrays[0].size``: one block per thread).
 
         def gelu_rows(x, y):                       # (n, F) blocks of x and of the output y
             np.tanh(x, out=y)
@@ -138,25 +167,25 @@ def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = Fa
         raise ValueError(f"map_rows: every array needs the same first axis, got {[a.shape for a in arrays]}")
     n = max(1, compute_threads() if threads is None else int(threads))
     per_row = max(1, size // rows)
-    step = max(1, min(ROW_BLOCK_ELEMENTS // per_row, -(-rows // n)))  # rows per block, >= 1 block per thread
-    blocks = [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
-    n = min(n, len(blocks))
-    shares = [blocks[i::n] for i in range(n)]                        # thread i: blocks i, i + n, ...
+    step = max(1, min(block_elements // per_row, -(-rows // n)))  # rows per block, >= 1 block per thread
+    job = _Blocks(fn, arrays, [(lo, min(lo + step, rows)) for lo in range(0, rows, step)])
+    n = min(n, len(job.blocks))
     if n == 1:
-        _run_blocks(fn, arrays, shares[0])
-        return
-    libs = _ROWS["controller"] if one_blas_thread else []
-    saved = [lib.num_threads for lib in libs]
-    futures = []
-    try:
-        for lib in libs:
-            lib.set_num_threads(1)
-        futures = [_pool(n - 1).submit(_run_blocks, fn, arrays, share) for share in shares[1:]]
-        _run_blocks(fn, arrays, shares[0])
-    finally:
-        for f in futures:                                            # never return while a block still writes
-            f.exception()
-        for lib, value in zip(libs, saved):
-            lib.set_num_threads(value)
-    for f in futures:
-        f.result()
+        job.work()
+    else:
+        compute_threads()                                            # finds the BLAS libraries
+        libs = _ROWS["controller"] if one_blas_thread else []
+        saved = [lib.num_threads for lib in libs]
+        try:
+            for lib in libs:
+                lib.set_num_threads(1)
+            pool = _pool(n - 1)
+            for _ in range(n - 1):
+                pool.submit(job.work)
+            job.work()                  # this thread works too; if the others get no CPU, it does every block
+            job.wait()                  # never return while a block still writes
+        finally:
+            for lib, value in zip(libs, saved):
+                lib.set_num_threads(value)
+    if job.error is not None:
+        raise job.error

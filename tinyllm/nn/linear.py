@@ -1,14 +1,39 @@
 """Linear (fully connected) layer: y = x W + b, with W of shape (IN, OUT)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
 from tinyllm import init
+from tinyllm.backend import get_array_module
 from tinyllm.nn.module import Module, Parameter, _check_float_array
 from tinyllm.plug import PlugError
+from tinyllm.threads import map_rows
+
+
+def matmul(a, b, *, bias=None, out=None, accumulate: bool = False):
+    """a (M, K) @ b (K, N) (+ bias (N,)) -> (M, N), into ``out`` (``accumulate``: out += a @ b), in blocks of
+    a's rows on the BLAS threads, one BLAS thread each (:func:`tinyllm.threads.map_rows`). A product does not
+    split its sums over rows, so the bits are those of ``a @ b``, and the threads keep working when other jobs
+    take the CPU (BLAS's own threads wait for each other then)."""
+    xp = get_array_module(a)
+    if out is None:
+        out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
+    map_rows(functools.partial(_matmul_rows, b=b, bias=bias, accumulate=accumulate), a, out,
+             one_blas_thread=True, block_elements=max(a.size, out.size))
+    return out
+
+
+def _matmul_rows(a, out, *, b, bias, accumulate):
+    if accumulate:
+        out += a @ b
+    else:
+        get_array_module(a).matmul(a, b, out=out)
+    if bias is not None:
+        out += bias
 
 
 class Linear(Module):
@@ -46,10 +71,9 @@ class Linear(Module):
             IN = self.in_features
             raise ValueError(f"{self!r}: x must have shape (N, {IN}) or (B, T, {IN}), got {tuple(x.shape)}")
         self._x = x  # (..., IN)
-        y = x @ self.weight.data  # (..., OUT)
-        if self.bias is not None:
-            y += self.bias.data
-        return y
+        bias = None if self.bias is None else self.bias.data
+        y = matmul(x.reshape(-1, self.in_features), self.weight.data, bias=bias)  # (N, OUT)
+        return y.reshape(x.shape[:-1] + (self.out_features,))  # (..., OUT)
 
     def backward(self, dy):
         x = self._x
@@ -57,10 +81,10 @@ class Linear(Module):
             raise RuntimeError("Linear.backward called before forward")
         x2 = x.reshape(-1, self.in_features)  # (N, IN)
         dy2 = dy.reshape(-1, self.out_features)  # (N, OUT)
-        self.weight.grad += x2.T @ dy2  # (IN, OUT)
+        matmul(x2.T, dy2, out=self.weight.grad, accumulate=True)  # (IN, OUT) += X^T dY
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)  # (OUT,)
-        return dy @ self.weight.data.T  # (..., IN)
+        return matmul(dy2, self.weight.data.T).reshape(dy.shape[:-1] + (self.in_features,))  # (..., IN)
 
     def __repr__(self) -> str:
         return f"Linear(in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None})"
