@@ -68,18 +68,21 @@ _ROWS = {"controller": None, "pool": None, "workers": 0}
 _IN_WORKER = threading.local()
 
 
-def compute_threads() -> int:
-    """Threads for elementwise work: the current BLAS limit (``threadpool_limits(1)`` means 1), else 1."""
-    ctl = _ROWS["controller"]
-    if ctl is None:
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries behind NumPy (found once; none without threadpoolctl)."""
+    if _ROWS["controller"] is None:
         try:
             from threadpoolctl import ThreadpoolController
 
-            ctl = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+            _ROWS["controller"] = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
         except Exception:  # noqa: BLE001 - no threadpoolctl: one thread
-            ctl = []
-        _ROWS["controller"] = ctl
-    return max([1] + [lib.num_threads for lib in ctl])
+            _ROWS["controller"] = []
+    return _ROWS["controller"]
+
+
+def compute_threads() -> int:
+    """Threads for elementwise work: the current BLAS limit (``threadpool_limits(1)`` means 1), else 1."""
+    return max([1] + [lib.num_threads for lib in _blas_libraries()])
 
 
 def _pool(workers: int):
@@ -173,8 +176,7 @@ def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = Fa
     if n == 1:
         job.work()
     else:
-        compute_threads()                                            # finds the BLAS libraries
-        libs = _ROWS["controller"] if one_blas_thread else []
+        libs = _blas_libraries() if one_blas_thread else []
         saved = [lib.num_threads for lib in libs]
         try:
             for lib in libs:

@@ -11,20 +11,39 @@ from tinyllm import init
 from tinyllm.backend import get_array_module
 from tinyllm.nn.module import Module, Parameter, _check_float_array
 from tinyllm.plug import PlugError
-from tinyllm.threads import map_rows
+from tinyllm.threads import compute_threads, map_rows
+
+
+SPLIT_MATMUL_MACS = 1 << 24  # a block of rows of a product does more multiply-adds than this, or no split
 
 
 def matmul(a, b, *, bias=None, out=None, accumulate: bool = False):
-    """a (M, K) @ b (K, N) (+ bias (N,)) -> (M, N), into ``out`` (``accumulate``: out += a @ b), in blocks of
-    a's rows on the BLAS threads, one BLAS thread each (:func:`tinyllm.threads.map_rows`). A product does not
-    split its sums over rows, so the bits are those of ``a @ b``, and the threads keep working when other jobs
-    take the CPU (BLAS's own threads wait for each other then)."""
+    """a (M, K) @ b (K, N) (+ bias (N,)) -> (M, N), into ``out`` (``accumulate``: out += a @ b).
+
+    A large product runs in one block of a's rows per BLAS thread, each block on one BLAS thread
+    (:func:`tinyllm.threads.map_rows`): the threads keep working when other jobs take the CPU, where
+    BLAS's own threads wait for each other. Every block does more than ``SPLIT_MATMUL_MACS``
+    multiply-adds, where BLAS computes each row as in the whole product (below that size OpenBLAS
+    switches to small-matrix kernels that sum in another order), so the bits are those of ``a @ b``.
+    """
     xp = get_array_module(a)
     if out is None:
         out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
-    map_rows(functools.partial(_matmul_rows, b=b, bias=bias, accumulate=accumulate), a, out,
-             one_blas_thread=True, block_elements=max(a.size, out.size))
+    rows = functools.partial(_matmul_rows, b=b, bias=bias, accumulate=accumulate)
+    M, K, N = a.shape[0], a.shape[1], b.shape[1]
+    blocks = compute_threads()
+    while blocks > 1 and _smallest_block(M, blocks) * K * N <= SPLIT_MATMUL_MACS:
+        blocks -= 1
+    if blocks > 1:
+        map_rows(rows, a, out, threads=blocks, one_blas_thread=True, block_elements=max(a.size, out.size))
+    else:
+        rows(a, out)                                      # one call, on BLAS's own threads
     return out
+
+
+def _smallest_block(rows: int, blocks: int) -> int:
+    step = -(-rows // blocks)                             # map_rows' rows per block
+    return rows - step * (-(-rows // step) - 1)
 
 
 def _matmul_rows(a, out, *, b, bias, accumulate):
