@@ -14,7 +14,10 @@ from tinyllm.plug import PlugError
 from tinyllm.threads import compute_threads, map_rows
 
 
-SPLIT_MATMUL_MACS = 1 << 24  # a block of rows of a product does more multiply-adds than this, or no split
+# A block of rows of a product does more multiply-adds than this, or the product is not split: below it,
+# OpenBLAS may take other kernels that sum in another order, and which depend on the thread count (on
+# SkylakeX: "small matrix" kernels up to 100^3, "direct sgemm" up to 28 * 512^2 on one thread).
+SPLIT_MATMUL_MACS = 1 << 23
 
 
 def matmul(a, b, *, bias=None, out=None, accumulate: bool = False):
@@ -22,9 +25,10 @@ def matmul(a, b, *, bias=None, out=None, accumulate: bool = False):
 
     A large product runs in one block of a's rows per BLAS thread, each block on one BLAS thread
     (:func:`tinyllm.threads.map_rows`): the threads keep working when other jobs take the CPU, where
-    BLAS's own threads wait for each other. Every block does more than ``SPLIT_MATMUL_MACS``
-    multiply-adds, where BLAS computes each row as in the whole product (below that size OpenBLAS
-    switches to small-matrix kernels that sum in another order), so the bits are those of ``a @ b``.
+    BLAS's own threads wait for each other, and BLAS's threads do not spin beside the elementwise
+    blocks. Every block does more than ``SPLIT_MATMUL_MACS`` multiply-adds, where BLAS computes each
+    row as in the whole product (it splits rows among its own threads the same way), so the bits are
+    those of ``a @ b``.
     """
     xp = get_array_module(a)
     if out is None:
