@@ -1,6 +1,6 @@
 """tinyllm.threads.map_rows: row blocks on the BLAS threads give the bits of the one-call computation.
 
-Every layer that runs on map_rows (GELU, LayerNorm, attention, Linear and the GPT head, AdamW) is run
+Every layer that runs on map_rows (GELU, LayerNorm, attention, Linear and the GPT head, the loss, AdamW) is run
 three ways on sizes that do not divide into the blocks: in one call (the inline path), in blocks on
 one thread, and in blocks on two and three threads; all must agree bit for bit.
 """
@@ -16,6 +16,7 @@ from tinyllm.nn.activations import GELU
 from tinyllm.nn.attention import causal_attention, causal_attention_backward
 from tinyllm.nn import linear
 from tinyllm.nn.linear import Linear, matmul
+from tinyllm.nn.loss import CrossEntropyLoss
 from tinyllm.nn.norm import LayerNorm
 from tinyllm.optim import Adam, AdamW
 from tinyllm.threads import compute_threads, map_rows
@@ -135,10 +136,11 @@ def test_compute_threads_follows_the_blas_limit_and_one_blas_thread_restores_it(
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gelu_layernorm_linear_threaded_equal_inline(run_on, dtype):
+def test_gelu_layernorm_linear_loss_threaded_equal_inline(run_on, dtype):
     rng = np.random.default_rng(5)
     x, dy = _rand(rng, 3, 67, 129, dtype=dtype), _rand(rng, 3, 67, 129, dtype=dtype)
     dy_lin = _rand(rng, 3, 67, 65, dtype=dtype)
+    targets = rng.integers(-1, 129, size=(3, 67))                   # -1: ignored
 
     def layers():
         gelu = GELU()
@@ -149,6 +151,8 @@ def test_gelu_layernorm_linear_threaded_equal_inline(run_on, dtype):
         for p in (ln.weight, ln.bias, lin.weight, lin.bias):
             p.grad = np.zeros_like(p.data)
         out = [gelu.forward(x), gelu.backward(dy), ln.forward(x), ln.backward(dy), lin.forward(x), lin.backward(dy_lin)]
+        loss = CrossEntropyLoss(ignore_index=-1)
+        out += [np.array(loss.forward(x, targets)), loss.backward()]
         return out + [ln.weight.grad, ln.bias.grad, lin.weight.grad, lin.bias.grad]
 
     _same([run_on(n, layers) for n in (0, 1, 2, 3)])
