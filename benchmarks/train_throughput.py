@@ -11,7 +11,9 @@ runs every thread count in turn, and at each the two engines back to back (which
 first alternates), so that load from other processes on a shared machine hits both alike.
 Per thread count it prints the median step time of each, tokens/s, the ratio
 tinyllm / PyTorch of the medians (higher is better for tinyllm; 1.0 means as fast), and the
-ratio of each round, whose spread shows how much the load moved.
+ratio of each round, whose spread shows how much the load moved. The CPU time of a step (all
+threads of the process) shows the work done plus any time threads spend spinning while they
+wait; on a shared machine it is a steadier figure than the wall time.
 """
 from __future__ import annotations
 
@@ -134,6 +136,7 @@ def main(argv=None) -> int:
     engines = {n: {"tinyllm": (build_tinyllm(cfg, 1e-3), (x, y)), "pytorch": (build_torch(cfg, 1e-3), (tx, ty))}
                for n in args.threads}
     times = {n: {"tinyllm": [], "pytorch": []} for n in args.threads}
+    cpu = {n: {"tinyllm": [], "pytorch": []} for n in args.threads}     # CPU time of the process, all threads
     rounds = {n: [] for n in args.threads}                                 # per round: tinyllm / pytorch
     for r in range(args.rounds + 1):                                        # round 0 warms up
         for n in args.threads:
@@ -144,21 +147,25 @@ def main(argv=None) -> int:
                 for name, (fn, data) in order:
                     ts = []
                     for _ in range(args.steps if r else 2):
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         loss = fn(*data)
                         ts.append(time.perf_counter() - t0)
+                        cpu[n][name].append(time.process_time() - c0)
                     assert math.isfinite(loss), f"{name} loss is {loss}"
                     this[name] = statistics.median(ts)
                     if r:
                         times[n][name] += ts
+                    else:
+                        cpu[n][name].clear()
                 if r:
                     rounds[n].append(this["pytorch"] / this["tinyllm"])
 
-    print(f"{'threads':>7} {'engine':8} {'median step (ms)':>17} {'tokens/s':>10}")
+    print(f"{'threads':>7} {'engine':8} {'median step (ms)':>17} {'tokens/s':>10} {'CPU time (ms)':>14}")
     for n in args.threads:
         tok = {name: B * T / statistics.median(ts) for name, ts in times[n].items()}
         for name, ts in times[n].items():
-            print(f"{n:7} {name:8} {statistics.median(ts) * 1e3:17.1f} {tok[name]:10.0f}")
+            print(f"{n:7} {name:8} {statistics.median(ts) * 1e3:17.1f} {tok[name]:10.0f} "
+                  f"{statistics.median(cpu[n][name]) * 1e3:14.1f}")
     for n in args.threads:
         tok = {name: B * T / statistics.median(ts) for name, ts in times[n].items()}
         print(f"ratio tinyllm / pytorch at {n} thread(s): {tok['tinyllm'] / tok['pytorch']:.2f}x "
