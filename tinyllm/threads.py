@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import queue
 import threading
 
 import numpy as np
@@ -64,7 +65,7 @@ def limit_blas_threads(n: int):
 ROW_BLOCK_ELEMENTS = 1 << 16   # elements per row block (rounded to whole rows)
 INLINE_ELEMENTS = 1 << 15      # smaller arrays: one call on the calling thread
 
-_ROWS = {"controller": None, "pool": None, "workers": 0}
+_ROWS = {"controller": None, "queue": queue.SimpleQueue(), "workers": 0}
 _IN_WORKER = threading.local()
 
 
@@ -85,23 +86,26 @@ def compute_threads() -> int:
     return max([1] + [lib.num_threads for lib in _blas_libraries()])
 
 
-def _pool(workers: int):
-    if _ROWS["workers"] < workers:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if _ROWS["pool"] is not None:
-            _ROWS["pool"].shutdown(wait=False)
-        _ROWS["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinyllm-rows")
-        _ROWS["workers"] = workers
-    return _ROWS["pool"]
+def _start_workers(workers: int):
+    """The queue that ``workers`` daemon threads take jobs from (started on first need, kept for the process)."""
+    while _ROWS["workers"] < workers:
+        threading.Thread(target=_worker, args=(_ROWS["queue"],), name=f"tinyllm-rows-{_ROWS['workers']}",
+                         daemon=True).start()
+        _ROWS["workers"] += 1
+    return _ROWS["queue"]
 
 
-def _forget_pool() -> None:  # a forked child has the pool object but not its threads
-    _ROWS["pool"], _ROWS["workers"] = None, 0
+def _worker(jobs) -> None:
+    while True:
+        jobs.get().work()
+
+
+def _forget_workers() -> None:  # a forked child has the queue object but not the threads
+    _ROWS["queue"], _ROWS["workers"] = queue.SimpleQueue(), 0
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 class _Blocks:
@@ -109,9 +113,9 @@ class _Blocks:
 
     def __init__(self, fn, arrays, blocks):
         self.fn, self.arrays, self.blocks = fn, arrays, blocks
-        self.claim = itertools.count()           # next() is atomic under the GIL
-        self.done, self.error = 0, None
-        self.finished = threading.Condition()
+        self.claim, self.finish = itertools.count(), itertools.count(1)   # next() is atomic under the GIL
+        self.error = None
+        self.all_done = threading.Event()
 
     def work(self) -> None:
         """Run blocks until none is left (a thread that starts late finds none and returns)."""
@@ -123,20 +127,14 @@ class _Blocks:
                 lo, hi = self.blocks[i]
                 try:
                     if self.error is None:
-                        self.fn(*(a[lo:hi] for a in self.arrays))
+                        self.fn(*[a[lo:hi] for a in self.arrays])
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
                     self.error = exc
                 finally:
-                    with self.finished:
-                        self.done += 1
-                        if self.done == len(self.blocks):
-                            self.finished.notify_all()
+                    if next(self.finish) == len(self.blocks):
+                        self.all_done.set()
         finally:
             _IN_WORKER.active = False
-
-    def wait(self) -> None:
-        with self.finished:
-            self.finished.wait_for(lambda: self.done == len(self.blocks))
 
 
 def as_rows(a):
@@ -181,11 +179,11 @@ def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = Fa
         try:
             for lib in libs:
                 lib.set_num_threads(1)
-            pool = _pool(n - 1)
+            jobs = _start_workers(n - 1)
             for _ in range(n - 1):
-                pool.submit(job.work)
+                jobs.put(job)
             job.work()                  # this thread works too; if the others get no CPU, it does every block
-            job.wait()                  # never return while a block still writes
+            job.all_done.wait()         # never return while a block still writes
         finally:
             for lib, value in zip(libs, saved):
                 lib.set_num_threads(value)
