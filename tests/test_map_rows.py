@@ -117,7 +117,7 @@ def test_map_rows_raises_what_a_block_raised_and_checks_shapes():
     x = np.arange(64.0 * 1024).reshape(64, 1024) / 1024
     with pytest.raises(ValueError, match="bad block"):
         map_rows(f, x, threads=2, block_elements=1024)
-    with pytest.raises(ValueError, match="same first axis"):
+    with pytest.raises(ValueError, match="need the same first axis"):
         map_rows(lambda a, b: None, np.ones((64, 1024)), np.ones((63, 1024)), threads=2)
 
 

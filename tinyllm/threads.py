@@ -165,7 +165,8 @@ def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = Fa
         fn(*arrays)
         return
     if any(a.shape[0] != rows for a in arrays):
-        raise ValueError(f"map_rows: every array needs the same first axis, got {[a.shape for a in arrays]}")
+        raise ValueError(f"map_rows splits the first axis of every array, so they need the same first axis; got "
+                         f"shapes {[tuple(a.shape) for a in arrays]}: pass (N, C) views such as as_rows(a)")
     n = max(1, compute_threads() if threads is None else int(threads))
     per_row = max(1, size // rows)
     step = max(1, min(block_elements // per_row, -(-rows // n)))  # rows per block, >= 1 block per thread
