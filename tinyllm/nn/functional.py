@@ -112,7 +112,8 @@ def gelu(x: Any):
 
 
 def gelu_tanh_term(x: Any):
-    """tanh u with u = sqrt(2/pi) (x + 0.044715 x^3), the part of GELU that its backward reuses (a new array)."""
+    """tanh u with u = sqrt(2/pi) (x + 0.044715 x^3), the part of GELU that its backward reuses (a new array;
+    the layer :class:`tinyllm.nn.GELU` computes it the same way, in row blocks, and keeps it)."""
     xp = get_array_module(x)
     t = x * x
     t *= GELU_C
