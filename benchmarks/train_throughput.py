@@ -1,14 +1,19 @@
 """Training throughput of tinyllm's GPT against the same model in PyTorch (CPU), in one process.
 
-    python benchmarks/train_throughput.py [--preset bench] [--batch 16] [--threads 1] [--steps 10]
+    python benchmarks/train_throughput.py [--preset bench] [--batch 16] [--threads 1,2] [--steps 5] [--rounds 4]
 
 Both sides run the same configuration, batch and thread count (``torch.set_num_threads``
-and ``threadpoolctl`` for NumPy's BLAS), float32, one training step = forward + backward
+and ``threadpoolctl`` for NumPy's BLAS, which also sizes tinyllm's elementwise threads,
+:func:`tinyllm.threads.map_rows`), float32, one training step = forward + backward
 + AdamW update. PyTorch is written the way one normally would (``nn.Linear``,
-``nn.LayerNorm``, ``scaled_dot_product_attention``, ``torch.optim.AdamW``). The two
-are timed in alternating rounds so that load from other processes on a shared machine
-hits both alike; the median step time of each is reported, with tokens/s and the ratio
-tinyllm / PyTorch (higher is better for tinyllm; 1.0 means as fast).
+``nn.LayerNorm``, ``scaled_dot_product_attention``, ``torch.optim.AdamW``). Each round
+runs every thread count in turn, and at each the two engines back to back (which one goes
+first alternates), so that load from other processes on a shared machine hits both alike.
+Per thread count it prints the median step time of each, tokens/s, the ratio
+tinyllm / PyTorch of the medians (higher is better for tinyllm; 1.0 means as fast), and the
+ratio of each round, whose spread shows how much the load moved. The CPU time of a step (all
+threads of the process) shows the work done plus any time threads spend spinning while they
+wait; on a shared machine it is a steadier figure than the wall time.
 """
 from __future__ import annotations
 
@@ -96,18 +101,28 @@ def build_torch(cfg: GPTConfig, lr: float):
     return step
 
 
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"--threads takes thread counts separated by commas, such as 1,2; got {text!r}")
+    return counts
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="bench", help="GPTConfig preset (default: bench)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1, help="threads for both (BLAS and torch)")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=_thread_counts, default=[1, 2],
+                    help="thread counts for both (BLAS and torch), separated by commas (default: 1,2)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per engine, thread count and round")
+    ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(args.threads)
     cfg = GPTConfig.preset(args.preset)
     B, T = args.batch, cfg.context_length
     rng = np.random.default_rng(0)
@@ -116,27 +131,45 @@ def main(argv=None) -> int:
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
     print(f"config: {cfg}")
-    print(f"batch {B} x {T} tokens, {args.threads} thread(s), float32, "
+    print(f"batch {B} x {T} tokens, threads {','.join(map(str, args.threads))}, float32, "
           f"numpy {np.__version__}, torch {torch.__version__}, {platform.machine()}")
-    with threadpool_limits(limits=args.threads):
-        ours, theirs = build_tinyllm(cfg, 1e-3), build_torch(cfg, 1e-3)
-        for _ in range(2):                                                  # warm-up
-            ours(x, y)
-            theirs(tx, ty)
-        times = {"tinyllm": [], "pytorch": []}
-        for _ in range(args.rounds):                                        # alternate: load hits both alike
-            for name, fn, data in (("tinyllm", ours, (x, y)), ("pytorch", theirs, (tx, ty))):
-                for _ in range(args.steps):
-                    t0 = time.perf_counter()
-                    loss = fn(*data)
-                    times[name].append(time.perf_counter() - t0)
-                assert math.isfinite(loss), f"{name} loss is {loss}"
+    engines = {n: {"tinyllm": (build_tinyllm(cfg, 1e-3), (x, y)), "pytorch": (build_torch(cfg, 1e-3), (tx, ty))}
+               for n in args.threads}
+    times = {n: {"tinyllm": [], "pytorch": []} for n in args.threads}
+    cpu = {n: {"tinyllm": [], "pytorch": []} for n in args.threads}     # CPU time of the process, all threads
+    rounds = {n: [] for n in args.threads}                                 # per round: tinyllm / pytorch
+    for r in range(args.rounds + 1):                                        # round 0 warms up
+        for n in args.threads:
+            torch.set_num_threads(n)
+            with threadpool_limits(limits=n):
+                order = list(engines[n].items())[::1 if r % 2 else -1]      # alternate who goes first
+                this = {}
+                for name, (fn, data) in order:
+                    ts = []
+                    for _ in range(args.steps if r else 2):
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        loss = fn(*data)
+                        ts.append(time.perf_counter() - t0)
+                        cpu[n][name].append(time.process_time() - c0)
+                    assert math.isfinite(loss), f"{name} loss is {loss}"
+                    this[name] = statistics.median(ts)
+                    if r:
+                        times[n][name] += ts
+                    else:
+                        cpu[n][name].clear()
+                if r:
+                    rounds[n].append(this["pytorch"] / this["tinyllm"])
 
-    tok = {name: B * T / statistics.median(ts) for name, ts in times.items()}
-    print(f"{'':8} {'median step (ms)':>17} {'tokens/s':>10}")
-    for name, ts in times.items():
-        print(f"{name:8} {statistics.median(ts) * 1e3:17.1f} {tok[name]:10.0f}")
-    print(f"ratio tinyllm / pytorch: {tok['tinyllm'] / tok['pytorch']:.2f}x")
+    print(f"{'threads':>7} {'engine':8} {'median step (ms)':>17} {'tokens/s':>10} {'CPU time (ms)':>14}")
+    for n in args.threads:
+        tok = {name: B * T / statistics.median(ts) for name, ts in times[n].items()}
+        for name, ts in times[n].items():
+            print(f"{n:7} {name:8} {statistics.median(ts) * 1e3:17.1f} {tok[name]:10.0f} "
+                  f"{statistics.median(cpu[n][name]) * 1e3:14.1f}")
+    for n in args.threads:
+        tok = {name: B * T / statistics.median(ts) for name, ts in times[n].items()}
+        print(f"ratio tinyllm / pytorch at {n} thread(s): {tok['tinyllm'] / tok['pytorch']:.2f}x "
+              f"(rounds: {', '.join(f'{q:.2f}' for q in rounds[n])})")
     return 0
 
 

@@ -23,6 +23,7 @@ exactly, so training resumes bit-identically.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable
 
@@ -32,6 +33,7 @@ import numpy as np
 from tinyllm import plug
 from tinyllm.backend import get_array_module
 from tinyllm.nn.module import Parameter
+from tinyllm.threads import as_rows, map_rows
 
 _RANGES = {"beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}  # [lo, hi); other hyperparameters: >= 0
 
@@ -220,13 +222,19 @@ class Adam(Optimizer):
     def step(self) -> None:
         self.step_count += 1
         t, lr, b1, b2 = self.step_count, self.lr, self.beta1, self.beta2
+        plugged = "adam_step" in plug.in_use()
         for i, (p, wd) in enumerate(zip(self.params, self._weight_decays())):
+            m, v = self.state["exp_avg"][i], self.state["exp_avg_sq"][i]
+            if not plugged and all(a.flags.c_contiguous for a in (p.data, p.grad, m, v)):  # in place, by rows
+                rows = functools.partial(_adam_rows, t=t, lr=lr, beta1=b1, beta2=b2, eps=self.eps, weight_decay=wd,
+                                         decoupled=self.decoupled)
+                map_rows(rows, as_rows(p.data), as_rows(p.grad), as_rows(m), as_rows(v))
+                continue
             g = p.grad
             if wd and self.decoupled:
                 p.data *= 1.0 - lr * wd
             elif wd:
                 g = g + wd * p.data
-            m, v = self.state["exp_avg"][i], self.state["exp_avg_sq"][i]
             new_p, new_m, new_v = adam_step(p.data, g, m, v, t, lr=lr, beta1=b1, beta2=b2, eps=self.eps)
             for name, old, new in (("param", p.data, new_p), ("m", m, new_m), ("v", v, new_v)):
                 if new is not old:          # a replacement (plug point adam_step) returned new arrays
@@ -257,6 +265,16 @@ def adam_step(param, grad, m, v, t: int, lr: float = 1e-3, beta1: float = 0.9, b
     denom += eps
     param -= lr / (1.0 - beta1 ** t) * (m / denom)
     return param, m, v
+
+
+def _adam_rows(param, grad, m, v, *, t, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """Rows of one :class:`Adam` / :class:`AdamW` update, in place: the weight decay, then :func:`adam_step`.
+    Run in row blocks on the BLAS threads (:func:`tinyllm.threads.map_rows`); same bits as the whole array."""
+    if weight_decay and decoupled:
+        param *= 1.0 - lr * weight_decay
+    elif weight_decay:
+        grad = grad + weight_decay * param
+    adam_step.__wrapped__(param, grad, m, v, t, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
 
 
 class AdamW(Adam):

@@ -30,7 +30,7 @@ from tinyllm.nn.activations import GELU
 from tinyllm.nn.attention import CausalSelfAttention
 from tinyllm.nn.dropout import Dropout
 from tinyllm.nn.embedding import Embedding
-from tinyllm.nn.linear import Linear
+from tinyllm.nn.linear import Linear, matmul
 from tinyllm.nn.loss import CrossEntropyLoss
 from tinyllm.nn.module import Module, Parameter
 from tinyllm.nn.norm import LayerNorm
@@ -325,7 +325,8 @@ class GPT(Module):
         for block in self.h:
             x = block.forward(x)                                             # (B, T, C)
         x = self.ln_f.forward(x)                                             # (B, T, C)
-        logits = x @ self.wte.weight.data.T                                  # (B, T, V) tied head
+        C, V = x.shape[-1], self.wte.weight.data.shape[0]
+        logits = matmul(x.reshape(-1, C), self.wte.weight.data.T).reshape(B, T, V)  # (B, T, V) tied head
         self._cache = (x, T)
         return logits
 
@@ -341,8 +342,9 @@ class GPT(Module):
         x, T = self._cache
         C, V = self.config.dim, self.config.vocab_size
         E = self.wte.weight
-        E.grad += dlogits.reshape(-1, V).T @ x.reshape(-1, C)               # (V, C) head's share of dE
-        dx = dlogits @ E.data                                               # (B, T, C)
+        dlogits2 = dlogits.reshape(-1, V)                                   # (B*T, V)
+        matmul(dlogits2.T, x.reshape(-1, C), out=E.grad, accumulate=True)   # (V, C) head's share of dE
+        dx = matmul(dlogits2, E.data).reshape(x.shape)                      # (B, T, C)
         dx = self.ln_f.backward(dx)
         for block in reversed(self.h):
             dx = block.backward(dx)                                          # (B, T, C)

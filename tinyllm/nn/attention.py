@@ -27,6 +27,7 @@ attention_backward=...)`` every :class:`CausalSelfAttention` runs them instead).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -38,6 +39,7 @@ from tinyllm.nn import functional as F
 from tinyllm.nn.dropout import Dropout
 from tinyllm.nn.linear import Linear
 from tinyllm.nn.module import Module, _check_float_array
+from tinyllm.threads import map_rows
 
 _MASKS: dict[tuple[Any, int, Any], Any] = {}
 
@@ -58,15 +60,19 @@ def causal_attention(q: Any, k: Any, v: Any, *, dropout: Dropout | None = None):
 
     q, k, v: (B, H, T, D). Returns ``(y (B, H, T, D), att (B, H, T, T))`` where
     ``att`` holds the attention weights (each row sums to 1) before dropout.
+    Without dropout, the batch runs in blocks on the BLAS threads (:func:`tinyllm.threads.map_rows`).
     """
     xp = get_array_module(q)
     T, D = q.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(D)                                             # Python float: keeps float32
-    att = (q * scale) @ k.swapaxes(-1, -2)                                 # (B, H, T, T) scores
-    att += causal_mask(T, xp, att.dtype)                                   # future -> -inf
-    F.softmax(att, out=att)                                                # (B, H, T, T) rows sum to 1
-    p = att if dropout is None else dropout.forward(att)
-    y = p @ v                                                              # (B, H, T, D)
+    att = xp.empty(q.shape[:-1] + (k.shape[-2],), dtype=xp.result_type(q, k))  # (B, H, T, T)
+    rows = functools.partial(_attention_rows, scale=scale, mask=causal_mask(T, xp, att.dtype))
+    if dropout is not None:                                                # dropout draws in order: whole batch
+        rows(q, k, None, att, None)
+        y = dropout.forward(att) @ v                                       # (B, H, T, D)
+    else:
+        y = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=xp.result_type(att, v))  # (B, H, T, D)
+        _map_batch(rows, q, k, v, att, y)
     return y, att
 
 
@@ -83,17 +89,50 @@ def causal_attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, *,
     scale = 1.0 / math.sqrt(D)
     if out is None:
         out = xp.empty((3,) + tuple(q.shape), dtype=dy.dtype)               # (3, B, H, T, D)
-    p = att if dropout is None else dropout.backward(att)                  # what multiplied v (same mask)
+    if dropout is None:
+        _map_batch(functools.partial(_attention_backward_rows, scale=scale), dy, q, k, v, att, *out)
+        return out[0], out[1], out[2]
+    p = dropout.backward(att)                                              # what multiplied v (same mask)
     xp.matmul(p.swapaxes(-1, -2), dy, out=out[2])                          # dv = P^T dY
-    dp = dy @ v.swapaxes(-1, -2)                                           # (B, H, T, T)
-    if dropout is not None:
-        dp = dropout.backward(dp)                                          # through the dropout mask
+    dp = dropout.backward(dy @ v.swapaxes(-1, -2))                         # (B, H, T, T) through the mask
+    _attention_backward_rows(dy, q, k, None, att, out[0], out[1], None, scale=scale, dp=dp)
+    return out[0], out[1], out[2]
+
+
+def _map_batch(rows, *arrays) -> None:
+    """``rows(*arrays)`` in blocks of the batch (first) axis on the BLAS threads, each block's products on
+    one thread; arrays without a batch axis (T, D) in one call."""
+    if arrays[0].ndim >= 3:
+        map_rows(rows, *arrays, one_blas_thread=True)
+    else:
+        rows(*arrays)
+
+
+def _attention_rows(q, k, v, att, y, *, scale, mask):
+    """Blocks (n, ..., T, D) of the forward pass: att = softmax(q k^T scale + mask), y = att v (into att, y;
+    no y when v is None)."""
+    xp = get_array_module(q)
+    xp.matmul(q * scale, k.swapaxes(-1, -2), out=att)                      # (n, ..., T, T) scores
+    att += mask                                                            # future -> -inf
+    F.softmax(att, out=att)                                                # rows sum to 1
+    if v is not None:
+        xp.matmul(att, v, out=y)                                           # (n, ..., T, D)
+
+
+def _attention_backward_rows(dy, q, k, v, att, dq, dk, dv, *, scale, dp=None):
+    """Blocks of the backward pass, into dq, dk, dv (``dp`` given: dv and dP = dY V^T are done already)::
+
+        dV = P^T dY,   dP = dY V^T,   dS = P * (dP - rowsum(dP * P)),   dQ = dS K scale,   dK = dS^T Q scale
+    """
+    xp = get_array_module(dy)
+    if dp is None:
+        xp.matmul(att.swapaxes(-1, -2), dy, out=dv)                        # dv = P^T dY
+        dp = dy @ v.swapaxes(-1, -2)                                       # (n, ..., T, T)
     dp -= (dp * att).sum(axis=-1, keepdims=True)                           # softmax backward,
     dp *= att                                                              # dS = P * (dP - rowsum(dP * P))
     dp *= scale                                                            # fold 1/sqrt(D) in once
-    xp.matmul(dp, k, out=out[0])                                           # dq = dS K / sqrt(D)
-    xp.matmul(dp.swapaxes(-1, -2), q, out=out[1])                          # dk = dS^T Q / sqrt(D)
-    return out[0], out[1], out[2]
+    xp.matmul(dp, k, out=dq)                                               # dq = dS K / sqrt(D)
+    xp.matmul(dp.swapaxes(-1, -2), q, out=dk)                              # dk = dS^T Q / sqrt(D)
 
 
 ATTENTION_POINTS = frozenset({"attention_forward", "attention_backward"})

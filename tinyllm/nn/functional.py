@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tinyllm.backend import get_array_module
+from tinyllm.threads import map_rows
 
 GELU_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi), a Python float on purpose (no float64 promotion)
 GELU_C = 0.044715
@@ -74,16 +75,25 @@ def cross_entropy_parts(logits: Any, targets: Any, ignore_index: int = -100):
     """
     xp, flat, t, keep = _check_targets(logits, targets, ignore_index)
     N = flat.shape[0]
-    z = flat - flat.max(axis=-1, keepdims=True)  # (N, V), the only (N, V) temporary
+    e = xp.empty(flat.shape, dtype=flat.dtype)  # (N, V), the only (N, V) array
+    m, s = xp.empty((N, 1), dtype=flat.dtype), xp.empty((N, 1), dtype=flat.dtype)  # max z, sum exp(z - m)
+    map_rows(_softmax_parts_rows, flat, e, m, s)  # in row blocks on the BLAS threads
     safe_t = xp.where(keep, t, 0)  # (N,) ignored rows point at class 0, then get masked out
-    z_t = z[xp.arange(N), safe_t]  # (N,) shifted logit of each target
-    e = xp.exp(z, out=z)  # (N, V) in place
-    s = e.sum(axis=-1, keepdims=True)  # (N, 1)
+    z_t = flat[xp.arange(N), safe_t] - m[:, 0]  # (N,) shifted logit of each target
     nll = xp.where(keep, xp.log(s[:, 0]) - z_t, 0.0)  # (N,)
     count = int(keep.sum())
     loss = nll.sum() / max(count, 1)
-    e /= s  # probabilities, in place
     return loss, e, t, keep, count
+
+
+def _softmax_parts_rows(z, e, m, s):
+    """Rows of softmax with its parts: m = max z, e = exp(z - m) / s, s = sum exp(z - m) (into e, m, s)."""
+    xp = get_array_module(z)
+    z.max(axis=-1, keepdims=True, out=m)
+    xp.subtract(z, m, out=e)
+    xp.exp(e, out=e)
+    e.sum(axis=-1, keepdims=True, out=s)
+    e /= s
 
 
 def cross_entropy(logits: Any, targets: Any, ignore_index: int = -100) -> float:
@@ -110,7 +120,8 @@ def gelu(x: Any):
 
 
 def gelu_tanh_term(x: Any):
-    """tanh u with u = sqrt(2/pi) (x + 0.044715 x^3), the part of GELU that its backward reuses (a new array)."""
+    """tanh u with u = sqrt(2/pi) (x + 0.044715 x^3), the part of GELU that its backward reuses (a new array;
+    the layer :class:`tinyllm.nn.GELU` computes it the same way, in row blocks, and keeps it)."""
     xp = get_array_module(x)
     t = x * x
     t *= GELU_C

@@ -1,14 +1,62 @@
 """Linear (fully connected) layer: y = x W + b, with W of shape (IN, OUT)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
 from tinyllm import init
+from tinyllm.backend import get_array_module
 from tinyllm.nn.module import Module, Parameter, _check_float_array
 from tinyllm.plug import PlugError
+from tinyllm.threads import compute_threads, map_rows
+
+
+# A block of rows of a product does more multiply-adds than this, or the product is not split: below it,
+# OpenBLAS may take other kernels that sum in another order, and which depend on the thread count (on
+# SkylakeX: "small matrix" kernels up to 100^3, "direct sgemm" up to 28 * 512^2 on one thread).
+SPLIT_MATMUL_MACS = 1 << 23
+
+
+def matmul(a, b, *, bias=None, out=None, accumulate: bool = False):
+    """a (M, K) @ b (K, N) (+ bias (N,)) -> (M, N), into ``out`` (``accumulate``: out += a @ b).
+
+    A large product runs in one block of a's rows per BLAS thread, each block on one BLAS thread
+    (:func:`tinyllm.threads.map_rows`): the threads keep working when other jobs take the CPU, where
+    BLAS's own threads wait for each other, and BLAS's threads do not spin beside the elementwise
+    blocks. Every block does more than ``SPLIT_MATMUL_MACS`` multiply-adds, where BLAS computes each
+    row as in the whole product (it splits rows among its own threads the same way), so the bits are
+    those of ``a @ b``.
+    """
+    xp = get_array_module(a)
+    if out is None:
+        out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
+    rows = functools.partial(_matmul_rows, b=b, bias=bias, accumulate=accumulate)
+    M, K, N = a.shape[0], a.shape[1], b.shape[1]
+    blocks = compute_threads()
+    while blocks > 1 and _smallest_block(M, blocks) * K * N <= SPLIT_MATMUL_MACS:
+        blocks -= 1
+    if blocks > 1:
+        map_rows(rows, a, out, threads=blocks, one_blas_thread=True, block_elements=max(a.size, out.size))
+    else:
+        rows(a, out)                                      # one call, on BLAS's own threads
+    return out
+
+
+def _smallest_block(rows: int, blocks: int) -> int:
+    step = -(-rows // blocks)                             # map_rows' rows per block
+    return rows - step * (-(-rows // step) - 1)
+
+
+def _matmul_rows(a, out, *, b, bias, accumulate):
+    if accumulate:
+        out += a @ b
+    else:
+        get_array_module(a).matmul(a, b, out=out)
+    if bias is not None:
+        out += bias
 
 
 class Linear(Module):
@@ -46,10 +94,9 @@ class Linear(Module):
             IN = self.in_features
             raise ValueError(f"{self!r}: x must have shape (N, {IN}) or (B, T, {IN}), got {tuple(x.shape)}")
         self._x = x  # (..., IN)
-        y = x @ self.weight.data  # (..., OUT)
-        if self.bias is not None:
-            y += self.bias.data
-        return y
+        bias = None if self.bias is None else self.bias.data
+        y = matmul(x.reshape(-1, self.in_features), self.weight.data, bias=bias)  # (N, OUT)
+        return y.reshape(x.shape[:-1] + (self.out_features,))  # (..., OUT)
 
     def backward(self, dy):
         x = self._x
@@ -57,10 +104,10 @@ class Linear(Module):
             raise RuntimeError("Linear.backward called before forward")
         x2 = x.reshape(-1, self.in_features)  # (N, IN)
         dy2 = dy.reshape(-1, self.out_features)  # (N, OUT)
-        self.weight.grad += x2.T @ dy2  # (IN, OUT)
+        matmul(x2.T, dy2, out=self.weight.grad, accumulate=True)  # (IN, OUT) += X^T dY
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)  # (OUT,)
-        return dy @ self.weight.data.T  # (..., IN)
+        return matmul(dy2, self.weight.data.T).reshape(dy.shape[:-1] + (self.in_features,))  # (..., IN)
 
     def __repr__(self) -> str:
         return f"Linear(in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None})"
