@@ -203,7 +203,7 @@ def test_adam_threaded_equals_inline(run_on, opt_class):
 
 
 def test_gpt_training_steps_threaded_equal_inline(run_on):
-    cfg = GPTConfig(vocab_size=23, block_size=19, n_layer=2, n_head=3, n_embd=48, dropout=0.1)
+    cfg = GPTConfig(vocab_size=23, context_length=19, n_layers=2, n_heads=3, dim=48, dropout=0.1)
     rng = np.random.default_rng(8)
     x, y = rng.integers(0, 23, size=(5, 19)), rng.integers(0, 23, size=(5, 19))
 
