@@ -381,7 +381,7 @@ def q_matvec(x: Any, blocks: Any, qtype: Any):
     y = cupy.empty((N, OUT), dtype=np.float32)                           # (N, OUT)
     if N and OUT:
         kernel = _raw_kernel("q8_0_matvec" if gt == GGMLType.Q8_0 else "q4_1_matvec")
-        G = IN // 32
+        G = IN // ggml.BLOCK_SIZES[gt][0]                                # blocks per row
         threads = 32 * min(4, (G + 31) // 32)      # one thread per block of 32 weights, whole warps, at most 128
         kernel((OUT, N), (threads,), (xr, cupy.ascontiguousarray(blocks), y, np.int32(G), np.int32(OUT)))
     return y.reshape(lead + (OUT,))
