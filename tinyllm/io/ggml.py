@@ -139,8 +139,8 @@ BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {
 
 #: The types this codec can decode and encode.
 SUPPORTED = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1)
-_QK = 32  # weights per block of Q8_0, Q4_0, Q4_1
 _BLOCK_TYPES = (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1)
+_QK = BLOCK_SIZES[GGMLType.Q8_0][0]  # 32 weights a block, the same for the three block types
 
 # NumPy, per block: decode this many blocks at a time so the temporaries stay in the CPU cache.
 _CHUNK_BLOCKS = 1 << 14
