@@ -142,7 +142,7 @@ SUPPORTED = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.
 _BLOCK_TYPES = (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1)
 _QK = BLOCK_SIZES[GGMLType.Q8_0][0]  # 32 weights a block, the same for the three block types
 
-# NumPy, per block: decode this many blocks at a time so the temporaries stay in the CPU cache.
+# NumPy decodes this many blocks at a time, so the temporaries stay in the CPU cache (CuPy: all at once).
 _CHUNK_BLOCKS = 1 << 14
 
 
