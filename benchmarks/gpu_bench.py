@@ -245,6 +245,7 @@ def bench_kernels(quick: bool) -> None:
     import cupy as cp
 
     from tinyllm import kernels
+    from tinyllm.io import ggml
 
     print("fused kernels vs the CuPy reference (same function, fusion off)")
     rng = np.random.default_rng(0)
@@ -274,10 +275,10 @@ def bench_kernels(quick: bool) -> None:
         dense = cp.asarray(w32)
         t_dense = cupy_time(lambda: x @ dense.T, r)
         for qtype in kernels.QUANT_TYPES:
-            blocks = cp.asarray(kernels.quantize_blocks(w32, qtype))
+            blocks = cp.asarray(ggml.quantize(w32, qtype))
             t_q = cupy_time(lambda: kernels.q_matvec(x, blocks, qtype), r)
-            record(f"q_matvec {qtype} ({OUT},{IN}) batch 1: GB/s of weights", blocks.nbytes / t_q / 1e9, "GB/s")
-            record(f"q_matvec {qtype} ({OUT},{IN}) batch 1: float32 / fused time", t_dense / t_q, "x")
+            record(f"q_matvec {qtype.name} ({OUT},{IN}) batch 1: GB/s of weights", blocks.nbytes / t_q / 1e9, "GB/s")
+            record(f"q_matvec {qtype.name} ({OUT},{IN}) batch 1: float32 / fused time", t_dense / t_q, "x")
 
 
 # ---------------------------------------------------------------------------

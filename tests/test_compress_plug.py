@@ -2,9 +2,10 @@
 import numpy as np
 
 from tinyllm import interp, plug
-from tinyllm.compress import ggml_blocks, prune
+from tinyllm.compress import prune
 from tinyllm.compress.distill import distillation_loss, train_student
 from tinyllm.compress.gptq import gptq_layer, gptq_model, gptq_quantize, hessian
+from tinyllm.io import ggml
 from tinyllm.models.gpt import GPT, GPTConfig
 from tinyllm.models.llama import Llama, LlamaConfig
 
@@ -17,7 +18,7 @@ def test_quantize_weights_runs_the_q4_1_plug_and_gives_the_gguf_bytes():
 
     def spy(x):
         calls.append(x.shape)
-        return ggml_blocks.quantize_q4_1.library(x)
+        return ggml.quantize_q4_1.library(x)
 
     ref = Llama(CFG, rng=0).quantize_weights("Q4_1", head=None)
     with plug.use(quantize_q4_1=spy):
@@ -31,7 +32,7 @@ def test_quantize_weights_runs_the_q4_1_plug_and_gives_the_gguf_bytes():
         from gguf import quants
     except ImportError:
         return
-    assert np.array_equal(ggml_blocks.quantize(x, "Q4_1"), quants.quantize(x, gguf.GGMLQuantizationType.Q4_1))
+    assert np.array_equal(ggml.quantize(x, "Q4_1"), quants.quantize(x, gguf.GGMLQuantizationType.Q4_1))
 
 
 def test_gptq_model_without_act_order_runs_gptq_layer_per_weight():

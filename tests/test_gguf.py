@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from tinyllm.compress import ggml_blocks
 from tinyllm.errors import GGUFError
+from tinyllm.io import ggml
 from tinyllm.io.gguf import GGUFReader, GGUFValueType
 
 gguf = pytest.importorskip("gguf")
@@ -201,9 +201,9 @@ def test_real_file_dequantize_bit_exact(real):
         seen.add(r.tensors[name].type_name)
     # token_embd (Q8_0, 28M weights): a slice of rows keeps this fast
     emb = r.tensors["token_embd.weight"]
-    row_bytes = ggml_blocks.row_nbytes("Q8_0", 576)
+    row_bytes = ggml.row_nbytes("Q8_0", 576)
     raw = r.raw("token_embd.weight")[: 4096 * row_bytes]
-    ours = ggml_blocks.dequantize(raw, emb.ggml_type, (4096, 576))
+    ours = ggml.dequantize(raw, emb.ggml_type, (4096, 576))
     ref = gguf.quants.dequantize(by_name["token_embd.weight"].data[:4096], emb.ggml_type)
     np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
     seen.add("Q8_0")
@@ -281,7 +281,7 @@ def test_unknown_quant_type_and_offset(tmp_path, small_file):
     with pytest.raises(GGUFError, match="'q8.weight'.*past the end"):
         GGUFReader(_write(tmp_path, bytes(bad), "b2.gguf"))
     bad = bytearray(data)
-    struct.pack_into("<I", bad, type_pos, int(ggml_blocks.GGMLType.Q4_K))  # known, not decodable; 64-wide rows
+    struct.pack_into("<I", bad, type_pos, int(ggml.GGMLType.Q4_K))  # known, not decodable; 64-wide rows
     struct.pack_into("<Q", bad, pos + 4, 256)
     r = None
     try:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tinyllm import kernels
+from tinyllm.io import ggml
 
 EMULATION = r'''
 #include <barrier>
@@ -150,10 +151,32 @@ def test_quantised_matvec(lib, qtype, OUT, IN, N, threads):
     rng = np.random.default_rng(OUT)
     w = rng.standard_normal((OUT, IN), dtype=np.float32) * 0.05
     x = rng.standard_normal((N, IN), dtype=np.float32)
-    blocks = np.ascontiguousarray(kernels.quantize_blocks(w, qtype))
+    blocks = np.ascontiguousarray(ggml.quantize(w, qtype))
     y = np.empty((N, OUT), dtype=np.float32)
-    getattr(lib, f"run_{qtype.lower()}")(_p(x), _p(blocks), _p(y), IN // 32, OUT, N, threads)
+    getattr(lib, f"run_{qtype.name.lower()}")(_p(x), _p(blocks), _p(y), IN // 32, OUT, N, threads)
     np.testing.assert_allclose(y, kernels.q_matvec(x, blocks, qtype), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("qtype", kernels.QUANT_TYPES)
+def test_quantised_matvec_decodes_blocks_like_the_codec(lib, qtype):
+    """With one-hot inputs the kernel returns single weights: its in-register decoding of the blocks (fp16
+    bits by hand, nibbles) equals the NumPy codec's ``dequantize``, here on random bytes with finite scales."""
+    rng = np.random.default_rng(13)
+    OUT, IN = 6, 96
+    nbytes = ggml.BLOCK_SIZES[qtype][1]
+    blocks = rng.integers(0, 256, (OUT, IN // 32 * nbytes), dtype=np.uint8)
+    scales = (rng.standard_normal((OUT * IN // 32, 2)) * 10.0 ** rng.integers(-7, 3, (OUT * IN // 32, 2)))
+    n_scales = 2 if qtype == ggml.GGMLType.Q4_1 else 1                   # d (and m): finite, subnormal ones included
+    view = blocks.reshape(-1, nbytes)
+    view[:, :2 * n_scales] = scales.astype(np.float16)[:, :n_scales].copy().view(np.uint8)
+    x = np.eye(IN, dtype=np.float32)                                     # (N = IN, IN) one-hot rows
+    y = np.empty((IN, OUT), dtype=np.float32)
+    getattr(lib, f"run_{qtype.name.lower()}")(_p(x), _p(blocks), _p(y), IN // 32, OUT, IN, 32)
+    want = ggml.dequantize(blocks, qtype, (OUT, IN)).T                   # (IN, OUT)
+    if qtype == ggml.GGMLType.Q8_0:
+        np.testing.assert_array_equal(y, want)                           # d * q, one rounding either way
+    else:                                                                # d * q + m * 1: a compiler may fuse it
+        np.testing.assert_array_max_ulp(y, want, maxulp=1)               # into one fma, one rounding fewer
 
 
 def test_elementwise_kernels(lib):

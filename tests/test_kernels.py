@@ -1,7 +1,7 @@
 """tinyllm.kernels: each function equals its reference on every backend.
 
 On NumPy this checks the reference against tinyllm.nn.functional / an independent
-complex-number rotation / the gguf package (the Llama model calls these functions:
+complex-number rotation / the GGML codec tinyllm.io.ggml (the Llama model calls these functions:
 tests/test_llama_gpu_paths.py); on CuPy (when a GPU is usable) it checks the fused kernels against
 the same NumPy results.
 """
@@ -12,6 +12,8 @@ import pytest
 
 from tinyllm import kernels
 from tinyllm.backend import to_numpy
+from tinyllm.errors import QuantizationError
+from tinyllm.io import ggml
 from tinyllm.nn import functional as F
 
 SHAPES = [(7,), (3, 5, 576), (2, 1, 1000), (4, 33)]
@@ -73,48 +75,29 @@ def test_rope_is_a_rotation_of_the_two_halves(xp, rng, B, T, n, D):
 
 
 # ---- quantised matrix-vector products -----------------------------------------
-@pytest.mark.parametrize("qtype", kernels.QUANT_TYPES)
-def test_dequantize_matches_gguf_package(rng, qtype):
-    quants = pytest.importorskip("gguf.quants")
-    from gguf import GGMLQuantizationType
-
-    w = _randn(rng, 24, 96, scale=0.05)
-    w[0, :32] = 0.0                                          # an all-zero block
-    gtype = getattr(GGMLQuantizationType, qtype)
-    blocks = quants.quantize(w, gtype)                       # (24, 3 * bytes) uint8
-    assert blocks.shape == (24, 3 * kernels.BLOCK_BYTES[qtype])
-    np.testing.assert_array_equal(kernels.dequantize_blocks(blocks, qtype), quants.dequantize(blocks, gtype))
-
-
-@pytest.mark.parametrize("qtype,tol", [("Q8_0", 1 / 254), ("Q4_1", 1 / 30)])
-def test_quantize_round_trip_error_is_half_a_step(rng, qtype, tol):
-    w = _randn(rng, 8, 64)
-    back = kernels.dequantize_blocks(kernels.quantize_blocks(w, qtype), qtype)
-    span = np.abs(w).reshape(8, 2, 32).max(-1) * 2 if qtype == "Q4_1" else np.abs(w).reshape(8, 2, 32).max(-1)
-    err = np.abs(back - w).reshape(8, 2, 32).max(-1)
-    assert np.all(err <= span * tol * 1.01 + 1e-3 * span)     # half a quantisation step (+ float16 rounding of d, m)
-
-
+# The codec itself (quantise, dequantise, bit for bit against the gguf package) is tested in test_gguf_blocks.py.
 @pytest.mark.parametrize("qtype", kernels.QUANT_TYPES)
 @pytest.mark.parametrize("lead", [(), (1,), (3,), (2, 2)])
 def test_q_matvec_equals_dequantise_then_matmul(xp, rng, qtype, lead):
     OUT, IN = 40, 192
-    blocks = kernels.quantize_blocks(_randn(rng, OUT, IN, scale=0.05), qtype)
+    blocks = ggml.quantize(_randn(rng, OUT, IN, scale=0.05), qtype)
     x = _randn(rng, *lead, IN)
-    w = kernels.dequantize_blocks(blocks, qtype)                               # (OUT, IN) float32
+    w = ggml.dequantize(blocks, qtype, (OUT, IN))                               # (OUT, IN) float32
     expected = x.astype(np.float64) @ w.T.astype(np.float64)                    # (..., OUT)
-    y = kernels.q_matvec(xp.asarray(x), xp.asarray(blocks), qtype)
+    y = kernels.q_matvec(xp.asarray(x), xp.asarray(blocks), qtype.name)         # the type's name works too
     assert y.dtype == np.float32 and y.shape == lead + (OUT,)
     np.testing.assert_allclose(to_numpy(y), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_q_matvec_rejects_bad_input(rng):
-    blocks = kernels.quantize_blocks(_randn(rng, 4, 64), "Q8_0")
+    blocks = ggml.quantize(_randn(rng, 4, 64), "Q8_0")
     with pytest.raises(ValueError, match="x must have shape"):
         kernels.q_matvec(np.zeros(32, np.float32), blocks, "Q8_0")
-    with pytest.raises(ValueError, match="type must be one of"):
+    with pytest.raises(QuantizationError, match="type must be one of Q8_0, Q4_1"):
         kernels.q_matvec(np.zeros(64, np.float32), blocks, "Q5_K")
-    with pytest.raises(ValueError, match="multiple of 20"):
+    with pytest.raises(QuantizationError, match="unknown ggml type"):
+        kernels.q_matvec(np.zeros(64, np.float32), blocks, "Q9")
+    with pytest.raises(QuantizationError, match="multiple of 20"):
         kernels.q_matvec(np.zeros(64, np.float32), blocks, "Q4_1")
     with pytest.raises(TypeError, match="blocks must be a uint8"):
         kernels.q_matvec(np.zeros(64, np.float32), blocks.ravel(), "Q8_0")

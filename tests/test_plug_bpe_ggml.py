@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from tinyllm import plug
-from tinyllm.compress import ggml_blocks
-from tinyllm.errors import TokenizerError
+from tinyllm.errors import QuantizationError, TokenizerError
+from tinyllm.io import ggml
 from tinyllm.tokenizers.bpe import BPETokenizer, bpe_merge
 
 TEXT = "the cat sat on the mat; the hat is flat. " * 20
@@ -50,23 +50,23 @@ def test_the_row_dequantisers_decode_every_q8_0_and_q4_1_tensor():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 32 * 8192)).astype(np.float32)
     for t, fn in (("Q8_0", "dequantize_row_q8_0"), ("Q4_1", "dequantize_row_q4_1")):
-        raw = ggml_blocks.quantize(w, t)
-        ref = ggml_blocks.dequantize(raw, t, w.shape)
-        np.testing.assert_array_equal(getattr(ggml_blocks, fn)(raw.reshape(-1)).reshape(w.shape), ref)
+        raw = ggml.quantize(w, t)
+        ref = ggml.dequantize(raw, t, w.shape)
+        np.testing.assert_array_equal(getattr(ggml, fn)(raw.reshape(-1)).reshape(w.shape), ref)
         calls = []
 
-        def spy(raw, _fn=getattr(ggml_blocks, fn).library):
+        def spy(raw, _fn=getattr(ggml, fn).library):
             calls.append(raw.size)
             return _fn(raw)
 
         with plug.use(**{fn: spy}):
-            got = ggml_blocks.dequantize(raw, t, w.shape)
+            got = ggml.dequantize(raw, t, w.shape)
         np.testing.assert_array_equal(got, ref)
         assert sum(calls) == raw.size and len(calls) > 1                    # chunk by chunk
         with plug.use(**{fn: lambda raw: np.zeros(3, np.float32)}):
             try:
-                ggml_blocks.dequantize(raw, t, w.shape)
-            except ggml_blocks.QuantizationError as e:
+                ggml.dequantize(raw, t, w.shape)
+            except QuantizationError as e:
                 assert fn in str(e) and "expected float32" in str(e)
             else:
                 raise AssertionError("a wrong-sized result must be refused")
@@ -85,18 +85,18 @@ def test_plugs_reach_the_loader_threads():
         shapes.update({p + "attn_q.weight": (32, 32), p + "attn_k.weight": (16, 32), p + "attn_v.weight": (16, 32),
                        p + "attn_output.weight": (32, 32), p + "ffn_gate.weight": (64, 32), p + "ffn_up.weight": (64, 32),
                        p + "ffn_down.weight": (32, 64), p + "attn_norm.weight": (32,), p + "ffn_norm.weight": (32,)})
-    raw = {n: ggml_blocks.quantize(rng.standard_normal(s).astype(np.float32), "Q8_0") for n, s in shapes.items() if len(s) == 2}
+    raw = {n: ggml.quantize(rng.standard_normal(s).astype(np.float32), "Q8_0") for n, s in shapes.items() if len(s) == 2}
 
     def get(name):
         if name in raw:
-            return ggml_blocks.dequantize(raw[name], "Q8_0", shapes[name])
+            return ggml.dequantize(raw[name], "Q8_0", shapes[name])
         return np.ones(shapes[name], np.float32)
 
     calls = []
 
     def spy(r):
         calls.append(r.size)
-        return ggml_blocks.dequantize_row_q8_0.library(r)
+        return ggml.dequantize_row_q8_0.library(r)
 
     ref = weights_from_gguf(cfg, get, threads=2)
     with plug.use(dequantize_row_q8_0=spy):

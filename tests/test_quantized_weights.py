@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from tinyllm import kernels
-from tinyllm.compress.ggml_blocks import GGMLType
 from tinyllm.generate import decode_step, prefill
+from tinyllm.io import ggml
+from tinyllm.io.ggml import GGMLType
 from tinyllm.kernels import QuantizedMatrix
 from tinyllm.models.llama import Llama, LlamaConfig, permute_qk, quantized_weights_from_gguf, weights_from_gguf
 
@@ -25,13 +26,13 @@ def test_matmul_reaches_the_quantised_product(rng, qtype):
     w = rng.standard_normal((64, 40)).astype(np.float32)                   # (IN, OUT)
     qm = QuantizedMatrix.quantize(w, qtype)
     assert qm.shape == (64, 40) and qm.dtype == np.float32 and qm.blocks.dtype == np.uint8
-    assert qm.nbytes == 40 * 2 * kernels.BLOCK_BYTES[qtype]
+    assert qm.nbytes == 40 * 2 * ggml.BLOCK_SIZES[qtype][1]
     x = rng.standard_normal((2, 3, 64)).astype(np.float32)
     y = x @ qm                                                             # ndarray.__matmul__ defers to qm
     assert isinstance(y, np.ndarray) and y.shape == (2, 3, 40) and y.dtype == np.float32
     np.testing.assert_array_equal(y, kernels.q_matvec(x, qm.blocks, qtype))
     np.testing.assert_allclose(y, x @ qm.dequantize(), rtol=1e-5, atol=1e-5)
-    step = {"Q8_0": 2 * 4.5 / 255, "Q4_1": 9.0 / 15}[qtype]                 # |w| < 4.5 here
+    step = {GGMLType.Q8_0: 2 * 4.5 / 255, GGMLType.Q4_1: 9.0 / 15}[qtype]                 # |w| < 4.5 here
     assert np.abs(qm.dequantize() - w).max() <= step / 2
 
 
@@ -125,7 +126,7 @@ class FakeReader:
             if qtype == "F32":
                 self._float[name] = w
             else:
-                self._raw[name] = kernels.quantize_blocks(w, qtype).reshape(-1)     # flat bytes, as in the file
+                self._raw[name] = ggml.quantize(w, qtype).reshape(-1)     # flat bytes, as in the file
 
         n = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
         put("token_embd.weight", n(c.vocab_size, C), "Q8_0")
@@ -149,14 +150,14 @@ class FakeReader:
         if name in self._float:
             return self._float[name]
         info = self.tensors[name]
-        return kernels.dequantize_blocks(self._raw[name].reshape(info.shape[0], -1), info.ggml_type.name)
+        return ggml.dequantize(self._raw[name], info.ggml_type, info.shape)
 
 
 def test_gguf_blocks_kept_quantised_match_the_dequantised_load(rng):
     reader = FakeReader(TINY, rng)
     q = Llama(TINY, weights=quantized_weights_from_gguf(TINY, reader))
     f = Llama(TINY, weights=weights_from_gguf(TINY, reader.dequantize, threads=1))
-    assert isinstance(q.head.data, QuantizedMatrix) and q.head.data.qtype == "Q8_0"
+    assert isinstance(q.head.data, QuantizedMatrix) and q.head.data.qtype is GGMLType.Q8_0
     assert q.blocks[0].wqkv.data.shape == f.blocks[0].wqkv.data.shape
     ids = np.random.default_rng(2).integers(0, TINY.vocab_size, (1, 7))
     np.testing.assert_allclose(q(ids), f(ids), rtol=1e-4, atol=1e-4)
@@ -179,7 +180,7 @@ def test_smollm2_kept_quantised_logits_equal_the_float32_model():
         f, _ = smollm2.load_smollm2("cpu")
     except (ImportError, OSError) as exc:
         pytest.skip(f"SmolLM2 cannot be loaded here: {exc}")
-    assert q.blocks[0].wgu.data.qtype == "Q4_1" and q.head.data.qtype == "Q8_0"
+    assert q.blocks[0].wgu.data.qtype is GGMLType.Q4_1 and q.head.data.qtype is GGMLType.Q8_0
     assert sum(p.data.nbytes for p in q.parameters()) < 0.45 * sum(p.data.nbytes for p in f.parameters())
     ids = np.asarray([tok.encode("The capital of France is Paris. The capital of Italy is")])
     lq, lf = q(ids, last_only=True), f(ids, last_only=True)

@@ -32,18 +32,14 @@ function                   maths                                              sh
 
 ``rope`` uses the half-split (HF) layout of :func:`tinyllm.models.llama.apply_rope`.
 
-Quantised blocks follow the GGML layout (GGUF specification; 32 weights per block,
-little-endian, ``d`` and ``m`` are float16):
-
-- ``Q8_0``: 34 bytes = ``d`` + 32 int8 ``q``;            ``w_j = d * q_j``
-- ``Q4_1``: 20 bytes = ``d`` + ``m`` + 16 bytes of nibbles; byte ``i`` holds
-  ``q_i`` (low nibble) and ``q_{i+16}`` (high nibble);   ``w_j = d * q_j + m``
-
-A weight matrix (OUT, IN) is stored row by row, each row IN/32 blocks, which is
-``blocks`` of shape (OUT, IN/32 * bytes_per_block) uint8. The fused GPU kernel
-never materialises the float32 matrix: each thread block reads one row's bytes,
-dequantises them in registers and accumulates the dot product with ``x``, so a
-Q4_1 matvec reads 0.625 bytes per weight instead of 4.
+Quantised blocks are GGML's (:mod:`tinyllm.io.ggml`, the codec: layouts, type names,
+quantiser and the reference dequantiser): 32 weights per block, ``Q8_0`` 34 bytes
+(``w_j = d * q_j``), ``Q4_1`` 20 bytes (``w_j = d * q_j + m``). A weight matrix (OUT, IN)
+is stored row by row, each row IN/32 blocks, which is ``blocks`` of shape
+(OUT, IN/32 * bytes_per_block) uint8. The fused GPU kernel never materialises the
+float32 matrix: each thread block reads one row's bytes, dequantises them in registers
+and accumulates the dot product with ``x``, so a Q4_1 matvec reads 0.625 bytes per
+weight instead of 4.
 """
 from __future__ import annotations
 
@@ -55,11 +51,13 @@ import numpy as np
 
 from tinyllm import plug
 from tinyllm.backend import get_array_module, is_gpu_array
+from tinyllm.errors import QuantizationError
+from tinyllm.io import ggml
+from tinyllm.io.ggml import GGMLType
 from tinyllm.nn import functional as F
 
-QK = 32  # weights per quantisation block
-BLOCK_BYTES = {"Q8_0": 2 + QK, "Q4_1": 2 + 2 + QK // 2}
-QUANT_TYPES = tuple(BLOCK_BYTES)
+#: The block types :func:`q_matvec` has fused kernels for.
+QUANT_TYPES = (GGMLType.Q8_0, GGMLType.Q4_1)
 
 _fused = os.environ.get("TINYLLM_FUSED", "1").strip() not in ("0", "false", "no", "off")
 
@@ -342,53 +340,38 @@ def _broadcasts_to(shape: tuple, target: tuple) -> bool:
     return True
 
 
-def _check_blocks(blocks: Any, qtype: str) -> tuple[int, int]:
-    """Validate quantised blocks and return (OUT, IN)."""
-    if qtype not in BLOCK_BYTES:
-        raise ValueError(f"type must be one of {', '.join(QUANT_TYPES)}, got {qtype!r}")
+def _check_blocks(blocks: Any, qtype: Any) -> tuple[GGMLType, int, int]:
+    """Validate quantised blocks and return (type, OUT, IN)."""
+    gt = ggml.to_ggml_type(qtype)
+    if gt not in QUANT_TYPES:
+        raise QuantizationError(f"type must be one of {', '.join(t.name for t in QUANT_TYPES)}, got {qtype!r}")
+    block, nbytes = ggml.BLOCK_SIZES[gt]
     if not hasattr(blocks, "dtype") or blocks.dtype != np.uint8 or blocks.ndim != 2:
-        raise TypeError(f"blocks must be a uint8 array of shape (OUT, IN/32 * {BLOCK_BYTES[qtype]}) "
+        raise TypeError(f"blocks must be a uint8 array of shape (OUT, IN/{block} * {nbytes}) "
                         f"(one weight row per array row), got {getattr(blocks, 'dtype', type(blocks).__name__)} "
                         f"{tuple(getattr(blocks, 'shape', ()))}")
-    nbytes = BLOCK_BYTES[qtype]
     if blocks.shape[1] % nbytes:
-        raise ValueError(f"each row of {qtype} blocks must be a multiple of {nbytes} bytes, got {blocks.shape[1]}")
-    return blocks.shape[0], blocks.shape[1] // nbytes * QK
+        raise QuantizationError(f"each row of {gt.name} blocks must be a multiple of {nbytes} bytes, got {blocks.shape[1]}")
+    return gt, blocks.shape[0], blocks.shape[1] // nbytes * block
 
 
-def dequantize_blocks(blocks: Any, qtype: str):
-    """The float32 weights (OUT, IN) of Q8_0 / Q4_1 ``blocks`` (OUT, G * bytes), on the blocks' device."""
-    OUT, IN = _check_blocks(blocks, qtype)
-    xp = get_array_module(blocks)
-    G = IN // QK
-    b = blocks.reshape(OUT, G, BLOCK_BYTES[qtype])                       # (OUT, G, bytes)
-    d = xp.ascontiguousarray(b[..., 0:2]).view(np.float16).astype(np.float32)  # (OUT, G, 1)
-    if qtype == "Q8_0":
-        q = xp.ascontiguousarray(b[..., 2:]).view(np.int8).astype(np.float32)  # (OUT, G, 32)
-        w = d * q
-    else:
-        m = xp.ascontiguousarray(b[..., 2:4]).view(np.float16).astype(np.float32)  # (OUT, G, 1)
-        qs = b[..., 4:]                                                  # (OUT, G, 16) two nibbles a byte
-        q = xp.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)  # (OUT, G, 32): low nibbles first
-        w = d * q + m
-    return w.reshape(OUT, IN)
+def q_matvec(x: Any, blocks: Any, qtype: Any):
+    """``x @ W.T`` for a quantised weight ``W`` (OUT, IN) stored as GGML ``blocks`` of type ``qtype``
+    (a :class:`~tinyllm.io.ggml.GGMLType` or its name).  (..., IN) -> (..., OUT)
 
-
-def q_matvec(x: Any, blocks: Any, qtype: str):
-    """``x @ W.T`` for a quantised weight ``W`` (OUT, IN) stored as GGML ``blocks``.  (..., IN) -> (..., OUT)
-
-    Reference: dequantise to float32, then one matrix product. GPU: one fused kernel
-    that dequantises in registers while it multiplies (see the module docstring).
+    Reference: dequantise to float32 (:func:`tinyllm.io.ggml.dequantize`, on the blocks' device),
+    then one matrix product. GPU: one fused kernel that dequantises in registers while it
+    multiplies (see the module docstring).
     """
-    OUT, IN = _check_blocks(blocks, qtype)
+    gt, OUT, IN = _check_blocks(blocks, qtype)
     _check_float("x", x)
     if x.shape[-1] != IN:
-        raise ValueError(f"x must have shape (..., {IN}) to multiply {qtype} weights of shape ({OUT}, {IN}), "
+        raise ValueError(f"x must have shape (..., {IN}) to multiply {gt.name} weights of shape ({OUT}, {IN}), "
                          f"got {tuple(x.shape)}")
     if get_array_module(x) is not get_array_module(blocks):
         raise ValueError("x and blocks must be on the same device (both NumPy or both CuPy)")
     if not (_fused and is_gpu_array(x) and x.dtype == np.float32):
-        w = dequantize_blocks(blocks, qtype)                             # (OUT, IN)
+        w = ggml.dequantize(blocks, gt, (OUT, IN))                       # (OUT, IN) float32
         return x @ w.T.astype(x.dtype, copy=False)                       # (..., OUT)
     import cupy  # noqa: PLC0415
 
@@ -397,41 +380,11 @@ def q_matvec(x: Any, blocks: Any, qtype: str):
     N = xr.shape[0]
     y = cupy.empty((N, OUT), dtype=np.float32)                           # (N, OUT)
     if N and OUT:
-        kernel = _raw_kernel("q8_0_matvec" if qtype == "Q8_0" else "q4_1_matvec")
-        G = IN // QK
+        kernel = _raw_kernel("q8_0_matvec" if gt == GGMLType.Q8_0 else "q4_1_matvec")
+        G = IN // ggml.BLOCK_SIZES[gt][0]                                # blocks per row
         threads = 32 * min(4, (G + 31) // 32)      # one thread per block of 32 weights, whole warps, at most 128
         kernel((OUT, N), (threads,), (xr, cupy.ascontiguousarray(blocks), y, np.int32(G), np.int32(OUT)))
     return y.reshape(lead + (OUT,))
-
-
-def quantize_blocks(w: np.ndarray, qtype: str) -> np.ndarray:
-    """Round-to-nearest GGML quantisation of float weights (OUT, IN) -> blocks (OUT, G * bytes) uint8.
-
-    Only for tests and demonstrations here (the library's quantiser is
-    ``tinyllm.compress.ggml_blocks``); the formulas are those of the GGUF spec:
-    Q8_0 ``d = max|w| / 127``, ``q = round(w / d)``; Q4_1 ``d = (max - min) / 15``,
-    ``m = min``, ``q = round((w - m) / d)`` clipped to [0, 15].
-    """
-    w = np.asarray(w, dtype=np.float32)
-    if w.ndim != 2 or w.shape[1] % QK:
-        raise ValueError(f"w must have shape (OUT, IN) with IN a multiple of {QK}, got {w.shape}")
-    if qtype not in BLOCK_BYTES:
-        raise ValueError(f"type must be one of {', '.join(QUANT_TYPES)}, got {qtype!r}")
-    OUT, IN = w.shape
-    g = w.reshape(OUT, IN // QK, QK)                                     # (OUT, G, 32)
-    if qtype == "Q8_0":
-        d = np.abs(g).max(axis=-1, keepdims=True) / 127.0                # (OUT, G, 1)
-        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
-        q = np.rint(g * inv).astype(np.int8)                             # (OUT, G, 32)
-        parts = [d.astype(np.float16).view(np.uint8), q.view(np.uint8)]
-    else:
-        lo, hi = g.min(axis=-1, keepdims=True), g.max(axis=-1, keepdims=True)
-        d = (hi - lo) / 15.0
-        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
-        q = np.clip(np.rint((g - lo) * inv), 0, 15).astype(np.uint8)     # (OUT, G, 32)
-        qs = q[..., :QK // 2] | (q[..., QK // 2:] << 4)                  # (OUT, G, 16)
-        parts = [d.astype(np.float16).view(np.uint8), lo.astype(np.float16).view(np.uint8), qs]
-    return np.concatenate(parts, axis=-1).reshape(OUT, -1)
 
 
 class QuantizedMatrix:
@@ -456,22 +409,20 @@ class QuantizedMatrix:
     MATVEC_ROWS = 8
     ndim = 2
 
-    def __init__(self, blocks: Any, qtype: str):
-        OUT, IN = _check_blocks(blocks, qtype)
-        self.blocks, self.qtype = blocks, qtype                          # (OUT, IN/32 * bytes) uint8
+    def __init__(self, blocks: Any, qtype: Any):
+        gt, OUT, IN = _check_blocks(blocks, qtype)
+        self.blocks, self.qtype = blocks, gt                             # (OUT, IN/32 * bytes) uint8, GGMLType
         self.shape = (IN, OUT)
         self.dtype = np.dtype(np.float32)
 
     @classmethod
-    def quantize(cls, w: Any, qtype: str = "Q4_1") -> "QuantizedMatrix":
-        """Round-to-nearest GGML quantisation (``tinyllm.compress.ggml_blocks``) of ``w`` (IN, OUT), kept on w's device."""
-        from tinyllm.backend import to_numpy
-        from tinyllm.compress import ggml_blocks  # noqa: PLC0415 - the library's quantiser
-
-        if qtype not in BLOCK_BYTES:
-            raise ValueError(f"type must be one of {', '.join(QUANT_TYPES)}, got {qtype!r}")
-        blocks = ggml_blocks.quantize(np.ascontiguousarray(to_numpy(w).T), qtype)   # (OUT, IN/32 * bytes)
-        return cls(get_array_module(w).asarray(blocks), qtype)
+    def quantize(cls, w: Any, qtype: Any = GGMLType.Q4_1) -> "QuantizedMatrix":
+        """Round-to-nearest GGML quantisation (:func:`tinyllm.io.ggml.quantize`) of ``w`` (IN, OUT), kept on w's device."""
+        gt = ggml.to_ggml_type(qtype)
+        if gt not in QUANT_TYPES:
+            raise QuantizationError(f"type must be one of {', '.join(t.name for t in QUANT_TYPES)}, got {qtype!r}")
+        xp = get_array_module(w)
+        return cls(ggml.quantize(xp.ascontiguousarray(w.T), gt), gt)    # (OUT, IN/32 * bytes)
 
     @property
     def nbytes(self) -> int:
@@ -479,7 +430,8 @@ class QuantizedMatrix:
 
     def dequantize(self):
         """The float32 matrix ``W`` (IN, OUT) (a transposed view of the (OUT, IN) rows)."""
-        return dequantize_blocks(self.blocks, self.qtype).T
+        OUT, IN = self.shape[1], self.shape[0]
+        return ggml.dequantize(self.blocks, self.qtype, (OUT, IN)).T
 
     def to(self, device: str) -> "QuantizedMatrix":
         from tinyllm.backend import to_device
@@ -493,4 +445,4 @@ class QuantizedMatrix:
         return q_matvec(x, self.blocks, self.qtype)
 
     def __repr__(self) -> str:
-        return f"QuantizedMatrix({self.qtype}, shape={self.shape}, {self.nbytes:,} bytes)"
+        return f"QuantizedMatrix({self.qtype.name}, shape={self.shape}, {self.nbytes:,} bytes)"

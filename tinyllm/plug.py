@@ -103,7 +103,7 @@ def in_use() -> dict[str, Callable]:
 # is known even when the caller has not imported its module yet.
 _MODULES = ("tinyllm.init", "tinyllm.optim", "tinyllm.kernels", "tinyllm.nn.functional", "tinyllm.nn.attention",
             "tinyllm.models.gpt", "tinyllm.models.llama", "tinyllm.generate", "tinyllm.parallel", "tinyllm.evaluate",
-            "tinyllm.compress.ggml_blocks", "tinyllm.compress.gptq", "tinyllm.compress.prune", "tinyllm.compress.distill",
+            "tinyllm.io.ggml", "tinyllm.compress.gptq", "tinyllm.compress.prune", "tinyllm.compress.distill",
             "tinyllm.compress.smoothquant", "tinyllm.interp", "tinyllm.tokenizers.bpe")
 
 

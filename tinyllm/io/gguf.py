@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from tinyllm.compress import ggml_blocks
-from tinyllm.compress.ggml_blocks import BLOCK_SIZES, GGMLType
+from tinyllm.io import ggml
+from tinyllm.io.ggml import BLOCK_SIZES, GGMLType
 from tinyllm.errors import GGUFError, QuantizationError
 
 __all__ = ["GGUFReader", "TensorInfo", "GGUFValueType", "GGMLType", "GGUF_MAGIC", "DEFAULT_ALIGNMENT"]
@@ -348,7 +348,7 @@ class GGUFReader:
         """Tensor ``name`` decoded to a float32 array of NumPy shape ``tensors[name].shape``."""
         t = self._info(name)
         try:
-            return ggml_blocks.dequantize(self.raw(name), t.ggml_type, t.shape, out=out)
+            return ggml.dequantize(self.raw(name), t.ggml_type, t.shape, out=out)
         except QuantizationError as e:
             raise GGUFError(f"{self.path}: tensor {name!r}: {e}") from e
 

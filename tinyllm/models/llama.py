@@ -779,16 +779,16 @@ def quantized_weights_from_gguf(config: LlamaConfig, reader) -> dict:
             raise GGUFError(f"tensor {name!r} is missing from the file")
         if tuple(info.shape) != shape:
             raise GGUFError(f"tensor {name!r} has shape {tuple(info.shape)}, expected {shape} for this config")
-        qtype = info.ggml_type.name
+        qtype = info.ggml_type
         if qtype not in kernels.QUANT_TYPES:
-            raise GGUFError(f"tensor {name!r} is {qtype}; kept-quantised weights must be one of "
-                            f"{', '.join(kernels.QUANT_TYPES)} (load it dequantised with Llama.from_gguf instead)")
+            raise GGUFError(f"tensor {name!r} is {qtype.name}; kept-quantised weights must be one of "
+                            f"{', '.join(t.name for t in kernels.QUANT_TYPES)} (load it dequantised with Llama.from_gguf instead)")
         return np.asarray(reader.raw(name)).reshape(shape[0], -1), qtype          # (OUT, IN/32 * bytes)
 
     def stacked(parts):
         types = {t for _, t in parts}
         if len(types) != 1:
-            raise GGUFError(f"tensors fused into one matrix must share a type, got {sorted(types)}")
+            raise GGUFError(f"tensors fused into one matrix must share a type, got {sorted(t.name for t in types)}")
         return kernels.QuantizedMatrix(np.concatenate([b for b, _ in parts], axis=0), types.pop())
 
     weights: dict[str, Any] = {}
@@ -807,7 +807,7 @@ def quantized_weights_from_gguf(config: LlamaConfig, reader) -> dict:
             weights[p + norm] = np.asarray(reader.dequantize(p + norm + ".weight"), dtype=np.float32).reshape(C)
     weights["tok_embd"] = reader.dequantize("token_embd.weight")                            # (V, C) float32
     weights["norm"] = np.asarray(reader.dequantize("output_norm.weight"), dtype=np.float32).reshape(C)
-    if c.tie_embeddings and reader.tensors["token_embd.weight"].ggml_type.name in kernels.QUANT_TYPES:
+    if c.tie_embeddings and reader.tensors["token_embd.weight"].ggml_type in kernels.QUANT_TYPES:
         e, te = blocks("token_embd.weight", (c.vocab_size, C))
         weights["head"] = kernels.QuantizedMatrix(np.copy(e), te)                           # (C, V)
     return weights

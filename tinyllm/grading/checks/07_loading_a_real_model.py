@@ -2,7 +2,7 @@
 
 References are the library's own: GGUF metadata as :class:`tinyllm.io.gguf.GGUFReader` reads it (the hidden
 files are written here byte by byte from fixed seeds, then read back by the library from a temporary file), and
-Q8_0 / Q4_1 blocks as :mod:`tinyllm.compress.ggml_blocks` decodes them (bit-exact with ggml and the ``gguf``
+Q8_0 / Q4_1 blocks as :mod:`tinyllm.io.ggml` decodes them (bit-exact with ggml and the ``gguf``
 package), on random blocks and on the real tensors of SmolLM2. A message names a mistake only when the learner's
 result equals what that mistake computes on the same input.
 """
@@ -15,9 +15,9 @@ import tempfile
 import numpy as np
 
 from tinyllm import plug
-from tinyllm.compress import ggml_blocks
 from tinyllm.grading.core import (CallError, Exercise, Fail, array, call, call_seeing_args, diagnose_cases,
                                   unchanged, value, with_args)
+from tinyllm.io import ggml
 from tinyllm.io.gguf import GGUFReader, GGUFValueType as VT
 from tinyllm.models.smollm2 import open_gguf
 
@@ -189,7 +189,7 @@ EXERCISES.append(ex)
 def _random_blocks(qtype, nb, seed):
     """``nb`` random blocks: scales of every size and sign (subnormal, zero, large), every code."""
     g = np.random.default_rng(seed)
-    size = ggml_blocks.BLOCK_SIZES[ggml_blocks.to_ggml_type(qtype)][1]
+    size = ggml.BLOCK_SIZES[ggml.to_ggml_type(qtype)][1]
     raw = g.integers(0, 256, (nb, size), dtype=np.uint8)
     scales = (g.standard_normal((nb, 2)) * 10.0 ** g.integers(-7, 3, (nb, 2))).astype(np.float16)
     scales[0, 0] = np.float16(0)
@@ -254,7 +254,7 @@ def _judge_dequant(qtype, fn, inputs, mistakes, label):
         for raw, r in zip(inputs, rs):
             what = f"{fn} on {label} ({raw.size} bytes)"
             got, after = with_args(r)
-            want = ggml_blocks.dequantize(raw, qtype, (raw.size // ggml_blocks.BLOCK_SIZES[ggml_blocks.to_ggml_type(qtype)][1] * 32,))
+            want = ggml.dequantize(raw, qtype, (raw.size // ggml.BLOCK_SIZES[ggml.to_ggml_type(qtype)][1] * 32,))
             x = array(got, what)
             if x.size == want.size and x.shape != want.shape:
                 raise Fail(f"{what} has shape {x.shape}, expected {want.shape}: flatten it back (reshape(-1))")
@@ -301,7 +301,7 @@ def _get_tensor(name):
         return READER.dequantize(name)
     t = READER.tensors[name]
     raw = READER.raw(name).reshape(t.shape[0], -1)[:E2E_VOCAB]
-    return ggml_blocks.dequantize(raw, t.ggml_type, (E2E_VOCAB, t.shape[1]))
+    return ggml.dequantize(raw, t.ggml_type, (E2E_VOCAB, t.shape[1]))
 
 
 def _smol(n_layers=2):

@@ -2,7 +2,7 @@
 
 References (all in the grader's process; the learner's code sees only the inputs):
 
-- GGML's Q4_1 encoder ``quantize_row_q4_1_ref``: ``tinyllm.compress.ggml_blocks.quantize``, checked at import to
+- GGML's Q4_1 encoder ``quantize_row_q4_1_ref``: ``tinyllm.io.ggml.quantize``, checked at import to
   be byte-identical to the ``gguf`` package's ``gguf.quants.quantize`` on the hidden inputs (when it is installed);
 - GPTQ (Frantar et al. 2023) for one layer: ``tinyllm.compress.gptq.gptq_layer`` (the library's ``gptq_quantize``),
   round-to-nearest on the same grid from ``tinyllm.compress.quantize.fake_quantize``; a float64 rewrite below with
@@ -24,7 +24,6 @@ from functools import lru_cache
 import numpy as np
 
 from tinyllm import plug
-from tinyllm.compress import ggml_blocks
 from tinyllm.compress import prune as _prune
 from tinyllm.compress.distill import distillation_loss as lib_distill
 from tinyllm.compress.distill import train_student
@@ -35,6 +34,7 @@ from tinyllm.compress.prune import prune_n_m
 from tinyllm.compress.quantize import fake_quantize
 from tinyllm.grading.core import (Exercise, Fail, array, call, call_seeing_args, close, diagnose, diagnose_cases,
                                   number, unchanged, value, with_args)
+from tinyllm.io import ggml
 from tinyllm.models.gpt import GPT, GPTConfig
 from tinyllm.models.llama import Llama, LlamaConfig
 
@@ -85,7 +85,7 @@ def _q4_1_bytes(x, *, div=15.0, m_rule="min", rounding="trunc", inv_from_f16=Fal
 
 
 def ref_q4_1(x):
-    return ggml_blocks.quantize(x, "Q4_1")
+    return ggml.quantize(x, "Q4_1")
 
 
 try:                                                                   # the gguf package's encoder is a second reference
