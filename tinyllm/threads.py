@@ -1,7 +1,7 @@
 """How many BLAS threads NumPy's matrix products use: the CPU's thread policy.
 
-A decode step runs on :func:`decode_threads` threads, a longer input (prefill,
-perplexity) on all of them. :func:`limit_blas_threads` applies a limit for a
+A decode step runs on :func:`decode_threads` threads (by default the cores that other
+jobs leave free), a longer input (prefill, perplexity) on all of them. :func:`limit_blas_threads` applies a limit for a
 block of code (``threadpoolctl``); GPU arrays are not affected.
 """
 from __future__ import annotations
@@ -12,24 +12,46 @@ import os
 from tinyllm.errors import ConfigError
 
 _BLAS_CONTROLLER = None
+_AUTO_THREADS = None       # decode_threads()'s choice when TINYLLM_DECODE_THREADS is unset
 
 
 def decode_threads() -> int:
-    """BLAS threads for a decode step: ``TINYLLM_DECODE_THREADS`` (default 1; 0 = no limit).
+    """BLAS threads for a decode step: ``TINYLLM_DECODE_THREADS`` if set (0 = no limit: every core),
+    else :func:`free_cores` when first asked (decided once per process).
 
-    A decode step is ~120 small matrix-vector products (2-7 MB each). Waking a
-    second OpenBLAS thread for each costs more than it gains as soon as the
-    CPU is shared: measured on the course's 2-core machine with other jobs
-    running, 17 tokens/s with one thread against 2-3 with two. Prefill is a
-    matrix product and keeps all threads (1.6 s against 2.7 s for a 376-token
-    perplexity with two threads against one on the idle machine)."""
-    value = os.environ.get("TINYLLM_DECODE_THREADS", "1")
+    A decode step is ~120 matrix-vector products (1-113 MB each), bound by memory bandwidth.
+    On an idle 2-core machine every core wins (24.2 tok/s on one thread, 37.3 on two,
+    ``benchmarks/decode_speed.py``), but when other jobs keep the cores busy a second OpenBLAS
+    thread waits for a core the scheduler has given away (17 tok/s on one thread against 2-3 on
+    two, on the course's shared machine). So by default a step uses the cores that the load
+    average leaves free. Prefill is a matrix product and keeps all threads (1.6 s against 2.7 s
+    for a 376-token perplexity with two threads against one on the idle machine)."""
+    value = os.environ.get("TINYLLM_DECODE_THREADS")
+    if value is None:
+        global _AUTO_THREADS
+        if _AUTO_THREADS is None:
+            _AUTO_THREADS = free_cores()
+        return _AUTO_THREADS
     try:
         n = int(value)
     except ValueError:
         raise ConfigError(f"TINYLLM_DECODE_THREADS must be an integer, got {value!r}: set it to a number of "
-                          "threads such as 1, or unset it") from None
+                          "threads such as 1, 0 for every core, or unset it") from None
     return n
+
+
+def free_cores(load: float | None = None, cores: int | None = None) -> int:
+    """The cores that the 1-minute load average ``load`` leaves free of ``cores`` (default: this
+    machine's); 0 (no limit) when that is every core, at least 1."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):      # no load average (Windows): assume an idle machine
+            load = 0.0
+    free = max(1, cores - round(load))
+    return 0 if free >= cores else free
 
 
 def limit_blas_threads(n: int):

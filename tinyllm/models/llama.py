@@ -507,8 +507,8 @@ class Llama(Module):
     # ---- forward ------------------------------------------------------------
     def forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
         """Logits for token ids (B, T); see :meth:`_forward`. On the CPU a decode step
-        (T = 1: matrix-vector products) runs BLAS on ``TINYLLM_DECODE_THREADS`` threads
-        (default 1, see :func:`tinyllm.threads.decode_threads`); longer inputs (prefill,
+        (T = 1: matrix-vector products) runs BLAS on :func:`tinyllm.threads.decode_threads` threads
+        (``TINYLLM_DECODE_THREADS``, by default the cores other jobs leave free); longer inputs (prefill,
         perplexity) are matrix products and use all of BLAS's threads."""
         with limit_blas_threads(decode_threads() if self.xp is np and np.shape(ids)[-1] == 1 else 0):
             return self._forward(ids, cache, attention_mask, last_only=last_only)
