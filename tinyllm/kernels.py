@@ -351,11 +351,11 @@ def rms_norm_reference(x: Any, w: Any, eps: float = 1e-5):
 
 
 def swiglu_reference(gate: Any, up: Any):
-    """:func:`swiglu` without checks: ``gate / (1 + exp(-clip(gate, -80, 80))) * up`` (clip: no overflow warning)."""
+    """:func:`swiglu` without checks: ``gate / (1 + exp(-max(gate, -80))) * up`` (max: no overflow warning;
+    clipping above too would change nothing, ``1 + exp(-80)`` is already 1)."""
     xp = np if isinstance(gate, np.ndarray) else get_array_module(gate)
-    d = xp.maximum(gate, -80.0)                                         # clip as two ufuncs: np.clip's Python
-    xp.minimum(d, 80.0, out=d)                                          # wrapper costs more than the arithmetic
-    xp.negative(d, out=d)
+    d = xp.maximum(gate, -80.0)                                         # a ufunc: np.clip's Python wrapper
+    xp.negative(d, out=d)                                               # costs more than the arithmetic
     xp.exp(d, out=d)
     xp.add(1.0, d, out=d)
     xp.divide(gate, d, out=d)
