@@ -211,7 +211,9 @@ def main(argv=None) -> int:
             bandwidth[threads].append(gbs)
         for name, fn in engines.items():
             runs[name].append(fn())
-        print(f"round {r + 1}/{args.repeats} done")
+        print(f"round {r + 1}/{args.repeats}: bandwidth " + ", ".join(f"{t} thr {v[-1]:.1f}" for t, v in bandwidth.items())
+              + " GB/s; prefill, decode tok/s: " + "; ".join(f"{n} {v[-1][0]:.0f}, {v[-1][1]:.1f}" for n, v in runs.items()),
+              flush=True)
     results = {name: [statistics.median(x[i] for x in rs) for i in (0, 1)] for name, rs in runs.items()}
     bw = {threads: statistics.median(v) for threads, v in bandwidth.items()}
     best_threads = max(bw, key=bw.get)
