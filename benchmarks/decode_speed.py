@@ -9,11 +9,11 @@ weight products: ``x @ W`` over every matrix a token reads (the model's real mat
 shapes, 538 MB of fp32 for SmolLM2-135M), timed as one pass, the best of 1 and 2 BLAS
 threads. The working set must be at least as large as the weights a token reads: a single
 113 MB matrix, as this script used before, fits in a large L3 cache (260 MiB on some of the
-course's machines) and then measures the cache, not DRAM (99.5 tok/s against 35 from DRAM).
+course's machines) and then measures the cache, not DRAM (a "ceiling" of 99.5 tok/s there).
 
 Everything is measured in alternating rounds (``--repeats``): each round times the ceiling,
-tinyllm on one BLAS thread and on every core (``TINYLLM_DECODE_THREADS=1`` and ``=0``), batched
-decoding (``--batch`` prompts at once, aggregate tok/s) and the other engines once, and the
+tinyllm on one BLAS thread and on every core (``TINYLLM_DECODE_THREADS=1`` and ``=0``, with prefill
+limited alike, as transformers is with ``torch.set_num_threads``), batched decoding (``--batch`` prompts at once, aggregate tok/s) and the other engines once, and the
 medians of the rounds are reported. On a shared machine the absolute figures are inflated by
 the other jobs, which hit every engine alike within a round: read the ratios. It prints the
 ratios the inference engine is judged by: decode against the ceiling (at the best thread
@@ -131,11 +131,15 @@ def bench_llamacpp(llm, ids, new_tokens):
 
 
 def _with_threads(value: str, fn):
-    """Run ``fn()`` with ``TINYLLM_DECODE_THREADS=value``, then restore the environment."""
+    """Run ``fn()`` with ``TINYLLM_DECODE_THREADS=value`` and BLAS limited to as many threads (prefill too,
+    as ``torch.set_num_threads`` limits transformers; ``"0"``: no limit), then restore the environment."""
+    from threadpoolctl import threadpool_limits
+
     saved = os.environ.get("TINYLLM_DECODE_THREADS")
     os.environ["TINYLLM_DECODE_THREADS"] = value
     try:
-        return fn()
+        with threadpool_limits(int(value) or None, user_api="blas"):
+            return fn()
     finally:
         if saved is None:
             del os.environ["TINYLLM_DECODE_THREADS"]
