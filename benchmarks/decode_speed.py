@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     model, tok = load_smollm2("cpu")
     load_s = time.perf_counter() - t
+    default = decode_threads()                                     # decided now, before our own runs load the CPU
     ids = prompt_ids(tok, args.prompt_tokens)                      # one row
     batch = prompt_ids(tok, args.prompt_tokens, args.batch)        # B rows
     mats = weight_matrices(model)
@@ -232,25 +233,32 @@ def main(argv=None) -> int:
 
     single = {name: results[f"tinyllm {name}"] for name in SETTINGS}
     best = max(single, key=lambda n: single[n][1])
-    default = decode_threads()
     print(f"\ntinyllm's default decode threads here: {default or 'all cores'} "
           "(TINYLLM_DECODE_THREADS, see tinyllm.threads.decode_threads)")
+
+    def ratio(num, den):          # the median of the rounds' ratios: each round's load hits both alike
+        return statistics.median(n / d for n, d in zip(num, den))
+
+    def decode(name):
+        return [r[1] for r in runs[name]]
+
+    ceilings = [g * 1e9 / nbytes for g in map(max, zip(*bandwidth.values()))]   # each round's best of 1 and 2
+    print(f"(ratios below: the median of the {args.repeats} rounds' ratios)")
     print(f"single-stream decode, best setting ({best}): {single[best][1]:.1f} tok/s = "
-          f"{single[best][1] / ceiling:.0%} of the ceiling ({ceiling:.1f} tok/s)")
+          f"{ratio(decode(f'tinyllm {best}'), ceilings):.0%} of the ceiling")
     for name in SETTINGS:
-        b1, bB = single[name][1], results[f"tinyllm batch {args.batch} {name}"][1]
-        print(f"batched decode, {name}: batch {args.batch} {bB:.1f} tok/s (aggregate) = {bB / b1:.2f}x batch 1")
-    bestB = max(results[f"tinyllm batch {args.batch} {name}"][1] for name in SETTINGS)
-    print(f"batched decode, best settings: batch {args.batch} / batch 1 = {bestB / single[best][1]:.2f}x")
-    hf = [v for name, v in results.items() if name.startswith("transformers")]
+        r = ratio(decode(f"tinyllm batch {args.batch} {name}"), decode(f"tinyllm {name}"))
+        print(f"batched decode, {name}: batch {args.batch} aggregate tok/s = {r:.2f}x batch 1")
+    hf = [name for name in results if name.startswith("transformers")]
     if hf:
-        ours_p = max(v[0] for v in single.values())
-        hf_p, hf_d = max(v[0] for v in hf), max(v[1] for v in hf)
-        print(f"prefill, best of each: tinyllm {ours_p:.1f} / transformers {hf_p:.1f} tok/s = {ours_p / hf_p:.2f}x")
-        print(f"decode, best of each: tinyllm {single[best][1]:.1f} / transformers {hf_d:.1f} tok/s = "
-              f"{single[best][1] / hf_d:.2f}x")
+        def best_of(names, i):
+            return [max(runs[n][k][i] for n in names) for k in range(args.repeats)]
+
+        ours = [f"tinyllm {name}" for name in SETTINGS]
+        print(f"prefill, best setting of each: tinyllm / transformers = {ratio(best_of(ours, 0), best_of(hf, 0)):.2f}x")
+        print(f"decode, best setting of each: tinyllm / transformers = {ratio(best_of(ours, 1), best_of(hf, 1)):.2f}x")
     if "llama.cpp" in results:
-        print(f"decode: tinyllm / llama.cpp = {single[best][1] / results['llama.cpp'][1]:.2f}x")
+        print(f"decode: tinyllm / llama.cpp = {ratio(decode(f'tinyllm {best}'), decode('llama.cpp')):.2f}x")
     return 0
 
 

@@ -1,17 +1,20 @@
 """How many BLAS threads NumPy's matrix products use: the CPU's thread policy.
 
 A decode step runs on :func:`decode_threads` threads (by default the cores that other
-jobs leave free), a longer input (prefill, perplexity) on all of them. :func:`limit_blas_threads` applies a limit for a
-block of code (``threadpoolctl``); GPU arrays are not affected.
+jobs leave free), a longer input (prefill, perplexity) on all of them.
+:func:`limit_blas_threads` applies a limit for a block of code (``threadpoolctl``); GPU
+arrays are not affected.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 from tinyllm.errors import ConfigError
 
 _BLAS_CONTROLLER = None
+_START = (time.monotonic(), time.process_time())   # for other_jobs(): this process's own share
 _AUTO_THREADS = None       # decode_threads()'s choice when TINYLLM_DECODE_THREADS is unset
 
 
@@ -23,8 +26,8 @@ def decode_threads() -> int:
     On an idle 2-core machine every core wins (24.2 tok/s on one thread, 37.3 on two,
     ``benchmarks/decode_speed.py``), but when other jobs keep the cores busy a second OpenBLAS
     thread waits for a core the scheduler has given away (17 tok/s on one thread against 2-3 on
-    two, on the course's shared machine). So by default a step uses the cores that the load
-    average leaves free. Prefill is a matrix product and keeps all threads (1.6 s against 2.7 s
+    two, on the course's shared machine). So by default a step uses the cores that other jobs
+    leave free (:func:`other_jobs`). Prefill is a matrix product and keeps all threads (1.6 s against 2.7 s
     for a 376-token perplexity with two threads against one on the idle machine)."""
     value = os.environ.get("TINYLLM_DECODE_THREADS")
     if value is None:
@@ -41,17 +44,30 @@ def decode_threads() -> int:
 
 
 def free_cores(load: float | None = None, cores: int | None = None) -> int:
-    """The cores that the 1-minute load average ``load`` leaves free of ``cores`` (default: this
-    machine's); 0 (no limit) when that is every core, at least 1."""
+    """The cores of ``cores`` (default: this process's) that ``load`` other jobs leave free; 0 (no
+    limit) when that is every core, at least 1. ``load`` defaults to :func:`other_jobs`."""
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):      # no load average (Windows): assume an idle machine
-            load = 0.0
+        load = other_jobs()
     free = max(1, cores - round(load))
     return 0 if free >= cores else free
+
+
+def other_jobs() -> float:
+    """About how many threads besides this process keep the CPU busy: the 1-minute load average
+    less this process's own share (its CPU time over the wall time since tinyllm.threads was
+    imported, at most one thread). 0 where there is no load average (Windows).
+
+    Linux's count of runnable threads (``/proc/loadavg``) would leave this process out exactly,
+    but in a container it counts only the container's threads, and misses the other jobs."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+    wall = time.monotonic() - _START[0]
+    own = min(1.0, (time.process_time() - _START[1]) / wall) if wall > 1.0 else 0.0
+    return max(0.0, load - own)
 
 
 def limit_blas_threads(n: int):
