@@ -12,12 +12,14 @@ threads. The working set must be at least as large as the weights a token reads:
 course's machines) and then measures the cache, not DRAM (a "ceiling" of 99.5 tok/s there).
 
 Everything is measured in alternating rounds (``--repeats``): each round times the ceiling,
-tinyllm on one BLAS thread and on every core (``TINYLLM_DECODE_THREADS=1`` and ``=0``, with prefill
-limited alike, as transformers is with ``torch.set_num_threads``), batched decoding (``--batch`` prompts at once, aggregate tok/s) and the other engines once, and the
-medians of the rounds are reported. On a shared machine the absolute figures are inflated by
-the other jobs, which hit every engine alike within a round: read the ratios. It prints the
-ratios the inference engine is judged by: decode against the ceiling (at the best thread
-setting), batched against batch-1 aggregate tok/s, and prefill against transformers.
+tinyllm on one BLAS thread and on every core (``TINYLLM_DECODE_THREADS=1`` and ``=0``, with
+prefill limited alike, as transformers is with ``torch.set_num_threads``), batched decoding
+(``--batch`` prompts at once, aggregate tok/s) and the other engines once; the medians of the
+rounds, and the medians of each round's ratios, are reported. On a shared machine the absolute
+figures are inflated by the other jobs, which hit every engine alike within a round: read the
+ratios. It prints the ratios the inference engine is judged by: decode against the ceiling (at
+the best thread setting), batched against batch-1 aggregate tok/s, and prefill against
+transformers.
 """
 from __future__ import annotations
 
@@ -174,7 +176,8 @@ def main(argv=None) -> int:
 
     engines = {}                                                   # name -> fn() -> (prefill tok/s, decode tok/s)
     for name, value in SETTINGS.items():
-        engines[f"tinyllm {name}"] = lambda v=value: _with_threads(v, lambda: bench_tinyllm(model, ids, args.new_tokens))
+        engines[f"tinyllm {name}"] = lambda v=value: _with_threads(
+            v, lambda: bench_tinyllm(model, ids, args.new_tokens))
     for name, value in SETTINGS.items():
         engines[f"tinyllm batch {args.batch} {name}"] = lambda v=value: _with_threads(
             v, lambda: bench_tinyllm(model, batch, args.new_tokens))
@@ -216,17 +219,17 @@ def main(argv=None) -> int:
             bandwidth[threads].append(gbs)
         for name, fn in engines.items():
             runs[name].append(fn())
-        print(f"round {r + 1}/{args.repeats}: bandwidth " + ", ".join(f"{t} thr {v[-1]:.1f}" for t, v in bandwidth.items())
-              + " GB/s; prefill, decode tok/s: " + "; ".join(f"{n} {v[-1][0]:.0f}, {v[-1][1]:.1f}" for n, v in runs.items()),
-              flush=True)
+        gbs = ", ".join(f"{t} thr {v[-1]:.1f}" for t, v in bandwidth.items())
+        toks = "; ".join(f"{n} {v[-1][0]:.0f}, {v[-1][1]:.1f}" for n, v in runs.items())
+        print(f"round {r + 1}/{args.repeats}: bandwidth {gbs} GB/s; prefill, decode tok/s: {toks}", flush=True)
     results = {name: [statistics.median(x[i] for x in rs) for i in (0, 1)] for name, rs in runs.items()}
     bw = {threads: statistics.median(v) for threads, v in bandwidth.items()}
     best_threads = max(bw, key=bw.get)
     ceiling = bw[best_threads] * 1e9 / nbytes
 
     print(f"\nmedians of {args.repeats} alternating rounds; prompt {len(ids[0])} tokens, {args.new_tokens} new tokens")
-    print("ceiling: a decode step's weight products alone (" + ", ".join(f"{t} thread(s) {g:.1f} GB/s" for t, g in bw.items())
-          + f") -> best {bw[best_threads]:.1f} GB/s / {nbytes / 1e6:.0f} MB = {ceiling:.1f} tok/s")
+    print("ceiling: a decode step's weight products alone ("
+          + ", ".join(f"{t} thread(s) {g:.1f} GB/s" for t, g in bw.items()) + f") -> best {bw[best_threads]:.1f} GB/s / {nbytes / 1e6:.0f} MB = {ceiling:.1f} tok/s")
     print(f"{'engine':<28}{'prefill tok/s':>15}{'decode tok/s':>14}")
     for name, (p, d) in results.items():
         print(f"{name:<28}{p:>15.1f}{d:>14.1f}")

@@ -385,7 +385,8 @@ def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature:
 def generate_batch(model, prompts, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
                    top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None,
                    pad_id: int = 0) -> list[list[int]]:
-    """Generate for several prompts of different lengths at once (left padding + mask): :func:`generation_steps`, collected.
+    """Generate for several prompts of different lengths at once (left padding + mask): :func:`generation_steps`,
+    collected.
 
     Returns the new tokens of each prompt, cut before its first stop token. Rows
     that have stopped keep decoding a pad token (their output is ignored) until

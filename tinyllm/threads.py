@@ -27,8 +27,8 @@ def decode_threads() -> int:
     ``benchmarks/decode_speed.py``), but when other jobs keep the cores busy a second OpenBLAS
     thread waits for a core the scheduler has given away (17 tok/s on one thread against 2-3 on
     two, on the course's shared machine). So by default a step uses the cores that other jobs
-    leave free (:func:`other_jobs`). Prefill is a matrix product and keeps all threads (1.6 s against 2.7 s
-    for a 376-token perplexity with two threads against one on the idle machine)."""
+    leave free (:func:`other_jobs`). Prefill is a matrix product and keeps all threads (1.6 s
+    against 2.7 s for a 376-token perplexity with two threads against one on the idle machine)."""
     value = os.environ.get("TINYLLM_DECODE_THREADS")
     if value is None:
         global _AUTO_THREADS
