@@ -7,7 +7,8 @@
 ``decode``: times plain decode steps, then the same step's weight products alone (``x @ W`` for
 every matrix a step reads, on the same BLAS threads): the gap between the two is the work that
 is not streaming weights. The fp32 ceiling is ``weight bytes / bandwidth`` with the bandwidth
-of ``benchmarks/decode_speed.py``. A cProfile of the steps splits the rest by function (the
+of those products on the step's threads (``benchmarks/decode_speed.py`` takes the best of 1 and
+2 threads). A cProfile of the steps splits the rest by function (the
 matrix products themselves are operators inside ``Llama._forward``, so they show up in its
 own time).
 
@@ -63,7 +64,7 @@ def _top(profile: cProfile.Profile, total: float, n: int, root: str) -> list[tup
 
 
 def profile_decode(args) -> None:
-    from decode_speed import matvec_bandwidth, prompt_ids, weight_bytes_per_token
+    from decode_speed import matvec_bandwidth, prompt_ids, stream_bandwidth, weight_bytes_per_token, weight_matrices
 
     from tinyllm.generate import decode_step, prefill
     from tinyllm.models.smollm2 import load_smollm2
@@ -71,7 +72,7 @@ def profile_decode(args) -> None:
 
     os.environ["TINYLLM_DECODE_THREADS"] = str(args.threads)
     model, tok = load_smollm2("cpu")
-    ids = prompt_ids(tok, args.prompt_tokens)
+    ids = prompt_ids(tok, args.prompt_tokens)[0]
     n = args.steps
     _, cache = prefill(model, [ids], max_new_tokens=3 * n + 8)
     token = [int(ids[-1])]
@@ -82,8 +83,7 @@ def profile_decode(args) -> None:
     step()                                                          # warm-up
     # the weight products alone: every matrix a step reads, at (1, 1, IN) @ (IN, OUT), same threads
     C = model.config.dim
-    mats = [m for blk in model.blocks for m in (blk.wqkv.data, blk.wo.data, blk.wgu.data, blk.wdown.data)]
-    mats.append(model.tok_embd.data.T if model.head is None else model.head.data)
+    mats = weight_matrices(model)
     xs = [np.ones((1, 1, m.shape[0]), dtype=np.float32) for m in mats]
     assert all(x.shape[-1] == m.shape[0] for x, m in zip(xs, mats)) and mats[-1].shape[0] == C
 
@@ -100,18 +100,18 @@ def profile_decode(args) -> None:
         t_mm.append(_median_time(products, n // 3 or 1, clock))
     t_step, t_mm = statistics.median(t_step), statistics.median(t_mm)
     t_limit = _median_time(lambda: _enter_exit(limit_blas_threads(args.threads)), 50)
-    bw = matvec_bandwidth()                                         # wall time, best of 1 and 2 threads
-    bw_own = _bandwidth(args.threads)                               # the step's threads and clock
+    bw = max(matvec_bandwidth(mats).values())                       # wall time, best of 1 and 2 threads
+    bw_own = stream_bandwidth(mats, args.threads, clock=clock)      # the step's threads and clock
     nbytes = weight_bytes_per_token(model)
     ceiling = nbytes / (bw_own * 1e9)
     print(f"decode step of SmolLM2-135M (fp32), batch 1, context {len(ids)}+, "
           f"{args.threads} BLAS thread(s), median of {n}, {'CPU' if args.threads == 1 else 'wall'} time:")
-    print(f"  weights read per token {nbytes / 1e6:.0f} MB; one large x @ W streams {bw_own:.1f} GB/s on "
+    print(f"  weights read per token {nbytes / 1e6:.0f} MB; the step's products stream {bw_own:.1f} GB/s on "
           f"{args.threads} thread(s) -> ceiling {ceiling * 1e3:.1f} ms/token (decode_speed.py's ceiling, "
           f"wall time and the best of 1 and 2 threads: {bw:.1f} GB/s)")
     print(f"  step {t_step * 1e3:.1f} ms = {ceiling / t_step:.0%} of the ceiling")
     print(f"  the {len(mats)} weight products alone {t_mm * 1e3:.1f} ms = {t_mm / t_step:.0%} of the step "
-          f"({nbytes / t_mm / 1e9:.1f} GB/s = {ceiling / t_mm:.0%} of the large product's bandwidth)")
+          f"({nbytes / t_mm / 1e9:.1f} GB/s)")
     print(f"  everything else {(t_step - t_mm) * 1e3:.1f} ms = {(t_step - t_mm) / t_step:.0%} of the step; "
           f"entering+leaving the BLAS thread limit once: {t_limit * 1e6:.0f} us")
 
@@ -146,18 +146,6 @@ def profile_decode(args) -> None:
           f"own time by function (share of the profiled time):")
     for name, share in _top(prof, total, args.top, str(Path(__file__).resolve().parents[1])):
         print(f"    {share:6.1%}  {name}")
-
-
-def _bandwidth(threads: int, repeats: int = 20) -> float:
-    """GB/s of ``x @ W`` on ``threads`` BLAS threads, W the 113 MB (576, 49152) matrix of decode_speed.py."""
-    from tinyllm.threads import limit_blas_threads
-
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((576, 49152), dtype=np.float32)        # (IN, OUT)
-    x = rng.standard_normal((1, 576), dtype=np.float32)            # (1, IN)
-    with limit_blas_threads(threads):
-        x @ w
-        return w.nbytes / _median_time(lambda: x @ w, repeats, _clock(threads)) / 1e9
 
 
 def _enter_exit(ctx) -> None:

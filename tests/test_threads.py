@@ -10,7 +10,8 @@ from threadpoolctl import threadpool_info
 
 from tinyllm.errors import ConfigError
 from tinyllm.models.llama import Llama, LlamaConfig
-from tinyllm.threads import decode_threads, limit_blas_threads
+from tinyllm import threads
+from tinyllm.threads import decode_threads, free_cores, limit_blas_threads
 
 
 def _blas_threads() -> list[int]:
@@ -20,13 +21,39 @@ def _blas_threads() -> list[int]:
 needs_blas = pytest.mark.skipif(not _blas_threads(), reason="threadpoolctl finds no BLAS behind NumPy")
 
 
-@pytest.mark.parametrize("value, expected", [(None, 1), ("3", 3), ("0", 0), (" 2 ", 2)])
+@pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), ("0", 0), (" 2 ", 2)])
 def test_decode_threads_reads_the_environment(monkeypatch, value, expected):
-    if value is None:
-        monkeypatch.delenv("TINYLLM_DECODE_THREADS", raising=False)
-    else:
-        monkeypatch.setenv("TINYLLM_DECODE_THREADS", value)
+    monkeypatch.setenv("TINYLLM_DECODE_THREADS", value)
     assert decode_threads() == expected
+
+
+@pytest.mark.parametrize("load, cores, expected", [(0.0, 2, 0), (0.4, 2, 0), (0.8, 2, 1), (7.5, 2, 1),
+                                                   (3.2, 16, 13), (0.0, 1, 0), (2.0, 1, 0)])
+def test_free_cores_leaves_the_busy_cores_to_the_other_jobs(load, cores, expected):
+    assert free_cores(load, cores) == expected
+
+
+def test_unset_decode_threads_uses_the_free_cores_once_per_process(monkeypatch):
+    monkeypatch.delenv("TINYLLM_DECODE_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_AUTO_THREADS", None)
+    monkeypatch.setattr(threads, "other_jobs", lambda: 7)
+    busy = decode_threads()
+    assert busy == free_cores(7)
+    monkeypatch.setattr(threads, "other_jobs", lambda: 0)
+    assert decode_threads() == busy                     # decided once: a step's own load does not flip it
+    monkeypatch.setattr(threads, "_AUTO_THREADS", None)
+    assert decode_threads() == 0                        # an idle machine: every core
+
+
+def test_other_jobs_leaves_out_this_process_share(monkeypatch):
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    monkeypatch.setattr(threads, "_START", (threads.time.monotonic() - 10.0, threads.time.process_time() - 10.0))
+    assert 2.0 <= threads.other_jobs() <= 2.1             # busy all along: one thread of the load is ours
+    monkeypatch.setattr(threads, "_START", (threads.time.monotonic() - 100.0, threads.time.process_time()))
+    assert 2.9 <= threads.other_jobs() <= 3.0             # idle all along: the load is the others'
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    monkeypatch.setattr(threads, "_START", (threads.time.monotonic() - 10.0, threads.time.process_time() - 10.0))
+    assert threads.other_jobs() == 0.0
 
 
 def test_decode_threads_rejects_a_non_integer(monkeypatch):

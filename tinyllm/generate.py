@@ -6,6 +6,7 @@ repetition penalty -> temperature -> top-k -> top-p -> sample.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -284,10 +285,85 @@ def check_continued_cache(cache, n_prompt: int, max_new_tokens: int) -> None:
                          f"tokens need {n_prompt + max_new_tokens - 1}: make room with grow_cache")
 
 
+def prefill_prompts(model, prompts: list[list[int]], max_new_tokens: int, *, cache=None, pad_id: int = 0):
+    """Phase 1 of every generation loop: read the prompts, return ``(logits (B, V), cache)``.
+
+    Without ``cache``: prompts of different lengths are left padded (:func:`left_pad`) and
+    prefilled into a new cache with room for ``max_new_tokens`` more. With a batch-1
+    ``cache`` holding the first ``cache.length`` tokens of the one prompt (a chat so far,
+    checked by :func:`check_continued_cache`), only the rest is read, into that cache."""
+    if cache is None:
+        ids, mask = left_pad(prompts, pad_id)                                # (B, T) each
+        return prefill(model, ids, None if mask.all() else mask, max_new_tokens=max_new_tokens)
+    new = np.asarray([prompts[0][cache.length:]], dtype=np.int64)            # (1, T_new)
+    return model.forward(new, cache=cache, last_only=True)[:, -1], cache    # (1, V)
+
+
+STOPPED = -1  # what :func:`generation_steps` yields for a row that has met a stop token
+
+
+def generation_steps(model, prompts, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
+                     top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(),
+                     seed: int | None = None, pad_id: int = 0, cache=None, cuda_graph: bool = False):
+    """The generation loop: prefill the prompts, then yield the (B,) token ids chosen at each step.
+
+    Every decoder of this module is a thin wrapper around it (:func:`stream_generate` is
+    batch 1, :func:`generate_batch` collects the rows, :class:`~tinyllm.chat.ChatSession`
+    streams through :func:`stream_generate`). One step: choose a token per row
+    (:func:`sample_next`, with a repetition penalty over the row's prompt and tokens so far),
+    yield them, and, when the next step is asked for, feed them all in one
+    :func:`decode_step` (B, 1).
+
+    Stop handling is per row: a row whose token is in ``stop_ids`` is done; from then on it
+    holds ``STOPPED`` (-1) in what is yielded (its stop token included) and decodes
+    ``pad_id`` (its logits are ignored). The loop ends without yielding when every row is
+    done, or after ``max_new_tokens`` steps. Tokens are fed only when needed, so the last
+    step's tokens are never fed: a generator closed early (``close()``, an exception in
+    the consumer) leaves the cache holding exactly the tokens the model has read.
+
+    ``cache`` (batch 1 only): continue a cache that holds the first ``cache.length`` tokens
+    of the prompt (:func:`prefill_prompts`); it needs room for
+    ``len(prompt) + max_new_tokens - 1`` positions (:func:`grow_cache`). ``cuda_graph=True``
+    (GPU only) replays the decode step as a CUDA graph (:class:`CudaGraphDecoder`) in a cache
+    of its own."""
+    prompts = _as_prompts(prompts)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if cuda_graph:
+        CudaGraphDecoder.check(model)
+    if cache is not None:
+        if cuda_graph:
+            raise ValueError("cuda_graph=True makes its own cache; it cannot continue a given one")
+        if len(prompts) != 1:
+            raise ValueError(f"a given cache continues one prompt, got {len(prompts)}")
+        check_continued_cache(cache, len(prompts[0]), max_new_tokens)
+    stop = np.asarray(sorted({int(s) for s in stop_ids}), dtype=np.int64)   # (n_stop,)
+    rng = np.random.default_rng(seed)
+    if max_new_tokens == 0:
+        return
+    logits, cache = prefill_prompts(model, prompts, max_new_tokens, cache=cache, pad_id=pad_id)
+    step = CudaGraphDecoder(model, cache).step if cuda_graph else functools.partial(decode_step, model, cache)
+    seen = [list(p) for p in prompts]                                        # for the repetition penalty
+    done = np.zeros(len(prompts), dtype=bool)                                # (B,)
+    for i in range(max_new_tokens):
+        nxt = np.asarray(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     repetition_penalty=repetition_penalty, previous=seen, rng=rng),
+                         dtype=np.int64)                                     # (B,)
+        done |= np.isin(nxt, stop)
+        if done.all():
+            return
+        for b in np.flatnonzero(~done):
+            seen[b].append(int(nxt[b]))
+        yield np.where(done, STOPPED, nxt)                                   # (B,)
+        if i + 1 == max_new_tokens:
+            return
+        logits = step(np.where(done, pad_id, nxt))                           # (B, V)
+
+
 def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
                     top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None,
                     cuda_graph: bool = False, cache=None):
-    """Yield new token ids one at a time (batch 1), as soon as each is chosen.
+    """Yield new token ids one at a time (batch 1), as soon as each is chosen: :func:`generation_steps` for one prompt.
 
     A stop token ends the stream (and is not yielded). ``temperature=0`` is greedy.
     ``cuda_graph=True`` (GPU only) replays the decode step as a CUDA graph (:class:`CudaGraphDecoder`).
@@ -298,70 +374,28 @@ def stream_generate(model, prompt_ids, max_new_tokens: int = 64, *, temperature:
     the yielded tokens, except the last one yielded if the stream ended at
     ``max_new_tokens``. It needs room for ``len(prompt_ids) + max_new_tokens - 1``
     positions (:func:`grow_cache`). Without it, each call makes its own cache."""
-    prompt = _as_prompts(prompt_ids)
-    if len(prompt) != 1:
+    if len(_as_prompts(prompt_ids)) != 1:
         raise ValueError("stream_generate takes one prompt; use generate_batch for several")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    prompt = prompt[0]
-    if cuda_graph:
-        CudaGraphDecoder.check(model)
-    if cache is not None:
-        if cuda_graph:
-            raise ValueError("cuda_graph=True makes its own cache; it cannot continue a given one")
-        check_continued_cache(cache, len(prompt), max_new_tokens)
-    stop = {int(s) for s in stop_ids}
-    rng = np.random.default_rng(seed)
-    if max_new_tokens == 0:
-        return
-    if cache is None:
-        logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
-    else:
-        new = np.asarray([prompt[cache.length:]], dtype=np.int64)                     # (1, T_new)
-        logits = model.forward(new, cache=cache, last_only=True)[:, -1]               # (1, V)
-    step = CudaGraphDecoder(model, cache).step if cuda_graph else (lambda ids: decode_step(model, cache, ids))
-    seen = list(prompt)
-    for i in range(max_new_tokens):
-        nxt = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=repetition_penalty, previous=[seen], rng=rng)[0])
-        if nxt in stop:
-            return
-        yield nxt
-        seen.append(nxt)
-        if i + 1 < max_new_tokens:
-            logits = step([nxt])
+    for ids in generation_steps(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty, stop_ids=stop_ids, seed=seed,
+                                cuda_graph=cuda_graph, cache=cache):
+        yield int(ids[0])
 
 
 def generate_batch(model, prompts, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,
                    top_p: float | None = None, repetition_penalty: float = 1.0, stop_ids=(), seed: int | None = None,
                    pad_id: int = 0) -> list[list[int]]:
-    """Generate for several prompts of different lengths at once (left padding + mask).
+    """Generate for several prompts of different lengths at once (left padding + mask): :func:`generation_steps`,
+    collected.
 
     Returns the new tokens of each prompt, cut before its first stop token. Rows
     that have stopped keep decoding a pad token (their output is ignored) until
     all rows have stopped or ``max_new_tokens`` is reached."""
     prompts = _as_prompts(prompts)
-    stop = {int(s) for s in stop_ids}
-    rng = np.random.default_rng(seed)
-    ids, mask = left_pad(prompts, pad_id)
-    B = len(prompts)
-    out: list[list[int]] = [[] for _ in range(B)]
-    if max_new_tokens <= 0:
-        return out
-    logits, cache = prefill(model, ids, mask, max_new_tokens=max_new_tokens)
-    seen = [list(p) for p in prompts]
-    done = np.zeros(B, dtype=bool)
-    for i in range(max_new_tokens):
-        nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                          repetition_penalty=repetition_penalty, previous=seen, rng=rng)   # (B,)
-        for b in range(B):
-            if not done[b]:
-                if int(nxt[b]) in stop:
-                    done[b] = True
-                else:
-                    out[b].append(int(nxt[b]))
-                    seen[b].append(int(nxt[b]))
-        if done.all() or i + 1 == max_new_tokens:
-            break
-        logits = decode_step(model, cache, np.where(done, pad_id, nxt))
+    out: list[list[int]] = [[] for _ in prompts]
+    for ids in generation_steps(model, prompts, max(max_new_tokens, 0), temperature=temperature, top_k=top_k,
+                                top_p=top_p, repetition_penalty=repetition_penalty, stop_ids=stop_ids, seed=seed,
+                                pad_id=pad_id):
+        for b in np.flatnonzero(ids != STOPPED):
+            out[b].append(int(ids[b]))
     return out

@@ -260,9 +260,7 @@ def rms_norm(x: Any, w: Any, eps: float = 1e-5):
     if w.ndim != 1 or w.shape[0] != x.shape[-1]:
         raise ValueError(f"w must have shape ({x.shape[-1]},) (the last axis of x), got {tuple(w.shape)}")
     if not _use_kernel(x, w):
-        xp = get_array_module(x)
-        ms = (x * x).mean(axis=-1, keepdims=True)                       # (..., 1)
-        return x * (1.0 / xp.sqrt(ms + eps)) * w                        # float eps keeps the dtype
+        return rms_norm_reference(x, w, eps)
     import cupy  # noqa: PLC0415
 
     C = x.shape[-1]
@@ -297,8 +295,7 @@ def swiglu(gate: Any, up: Any):
     if tuple(gate.shape) != tuple(up.shape):
         raise ValueError(f"gate and up must have the same shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
     if not _use_kernel(gate, up):
-        xp = get_array_module(gate)
-        return gate / (1.0 + xp.exp(-xp.clip(gate, -80.0, 80.0))) * up  # clip: no overflow warning
+        return swiglu_reference(gate, up)
     return _elementwise_kernel("swiglu")(gate, up)
 
 
@@ -318,14 +315,64 @@ def rope(x: Any, cos: Any, sin: Any):
     for name, a in (("cos", cos), ("sin", sin)) if cos.shape != sin.shape else (("cos", cos),):
         if not _broadcasts_to(tuple(a.shape), table_shape):
             raise ValueError(f"{name} must broadcast to {table_shape} (x's shape with D/2 last), got {tuple(a.shape)}")
-    xp = get_array_module(x)
     if not _use_kernel(x, cos, sin):
-        a, b = x[..., :half], x[..., half:]
-        return xp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+        return rope_reference(x, cos, sin)
+    xp = get_array_module(x)
     cs = xp.ascontiguousarray(xp.broadcast_to(cos, table_shape))         # (B, T, n, D/2)
     sn = xp.ascontiguousarray(xp.broadcast_to(sin, table_shape))
     y = xp.empty(tuple(x.shape), dtype=np.float32)                      # (B, T, n, D)
     _elementwise_kernel("rope")(xp.ascontiguousarray(x), cs, sn, np.int32(D), y)
+    return y
+
+
+# ---------------------------------------------------------------------------
+# the references without the checks: what the functions above run on NumPy (and on CuPy without
+# the fused kernel). ``Llama._forward`` calls them directly on the CPU: its arrays are float by
+# construction, so it checks once per forward instead of once per kernel and layer (at batch-1
+# decode sizes the checks cost about as much as the arithmetic). Each writes into one output
+# array with ``out=`` (no temporaries beyond one) and computes exactly what the plain formula does.
+# ---------------------------------------------------------------------------
+def rms_norm_reference(x: Any, w: Any, eps: float = 1e-5):
+    """:func:`rms_norm` without checks: ``x * (1 / sqrt(sum(x^2) / C + eps)) * w``.  (..., C), (C,) -> (..., C)"""
+    xp = np if isinstance(x, np.ndarray) else get_array_module(x)
+    sq = x * x                                                          # (..., C)
+    if sq.dtype == np.float16:                                          # mean() sums float16 in float32
+        ms = sq.mean(axis=-1, keepdims=True)                            # (..., 1)
+    else:                                                               # mean()'s sum and division, not its wrapper
+        ms = np.add.reduce(sq, axis=-1, keepdims=True) if xp is np else sq.sum(axis=-1, keepdims=True)
+        ms /= x.shape[-1]                                               # (..., 1) float32: rounds as mean() does
+    ms += eps                                                           # float eps keeps the dtype
+    xp.sqrt(ms, out=ms)
+    xp.divide(1.0, ms, out=ms)                                          # 1 / sqrt(mean + eps)
+    y = xp.multiply(x, ms, out=sq)
+    return xp.multiply(y, w, out=y) if w.dtype == y.dtype else y * w
+
+
+def swiglu_reference(gate: Any, up: Any):
+    """:func:`swiglu` without checks: ``gate / (1 + exp(-max(gate, -80))) * up`` (max: no overflow warning;
+    clipping above too would change nothing, ``1 + exp(-80)`` is already 1)."""
+    xp = np if isinstance(gate, np.ndarray) else get_array_module(gate)
+    d = xp.maximum(gate, -80.0)                                         # a ufunc: np.clip's Python wrapper
+    xp.negative(d, out=d)                                               # costs more than the arithmetic
+    xp.exp(d, out=d)
+    xp.add(1.0, d, out=d)
+    xp.divide(gate, d, out=d)
+    return xp.multiply(d, up, out=d) if up.dtype == d.dtype else d * up
+
+
+def rope_reference(x: Any, cos: Any, sin: Any):
+    """:func:`rope` without checks: ``(a, b) -> (a cos - b sin, b cos + a sin)`` written into one (B, T, n, D) array."""
+    xp = np if isinstance(x, np.ndarray) else get_array_module(x)
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]                                 # (B, T, n, D/2) views
+    y = xp.empty(x.shape, dtype=xp.result_type(x, cos, sin))            # (B, T, n, D)
+    y1, y2 = y[..., :half], y[..., half:]
+    xp.multiply(a, cos, out=y1)
+    t = b * sin
+    y1 -= t
+    xp.multiply(b, cos, out=y2)
+    xp.multiply(a, sin, out=t)
+    y2 += t
     return y
 
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyllm.backend import to_numpy
-from tinyllm.generate import _as_prompts, check_continued_cache, decode_step, grow_cache, prefill, rewind_cache
+from tinyllm.generate import (_as_prompts, check_continued_cache, decode_step, grow_cache, prefill_prompts,
+                              rewind_cache)
 from tinyllm.nn.functional import softmax
 from tinyllm.threads import decode_threads, limit_blas_threads
 
@@ -157,11 +158,7 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, drafter, *, k: 
     stats = stats if stats is not None else SpecStats()
     stop = {int(s) for s in stop_ids}
     # the verify pass writes at most up to slot len(prompt) + max_new_tokens - 1 (see the draft limit below)
-    if cache is None:
-        logits, cache = prefill(model, np.asarray([prompt], dtype=np.int64), max_new_tokens=max_new_tokens)
-    else:
-        new = np.asarray([prompt[cache.length:]], dtype=np.int64)                     # (1, T_new)
-        logits = model.forward(new, cache=cache, last_only=True)[:, -1]               # (1, V)
+    logits, cache = prefill_prompts(model, [prompt], max_new_tokens, cache=cache)   # (1, V)
     context = list(prompt)
     pending = [int(to_numpy(logits[0]).argmax())]       # chosen, not yet yielded; the last one not yet fed
     produced = 0

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -506,8 +507,8 @@ class Llama(Module):
     # ---- forward ------------------------------------------------------------
     def forward(self, ids, cache: KVCache | None = None, attention_mask=None, *, last_only: bool = False):
         """Logits for token ids (B, T); see :meth:`_forward`. On the CPU a decode step
-        (T = 1: matrix-vector products) runs BLAS on ``TINYLLM_DECODE_THREADS`` threads
-        (default 1, see :func:`tinyllm.threads.decode_threads`); longer inputs (prefill,
+        (T = 1: matrix-vector products) runs BLAS on :func:`tinyllm.threads.decode_threads` threads
+        (``TINYLLM_DECODE_THREADS``, by default the cores other jobs leave free); longer inputs (prefill,
         perplexity) are matrix products and use all of BLAS's threads."""
         with limit_blas_threads(decode_threads() if self.xp is np and np.shape(ids)[-1] == 1 else 0):
             return self._forward(ids, cache, attention_mask, last_only=last_only)
@@ -583,15 +584,29 @@ class Llama(Module):
         G = H // KV
         scale = 1.0 / math.sqrt(D)                                     # Python float: keeps float32
         taps, tap = self._taps, self._tap                              # taps: None unless inside ``hooks``
-        plugged = BLOCK_POINTS.intersection(plug.in_use())             # empty unless inside plug.use(...)
+        active = plug.in_use()                                         # empty unless inside plug.use(...)
+        plugged = BLOCK_POINTS.intersection(active)
+        # On the CPU the kernels' NumPy references run without their per-call checks (the arrays
+        # are float by construction; at batch-1 decode sizes a check costs as much as the
+        # arithmetic). The GPU keeps the checked functions, which pick the fused kernels, and a
+        # plugged rms_norm is always called.
+        cpu = xp is np
+        rms_norm = kernels.rms_norm_reference if cpu and "rms_norm" not in active else kernels.rms_norm
+        rope = kernels.rope_reference if cpu else kernels.rope
+        swiglu = kernels.swiglu_reference if cpu else kernels.swiglu
+        if B > 1:   # a stack (B, T, C) @ (C, N) runs as B products that each read W: one (B T, C) product instead
+            def mm(a, w):
+                return (a.reshape(-1, a.shape[-1]) @ w).reshape(*a.shape[:-1], -1)  # (B, T, N)
+        else:
+            mm = operator.matmul
         if plugged:                                                    # every block through llama_block
             x = self._plugged_blocks(x, cache, pad, sorted(plugged))
         for li, blk in enumerate(self.blocks if not plugged else ()):
             if taps:
                 x = tap(taps, "resid_pre", li, x)
-            h = kernels.rms_norm(x, blk.attn_norm.data, c.norm_eps)    # (B, T, C)
-            qkv = h @ blk.wqkv.data                                    # (B, T, (H + 2KV) D)
-            qk = kernels.rope(qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D), cos, sin)  # (B, T, H+KV, D)
+            h = rms_norm(x, blk.attn_norm.data, c.norm_eps)            # (B, T, C)
+            qkv = mm(h, blk.wqkv.data)                                  # (B, T, (H + 2KV) D)
+            qk = rope(qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D), cos, sin)  # (B, T, H+KV, D)
             q = qk[:, :, :H] * scale                                   # (B, T, H, D)
             k = qk[:, :, H:].transpose(0, 2, 1, 3)                     # (B, KV, T, D)
             v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D).transpose(0, 2, 1, 3)  # (B, KV, T, D)
@@ -610,13 +625,13 @@ class Llama(Module):
             y = y.reshape(B, KV, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)  # (B, T, H D)
             if taps:
                 y = tap(taps, "head_out", li, y.reshape(B, T, H, D)).reshape(B, T, H * D)
-            a = y @ blk.wo.data                                        # (B, T, C)
+            a = mm(y, blk.wo.data)                                      # (B, T, C)
             if taps:
                 a = tap(taps, "attn_out", li, a)
             x = x + a
-            h = kernels.rms_norm(x, blk.ffn_norm.data, c.norm_eps)
-            gu = h @ blk.wgu.data                                      # (B, T, 2F)
-            m = kernels.swiglu(gu[..., :c.ffn_dim], gu[..., c.ffn_dim:]) @ blk.wdown.data  # (B, T, C)
+            h = rms_norm(x, blk.ffn_norm.data, c.norm_eps)
+            gu = mm(h, blk.wgu.data)                                    # (B, T, 2F)
+            m = mm(swiglu(gu[..., :c.ffn_dim], gu[..., c.ffn_dim:]), blk.wdown.data)  # (B, T, C)
             if taps:
                 m = tap(taps, "mlp_out", li, m)
             x = x + m
@@ -628,9 +643,9 @@ class Llama(Module):
                 cache.slot += T                                        # on the device: part of a captured graph
         if last_only:
             x = x[:, -1:]                                              # (B, 1, C)
-        x = kernels.rms_norm(x, self.norm.data, c.norm_eps)
+        x = rms_norm(x, self.norm.data, c.norm_eps)
         head = self.tok_embd.data.T if self.head is None else self.head.data  # (C, V)
-        return x @ head                                                # (B, T, V)
+        return mm(x, head)                                             # (B, T, V)
 
 
 # ---------------------------------------------------------------------------
