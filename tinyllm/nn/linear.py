@@ -28,7 +28,8 @@ def matmul(a, b, *, bias=None, out=None, accumulate: bool = False):
     BLAS's own threads wait for each other, and BLAS's threads do not spin beside the elementwise
     blocks. Every block does more than ``SPLIT_MATMUL_MACS`` multiply-adds, where BLAS computes each
     row as in the whole product (it splits rows among its own threads the same way), so the bits are
-    those of ``a @ b``.
+    those of ``a @ b``. No block has a single row: NumPy multiplies one row by a matrix-vector
+    product, which sums in another order.
     """
     xp = get_array_module(a)
     if out is None:
@@ -36,7 +37,7 @@ def matmul(a, b, *, bias=None, out=None, accumulate: bool = False):
     rows = functools.partial(_matmul_rows, b=b, bias=bias, accumulate=accumulate)
     M, K, N = a.shape[0], a.shape[1], b.shape[1]
     blocks = compute_threads()
-    while blocks > 1 and _smallest_block(M, blocks) * K * N <= SPLIT_MATMUL_MACS:
+    while blocks > 1 and (_smallest_block(M, blocks) < 2 or _smallest_block(M, blocks) * K * N <= SPLIT_MATMUL_MACS):
         blocks -= 1
     if blocks > 1:
         map_rows(rows, a, out, threads=blocks, one_blas_thread=True, block_elements=max(a.size, out.size))
