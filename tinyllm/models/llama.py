@@ -653,7 +653,7 @@ class Llama(Module):
 
 
 # ---------------------------------------------------------------------------
-# weights: random (tests) and from GGUF
+# weights: given by name or fused, random (tests); loading from files: tinyllm.models.gguf_map
 # ---------------------------------------------------------------------------
 def _stored(weights: dict, i: int, name: str):
     """Stored matrix ``name`` of block ``i`` from a weights dict: given fused, or fused here from its parts."""
