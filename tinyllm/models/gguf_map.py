@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tinyllm import kernels
-from tinyllm.errors import GGUFError
+from tinyllm.errors import ConfigError, GGUFError
 from tinyllm.models.llama import BLOCK_STORAGE, Llama, LlamaConfig, weight_shapes
 
 
@@ -99,16 +99,10 @@ def permute_qk(w, n_heads: int):
     return w.reshape(n_heads, 2, d // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def to_model(row: TensorName, w, config: LlamaConfig, *, gguf: bool):
-    """A tensor as a file stores it -> the model's layout: matrices transposed, and for a GGUF file
-    (``gguf=True``) q/k rows un-permuted; transformers stores them in the model's order already."""
-    if gguf and row.rotary:
-        w = unpermute_qk(w, getattr(config, row.rotary))
-    return w.T if row.transposed else w
-
-
 def from_model(row: TensorName, w, config: LlamaConfig, *, gguf: bool):
-    """The inverse of :func:`to_model`: the model's layout -> the file's (OUT, IN), q/k rows permuted for GGUF."""
+    """The model's layout -> a file's: matrices transposed to (OUT, IN), and for GGUF (``gguf=True``) q/k rows
+    permuted; transformers keeps them in the model's order. (The GGUF loaders below do the inverse while they
+    assemble the fused matrices.)"""
     w = w.T if row.transposed else w
     return permute_qk(w, getattr(config, row.rotary)) if gguf and row.rotary else w
 
@@ -119,15 +113,13 @@ def from_model(row: TensorName, w, config: LlamaConfig, *, gguf: bool):
 def weights_from_hf(config: LlamaConfig, state_dict: dict) -> dict:
     """A transformers ``LlamaForCausalLM`` state dict (NumPy arrays or tensors) -> :meth:`Llama.weights`'s
     dict, for :meth:`Llama.from_weights`. A missing key raises :class:`~tinyllm.errors.ConfigError`."""
-    from tinyllm.errors import ConfigError
-
     out = {}
     for row in tensor_names(config):
         if row.hf not in state_dict:
             raise ConfigError(f"the state dict has no {row.hf!r}; it is not a Llama with this config")
         w = state_dict[row.hf]
         w = np.asarray(w.detach().cpu().numpy() if hasattr(w, "detach") else w, dtype=np.float32)
-        out[row.model] = np.ascontiguousarray(to_model(row, w, config, gguf=False))
+        out[row.model] = np.ascontiguousarray(w.T if row.transposed else w)          # same q/k row order
     return out
 
 
