@@ -129,7 +129,7 @@ def test_tap_points_match_transformers_hidden_states_and_attentions():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from test_llama import TINY as HF_TINY, _gguf_tensors_from_hf, _hf_tiny
-    from tinyllm.models.llama import weights_from_gguf
+    from tinyllm.models.gguf_map import weights_from_gguf
 
     hf = _hf_tiny(torch, transformers)
     hf.config._attn_implementation = "eager"               # attention probabilities are returned only by eager

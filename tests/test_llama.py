@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from tinyllm.generate import decode_step, generate_batch, left_pad, prefill, stream_generate
-from tinyllm.models.llama import (KVCache, Llama, LlamaConfig, permute_qk, random_weights, unpermute_qk,
-                                  weights_from_gguf)
+from tinyllm.models.gguf_map import (config_from_gguf_metadata, gguf_tensors, hf_state_dict, unpermute_qk,
+                                     weights_from_gguf, weights_from_hf)
+from tinyllm.models.llama import KVCache, Llama, LlamaConfig, random_weights
 
 TINY = LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=8, ffn_dim=80,
                    rope_base=10000.0, norm_eps=1e-5, context_length=128)
@@ -23,27 +24,18 @@ def test_config_from_gguf_metadata():
           "llama.embedding_length": 576, "llama.feed_forward_length": 1536, "llama.attention.head_count": 9,
           "llama.attention.head_count_kv": 3, "llama.rope.freq_base": 100000.0,
           "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": 49152, "llama.rope.dimension_count": 64}
-    assert LlamaConfig.from_gguf_metadata(md) == LlamaConfig()
+    assert config_from_gguf_metadata(md) == LlamaConfig()
     from tinyllm.errors import GGUFError
 
     with pytest.raises(GGUFError, match="llama.block_count"):
-        LlamaConfig.from_gguf_metadata({k: v for k, v in md.items() if k != "llama.block_count"})
+        config_from_gguf_metadata({k: v for k, v in md.items() if k != "llama.block_count"})
     with pytest.raises(GGUFError, match="architecture"):
-        LlamaConfig.from_gguf_metadata({**md, "general.architecture": "gpt2"})
+        config_from_gguf_metadata({**md, "general.architecture": "gpt2"})
 
 
 def test_config_rejects_bad_heads():
     with pytest.raises(ValueError, match="n_kv_heads"):
         LlamaConfig(n_heads=9, n_kv_heads=2)
-
-
-def test_permutation_roundtrip_and_pairs():
-    w = np.arange(6 * 8 * 3, dtype=np.float32).reshape(6 * 8 // 1, 3)[:48]   # (OUT=48, IN=3): 6 heads of 8
-    np.testing.assert_array_equal(unpermute_qk(permute_qk(w, 6), 6), w)
-    # GGUF row 2i + j of a head is HF row i + j * D/2
-    g = permute_qk(w, 6)
-    np.testing.assert_array_equal(g[1], w[4])
-    np.testing.assert_array_equal(g[2], w[1])
 
 
 def test_forward_shapes_and_float32(model):
@@ -155,21 +147,8 @@ def _hf_tiny(torch, transformers):
 
 
 def _gguf_tensors_from_hf(hf):
-    """What llama.cpp's converter would store: (OUT, IN) matrices, q/k rows permuted."""
-    sd = {k: v.detach().numpy().astype(np.float32) for k, v in hf.state_dict().items()}
-    t = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"]}
-    for i in range(TINY.n_layers):
-        p, q = f"model.layers.{i}.", f"blk.{i}."
-        t[q + "attn_norm.weight"] = sd[p + "input_layernorm.weight"]
-        t[q + "attn_q.weight"] = permute_qk(sd[p + "self_attn.q_proj.weight"], TINY.n_heads)
-        t[q + "attn_k.weight"] = permute_qk(sd[p + "self_attn.k_proj.weight"], TINY.n_kv_heads)
-        t[q + "attn_v.weight"] = sd[p + "self_attn.v_proj.weight"]
-        t[q + "attn_output.weight"] = sd[p + "self_attn.o_proj.weight"]
-        t[q + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
-        t[q + "ffn_gate.weight"] = sd[p + "mlp.gate_proj.weight"]
-        t[q + "ffn_up.weight"] = sd[p + "mlp.up_proj.weight"]
-        t[q + "ffn_down.weight"] = sd[p + "mlp.down_proj.weight"]
-    return t
+    """What llama.cpp's converter would store: (OUT, IN) matrices, q/k rows permuted (through the name table)."""
+    return gguf_tensors(TINY, weights_from_hf(TINY, hf.state_dict()))
 
 
 def test_matches_transformers_llama():
@@ -192,6 +171,13 @@ def test_matches_transformers_llama():
         wrong[f"blk.{i}.attn_k.weight"] = unpermute_qk(tensors[f"blk.{i}.attn_k.weight"], TINY.n_kv_heads)
     bad = Llama.from_weights(TINY, weights_from_gguf(TINY, wrong.__getitem__, threads=1))
     assert np.abs(bad(ids) - ref).max() > 1e-2
+    # the state dict converted straight to named weights is the same model, and converts back exactly
+    named = weights_from_hf(TINY, hf.state_dict())
+    np.testing.assert_allclose(Llama.from_weights(TINY, named)(ids), ref, atol=2e-4, rtol=0)
+    back = hf_state_dict(TINY, ours.weights())
+    sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+    assert set(back) == set(sd) - {"lm_head.weight"}                        # tied: lm_head is the embedding
+    assert all(np.array_equal(back[k], sd[k]) for k in back)
 
 
 def test_padded_batch_matches_transformers():

@@ -73,8 +73,9 @@ def test_the_row_dequantisers_decode_every_q8_0_and_q4_1_tensor():
 
 
 def test_plugs_reach_the_loader_threads():
-    """Llama.from_gguf dequantises on worker threads; a plugged dequantiser must run there too."""
-    from tinyllm.models.llama import LlamaConfig, weights_from_gguf
+    """weights_from_gguf dequantises on worker threads; a plugged dequantiser must run there too."""
+    from tinyllm.models.gguf_map import weights_from_gguf
+    from tinyllm.models.llama import LlamaConfig
 
     cfg = LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
                       context_length=16)

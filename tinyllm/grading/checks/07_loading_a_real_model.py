@@ -307,10 +307,10 @@ def _get_tensor(name):
 def _smol(n_layers=2):
     """SmolLM2 with its first ``n_layers`` blocks, its final norm and the first E2E_VOCAB rows of its tied
     embedding, built by the library's loader."""
-    from tinyllm.models.llama import Llama
+    from tinyllm.models.gguf_map import llama_from_gguf
 
     meta = {**READER.metadata, "llama.block_count": n_layers, "llama.vocab_size": E2E_VOCAB}
-    return Llama.from_gguf(meta, _get_tensor, threads=1)
+    return llama_from_gguf(meta, _get_tensor, threads=1)
 
 
 E2E_IDS = np.array([[504, 3575, 282, 4649, 314]])                    # "The capital of France is"

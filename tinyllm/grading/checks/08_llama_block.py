@@ -12,20 +12,18 @@ References, all from the library and computed in float64 where they are pure fun
   the library's ``Llama.forward`` hands to its final RMSNorm (:func:`library_residual`); the logits are its output.
 
 The real block is block 12 of SmolLM2-135M-Instruct, mapped from the GGUF file by the library's own
-``weights_from_gguf`` (q/k rows un-permuted, matrices transposed to ``y = x @ W``) in this process. The
+``tinyllm.models.gguf_map.weights_from_gguf`` (q/k rows un-permuted, matrices transposed to ``y = x @ W``) in this process. The
 composed float64 block :func:`ref_block` only names mistakes (a missing residual, RoPE on v, ...) and evaluates
 arbitrary positions; at import it is checked against the library on both the random and the real block.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from tinyllm import kernels, plug
 from tinyllm.grading.core import CallError, Exercise, Fail, array, call, close, diagnose, value
-from tinyllm.models.llama import Llama, LlamaConfig, random_weights, rope_tables
-from tinyllm.models.llama import weights_from_gguf
+from tinyllm.models.gguf_map import config_from_gguf_metadata, llama_from_gguf, weights_from_gguf
+from tinyllm.models.llama import BLOCK_STORAGE, Llama, LlamaConfig, random_weights, rope_tables
 from tinyllm.models.smollm2 import ModelNotInstalledError, open_gguf
 from tinyllm.nn import functional as F
 from tinyllm.nn.attention import causal_attention as lib_attention
@@ -117,14 +115,9 @@ def ref_block(x, w, H, KV, positions, base, eps, variant=""):
 
 
 def split_block(weights, i, config):
-    """Block i of the library's weights dict as the exercise's dict of nine (IN, OUT) matrices and norms."""
-    H, KV, D, F_ = config.n_heads, config.n_kv_heads, config.head_dim, config.ffn_dim
-    wqkv, wgu = weights[f"blk.{i}.wqkv"], weights[f"blk.{i}.wgu"]
-    c = np.ascontiguousarray
-    return {"attn_norm": c(weights[f"blk.{i}.attn_norm"]), "wq": c(wqkv[:, :H * D]),
-            "wk": c(wqkv[:, H * D:(H + KV) * D]), "wv": c(wqkv[:, (H + KV) * D:]), "wo": c(weights[f"blk.{i}.wo"]),
-            "ffn_norm": c(weights[f"blk.{i}.ffn_norm"]), "w_gate": c(wgu[:, :F_]), "w_up": c(wgu[:, F_:]),
-            "w_down": c(weights[f"blk.{i}.wdown"])}
+    """Block i of the library's (fused) weights dict as the exercise's dict of nine (IN, OUT) matrices and
+    norms: :meth:`Llama.block_weights`, copied contiguous (the learner's code may write into them)."""
+    return {k: np.ascontiguousarray(v) for k, v in Llama(config, weights=weights).block_weights(i).items()}
 
 
 def final_residual(model, ids):
@@ -144,7 +137,7 @@ def library_residual(config, weights, x):
     """The library's output of block 0 of ``weights`` on the residual stream x (B, T, C), positions 0..T-1:
     a one-block ``Llama`` whose embedding rows are the rows of x."""
     B, T, C = x.shape
-    cfg1 = dataclasses.replace(config, n_layers=1, vocab_size=B * T, tie_embeddings=True, context_length=max(T, 8))
+    cfg1 = config.replace(n_layers=1, vocab_size=B * T, tie_embeddings=True, context_length=max(T, 8))
     w = {k: v for k, v in weights.items() if k.startswith("blk.0.")}
     w.update(tok_embd=np.ascontiguousarray(x.reshape(B * T, C), dtype=np.float32), norm=np.ones(C, np.float32))
     return final_residual(Llama(cfg1, weights=w), np.arange(B * T).reshape(B, T))       # (B, T, C) float32
@@ -460,7 +453,7 @@ _rows = np.array([[3575, 282, 5197, 314, 3040, 28], [1097, 3123, 4263, 30, 216, 
 def _real_block():
     """(x (2, 6, C), the block's nine arrays, the library's output, the config) for SmolLM2's block _REAL."""
     reader = open_gguf()
-    cfg = LlamaConfig.from_gguf_metadata(reader.metadata)
+    cfg = config_from_gguf_metadata(reader.metadata)
     x = reader.dequantize("token_embd.weight")[_rows]                                     # (2, 6, C)
 
     def tensor(name):
@@ -468,9 +461,9 @@ def _real_block():
             return np.zeros((1, cfg.dim), np.float32)               # the model's embedding is not needed here
         return reader.dequantize(name.replace("blk.0.", f"blk.{_REAL}.", 1))
 
-    wts = weights_from_gguf(dataclasses.replace(cfg, n_layers=1, vocab_size=1), tensor, threads=1)
+    wts = weights_from_gguf(cfg.replace(n_layers=1, vocab_size=1), tensor, threads=1)
     want = library_residual(cfg, wts, x)
-    blk = split_block(wts, 0, cfg)
+    blk = split_block(wts, 0, cfg.replace(n_layers=1, vocab_size=1))
     assert np.allclose(ref_block(x, blk, 9, 3, np.arange(6), cfg.rope_base, cfg.norm_eps), want, rtol=1e-4, atol=1e-4)
     return x, blk, want, cfg
 
@@ -575,7 +568,7 @@ def _diagnose_forward(y, cfg, wts, ids, want, what):
     resid = final_residual(model, ids).astype(np.float64)          # (B, T, C)
     E = wts["tok_embd"].astype(np.float64)
     L = cfg.n_layers
-    names = ("attn_norm", "wqkv", "wo", "ffn_norm", "wgu", "wdown")
+    names = tuple(BLOCK_STORAGE)
 
     def relayered(order):
         return Llama(cfg, weights={**wts, **{f"blk.{i}.{n}": wts[f"blk.{j}.{n}"] for i, j in enumerate(order)
@@ -589,7 +582,7 @@ def _diagnose_forward(y, cfg, wts, ids, want, what):
         (f"the final rms_norm does not get eps (you used 1e-5, this model has eps = {cfg.norm_eps:g}): "
          "pass eps=eps to it", ref_rms(resid, wts["norm"], 1e-5) @ E.T),
         (f"the base argument does not reach the blocks (you used 10000, this model has base = {cfg.rope_base:g}): "
-         "pass base to llama_block", Llama(dataclasses.replace(cfg, rope_base=10000.0), weights=wts).forward(ids)),
+         "pass base to llama_block", Llama(cfg.replace(rope_base=10000.0), weights=wts).forward(ids)),
         ("the function returns probabilities, not logits: no softmax at the end",
          np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)),
     ]
@@ -644,7 +637,7 @@ SMOL_IDS = np.array([[3575, 282, 5197, 314, 3040, 28, 1097]])       # hidden tok
 def _smollm2():
     """(SmolLM2 as the library loads it, its logits on SMOL_IDS), loaded when the test runs (not kept: 538 MB)."""
     reader = open_gguf()
-    model = Llama.from_gguf(reader.metadata, reader.dequantize)
+    model = llama_from_gguf(reader.metadata, reader.dequantize)
     return model, model.forward(SMOL_IDS)
 
 
