@@ -272,11 +272,13 @@ def rms_norm(x: Any, w: Any, eps: float = 1e-5):
     return y
 
 
-def softmax(x: Any):
-    """Softmax over the last axis: ``exp(x - max x) / sum exp(x - max x)``.  (..., V) -> (..., V)"""
+def softmax(x: Any, *, out: Any = None):
+    """Softmax over the last axis: ``exp(x - max x) / sum exp(x - max x)``.  (..., V) -> (..., V)
+
+    ``out`` (NumPy): the array to write into, which may be ``x`` (in place)."""
     _check_float("x", x)
     if not _use_kernel(x):
-        return F.softmax(x)                                             # the definition (one home)
+        return F.softmax(x, out=out)                                    # the definition (one home)
     import cupy  # noqa: PLC0415
 
     V = x.shape[-1]
@@ -285,6 +287,9 @@ def softmax(x: Any):
     rows = xc.size // V if V else 0
     if rows:
         _raw_kernel("softmax")((rows,), (_THREADS,), (xc, y, np.int32(V)))
+    if out is not None:
+        out[...] = y
+        return out
     return y
 
 

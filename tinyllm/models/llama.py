@@ -68,7 +68,6 @@ import numpy as np
 from tinyllm import kernels, plug
 from tinyllm.backend import get_array_module, is_gpu_array, to_device
 from tinyllm.errors import ConfigError
-from tinyllm.nn import functional as F
 from tinyllm.nn.module import Module, Parameter
 from tinyllm.threads import decode_threads, limit_blas_threads
 
@@ -637,14 +636,11 @@ class Llama(Module):
             qg = q.reshape(B, T, KV, G, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, D)
             att = qg @ k.swapaxes(-1, -2)                              # (B, KV, G*T, S)
             att = att.reshape(B, KV, G, T, S)
-            if cpu:                                                    # in place: the scores are a new array
-                if mask is not None:
-                    np.copyto(att, _NEG, where=masked)                 # masked (B, 1, 1, T, S)
-                att = F.softmax(att, out=att)                          # over the S keys
-            else:
-                if mask is not None:
-                    att = xp.where(mask[:, :, None], att, _NEG)        # mask (B, 1, 1, T, S)
-                att = kernels.softmax(att)                             # the fused kernel
+            if mask is not None and cpu:                               # in place: the scores are a new array
+                np.copyto(att, _NEG, where=masked)                     # masked (B, 1, 1, T, S)
+            elif mask is not None:
+                att = xp.where(mask[:, :, None], att, _NEG)            # mask (B, 1, 1, T, S)
+            att = kernels.softmax(att, out=att if cpu else None)       # over the S keys
             if taps:                                                   # query head h = kv * G + g
                 att = tap(taps, "attn_pattern", li, att.reshape(B, H, T, S)).reshape(B, KV, G, T, S)
             y = att.reshape(B, KV, G * T, S) @ v                       # (B, KV, G*T, D)
