@@ -54,27 +54,11 @@ def weight_bytes_per_token(model) -> int:
     return total + model.tok_embd.data.nbytes                      # the tied head reads all of E
 
 
-def stream_bandwidth(mats: list, threads: int, repeats: int = 5, clock=time.perf_counter) -> float:
-    """GB/s of one pass of ``x @ W`` over ``mats`` (a decode step's products) on ``threads`` BLAS threads, median."""
-    from threadpoolctl import threadpool_limits
-
-    xs = [np.ones((1, m.shape[0]), dtype=np.float32) for m in mats]   # (1, IN) each
-    nbytes = sum(m.nbytes for m in mats)
-    with threadpool_limits(threads, user_api="blas"):
-        for x, m in zip(xs, mats):                                   # warm-up
-            x @ m
-        times = []
-        for _ in range(repeats):
-            t = clock()
-            for x, m in zip(xs, mats):
-                x @ m
-            times.append(clock() - t)
-    return nbytes / statistics.median(times) / 1e9
-
-
 def matvec_bandwidth(mats: list, repeats: int = 5) -> dict[int, float]:
-    """GB/s of a decode step's weight products (:func:`stream_bandwidth`) on 1 and on 2 BLAS threads."""
-    return {threads: stream_bandwidth(mats, threads, repeats) for threads in (1, 2)}
+    """GB/s of a decode step's weight products (:func:`tinyllm.evaluate.stream_bandwidth`) on 1 and on 2 BLAS threads."""
+    from tinyllm.evaluate import stream_bandwidth
+
+    return {threads: stream_bandwidth(mats, threads=threads, repeat=repeats) / 1e9 for threads in (1, 2)}
 
 
 def prompt_ids(tokenizer, n: int, rows: int = 1) -> list[list[int]]:

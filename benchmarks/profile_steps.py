@@ -64,7 +64,8 @@ def _top(profile: cProfile.Profile, total: float, n: int, root: str) -> list[tup
 
 
 def profile_decode(args) -> None:
-    from decode_speed import matvec_bandwidth, prompt_ids, stream_bandwidth, weight_bytes_per_token, weight_matrices
+    from decode_speed import matvec_bandwidth, prompt_ids, weight_bytes_per_token, weight_matrices
+    from tinyllm.evaluate import stream_bandwidth
 
     from tinyllm.generate import decode_step, prefill
     from tinyllm.models.smollm2 import load_smollm2
@@ -101,7 +102,7 @@ def profile_decode(args) -> None:
     t_step, t_mm = statistics.median(t_step), statistics.median(t_mm)
     t_limit = _median_time(lambda: _enter_exit(limit_blas_threads(args.threads)), 50)
     bw = max(matvec_bandwidth(mats).values())                       # wall time, best of 1 and 2 threads
-    bw_own = stream_bandwidth(mats, args.threads, clock=clock)      # the step's threads and clock
+    bw_own = stream_bandwidth(mats, threads=args.threads, clock=clock) / 1e9   # the step's threads and clock
     nbytes = weight_bytes_per_token(model)
     ceiling = nbytes / (bw_own * 1e9)
     print(f"decode step of SmolLM2-135M (fp32), batch 1, context {len(ids)}+, "

@@ -115,6 +115,14 @@ def test_perplexity_windows_score_each_token_at_most_once():
     assert ev.perplexity_windows(10, 4, 2) == [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
 
 
+def test_stream_bandwidth_is_bytes_of_one_pass_over_its_median_time():
+    mats = [np.ones((4, 8), np.float32), np.ones((8, 3), np.float32)]              # 128 + 96 bytes
+    ticks = iter([0.0, 2.0, 10.0, 14.0, 20.0, 21.0])                               # passes of 2, 4 and 1 s
+    assert ev.stream_bandwidth(mats, repeat=3, clock=lambda: next(ticks)) == 224 / 2.0
+    with pytest.raises(ValueError, match="repeat"):
+        ev.stream_bandwidth(mats, repeat=0)
+
+
 def test_time_calls_warms_up_and_times_each_call_with_the_given_clock():
     import functools
 

@@ -178,6 +178,29 @@ def time_calls(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, *, clock
     return times
 
 
+def stream_bandwidth(matrices: Sequence[Any], *, threads: int | None = None, repeat: int = 5,
+                     clock: Callable[[], float] = time.perf_counter) -> float:
+    """Bytes per second streamed by one pass of ``x @ W`` over ``matrices`` (median of ``repeat`` passes).
+
+    With the weight matrices of a batch-1 decode step, this is the bandwidth that bounds decoding (the
+    roofline: tokens/s <= bandwidth / bytes per token). Pass at least as many bytes as a step reads: a
+    smaller working set can sit in a large last-level cache and measure the cache instead. ``threads``:
+    BLAS threads for the measurement (None: as they are)."""
+    from tinyllm.threads import limit_blas_threads
+
+    xp = get_array_module(matrices[0])
+    xs = [xp.ones((1, m.shape[0]), dtype=m.dtype) for m in matrices]    # (1, IN) each
+
+    def one_pass():
+        for x, m in zip(xs, matrices):
+            y = x @ m                                                   # (1, OUT)
+        return y
+
+    with limit_blas_threads(threads or 0):
+        seconds = float(np.median(time_calls(one_pass, repeat=repeat, clock=clock)))
+    return sum(m.nbytes for m in matrices) / seconds
+
+
 def latency_percentiles(times: Sequence[float], q: Sequence[float] = (50, 90, 99)) -> dict[str, float]:
     """``{"p50": ..., "p90": ..., "p99": ...}`` of ``times`` (same unit)."""
     t = np.asarray(times, dtype=np.float64)
