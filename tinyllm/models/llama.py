@@ -61,7 +61,7 @@ import math
 import dataclasses
 import operator
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
