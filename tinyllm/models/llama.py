@@ -595,7 +595,7 @@ class Llama(Module):
         if T > 1 or pad or (cache is not None and cache.slot is not None):
             causal = xp.arange(S)[None, :] <= (start + xp.arange(T))[:, None]   # (T, S)
             mask = causal[None, None] if not pad else causal[None, None] & valid[:, None, None, :]
-            masked = ~mask[:, :, None]                                 # (B, 1, 1, T, S): the slots set to _NEG
+            masked = ~mask[:, :, None] if xp is np else None           # (B, 1, 1, T, S): the slots set to _NEG
 
         cos = self.rope_cos[positions][:, :, None, :]                  # (B, T, 1, D/2)
         sin = self.rope_sin[positions][:, :, None, :]

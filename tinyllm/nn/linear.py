@@ -37,7 +37,10 @@ def matmul(a, b, *, bias=None, out=None, accumulate: bool = False):
     rows = functools.partial(_matmul_rows, b=b, bias=bias, accumulate=accumulate)
     M, K, N = a.shape[0], a.shape[1], b.shape[1]
     blocks = compute_threads()
-    while blocks > 1 and (_smallest_block(M, blocks) < 2 or _smallest_block(M, blocks) * K * N <= SPLIT_MATMUL_MACS):
+    while blocks > 1:
+        smallest = _smallest_block(M, blocks)
+        if smallest >= 2 and smallest * K * N > SPLIT_MATMUL_MACS:
+            break
         blocks -= 1
     if blocks > 1:
         map_rows(rows, a, out, threads=blocks, one_blas_thread=True, block_elements=max(a.size, out.size))
