@@ -11,7 +11,7 @@ from tinyllm.errors import ConfigError, GGUFError
 from tinyllm.models import gguf_map
 from tinyllm.models.gguf_map import (BLOCK_TENSORS, GLOBAL_TENSORS, gguf_tensors, permute_qk, tensor_names,
                                      unpermute_qk, weights_from_gguf)
-from tinyllm.models.llama import BLOCK_STORAGE, BLOCK_WEIGHTS, Llama, LlamaConfig, weight_shapes
+from tinyllm.models.llama import BLOCK_STORAGE, BLOCK_WEIGHTS, Llama, LlamaConfig, fused_columns, weight_shapes
 
 TINY = LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=8, ffn_dim=80,
                    rope_base=10000.0, norm_eps=1e-5, context_length=128)
@@ -60,6 +60,19 @@ def test_weights_are_named_views_and_rebuild_the_same_model():
     # untied: the head is a named weight too
     untied = Llama(TINY.replace(tie_embeddings=False), rng=1)
     np.testing.assert_array_equal(Llama.from_weights(untied.config, untied.weights())(IDS), untied(IDS))
+
+
+def test_fused_columns_tile_each_stored_matrix_in_order():
+    cfg = TINY.replace(n_heads=4, n_kv_heads=1, head_dim=6, ffn_dim=20)
+    cols = fused_columns(cfg)
+    assert list(cols) == list(BLOCK_WEIGHTS)
+    blk = Llama(cfg, rng=2).blocks[0]
+    for stored, parts in BLOCK_STORAGE.items():
+        width = getattr(blk, stored).data.shape[-1]
+        slices = [cols[p][1] for p in parts]
+        assert all(cols[p][0] == stored for p in parts)
+        assert [s.start for s in slices] == [0] + [s.stop for s in slices[:-1]] and slices[-1].stop == width
+    assert cols["wv"][1] == slice((4 + 1) * 6, (4 + 2) * 6) and cols["w_up"][1] == slice(20, 40)
 
 
 def test_writing_into_weights_changes_the_model():

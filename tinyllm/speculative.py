@@ -26,7 +26,6 @@ the drafts keep failing.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,17 +70,16 @@ class EarlyExitDraft:
     under the draft is below ``min_confidence``."""
 
     def __init__(self, model, n_layers: int, *, min_confidence: float = 0.0):
-        from tinyllm.models.llama import Llama
+        from tinyllm.models.llama import BLOCK_STORAGE, Llama
 
         if not 1 <= n_layers <= model.config.n_layers:
             raise ValueError(f"n_layers must be in [1, {model.config.n_layers}], got {n_layers}")
         weights = {"tok_embd": model.tok_embd.data, "norm": model.norm.data}
-        for i, blk in enumerate(model.blocks[:n_layers]):
-            for name in ("attn_norm", "wqkv", "wo", "ffn_norm", "wgu", "wdown"):
-                weights[f"blk.{i}.{name}"] = getattr(blk, name).data
+        for i, blk in enumerate(model.blocks[:n_layers]):                      # the stored arrays, shared
+            weights.update({f"blk.{i}.{name}": getattr(blk, name).data for name in BLOCK_STORAGE})
         if model.head is not None:
             weights["head"] = model.head.data
-        self.model = Llama(dataclasses.replace(model.config, n_layers=n_layers), weights=weights)
+        self.model = Llama(model.config.replace(n_layers=n_layers), weights=weights)
         self.min_confidence = min_confidence
         self.ids: list[int] = []          # the tokens in self.cache
         self.cache = None

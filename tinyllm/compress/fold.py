@@ -29,8 +29,9 @@ import numpy as np
 
 from tinyllm.backend import get_array_module
 from tinyllm.errors import QuantizationError
+from tinyllm.models.llama import BLOCK_MATRICES, fused_columns
 
-KINDS = ("wqkv", "wo", "wgu", "wdown")
+KINDS = BLOCK_MATRICES     # the stored matrices: wqkv, wo, wgu, wdown
 
 
 def scale_width(kind: str, config: Any) -> int:
@@ -73,7 +74,7 @@ def fold_input_scale(blk: Any, kind: str, s: Any, config: Any) -> None:
         raise QuantizationError(f"the scale of {kind} must have shape ({width},), got {tuple(s.shape)}")
     if not bool(xp.all(xp.isfinite(s))) or not bool(xp.all(s > 0)):
         raise QuantizationError(f"the scale of {kind} must be positive and finite")
-    H, KV, D, F = c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim
+    cols = fused_columns(c)
     if kind in ("wqkv", "wgu"):
         norm = blk.attn_norm if kind == "wqkv" else blk.ffn_norm
         norm.data = norm.data / s                                            # (C,)
@@ -81,12 +82,12 @@ def fold_input_scale(blk: Any, kind: str, s: Any, config: Any) -> None:
         w.data = w.data * s[:, None]                                         # (C, OUT)
     elif kind == "wo":
         qkv = blk.wqkv.data.copy()                                           # (C, (H+2KV) D)
-        qkv[:, (H + KV) * D:] /= s[None, :]                                  # v columns
+        qkv[:, cols["wv"][1]] /= s[None, :]                                  # v columns
         blk.wqkv.data = qkv
         blk.wo.data = blk.wo.data * expand_wo_scale(s, c)[:, None]           # (H D, C)
     else:                                                                    # wdown
         gu = blk.wgu.data.copy()                                             # (C, 2F)
-        gu[:, F:] /= s[None, :]                                              # up columns
+        gu[:, cols["w_up"][1]] /= s[None, :]                                 # up columns
         blk.wgu.data = gu
         blk.wdown.data = blk.wdown.data * s[:, None]                         # (F, C)
 

@@ -59,6 +59,7 @@ from tinyllm.compress.quantize import (
     check_finite_nonempty,
     quant_params,
 )
+from tinyllm.models.llama import BLOCK_MATRICES
 
 
 def hessian(x: Any) -> Any:
@@ -240,7 +241,7 @@ def gptq_model(model: Any, calib: Any, bits: int = 4, *, group_size: int | None 
     originals = []
     try:
         for i, blk in enumerate(model.blocks):
-            mine = [(blk, k) for k in ("wqkv", "wo", "wgu", "wdown")]
+            mine = [(blk, k) for k in BLOCK_MATRICES]
             fp = replace_weights(mine, lambda w: InputRecorder(w, keep_inputs=False))   # the float weights
             try:
                 run_block(model, i, x, batch=batch)
@@ -254,7 +255,7 @@ def gptq_model(model: Any, calib: Any, bits: int = 4, *, group_size: int | None 
                 x = block_output(model, i, x, batch=batch)                 # through the quantised block
     finally:
         for blk, old in zip(model.blocks, originals):
-            restore_weights([(blk, k) for k in ("wqkv", "wo", "wgu", "wdown")], old)
+            restore_weights([(blk, k) for k in BLOCK_MATRICES], old)
     return out
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from tinyllm.compress.quantize import QuantizedLinear
+from tinyllm.models.llama import BLOCK_MATRICES
 
 
 class MatmulWeight:
@@ -100,7 +101,7 @@ class QuantizedWeight(MatmulWeight):
         return self.layer.forward(x)
 
 
-def linear_weights(model: Any, kinds: Iterable[str] = ("wqkv", "wo", "wgu", "wdown")) -> list[tuple[Any, str]]:
+def linear_weights(model: Any, kinds: Iterable[str] = BLOCK_MATRICES) -> list[tuple[Any, str]]:
     """``(holder, attribute)`` of each block weight of a Llama-like model (``model.blocks[i].<kind>``)."""
     return [(blk, k) for blk in model.blocks for k in kinds]
 

@@ -230,6 +230,20 @@ def weight_shapes(config: LlamaConfig) -> dict:
     return shapes
 
 
+def fused_columns(config: LlamaConfig) -> dict:
+    """Where each unfused weight lives in the stored ones: name -> (stored name, its column slice),
+    e.g. ``"wv" -> ("wqkv", slice((H + KV) D, (H + 2 KV) D))``. Norms: a slice over all of (C,)."""
+    shapes = weight_shapes(config.replace(n_layers=1))
+    out = {}
+    for stored, parts in BLOCK_STORAGE.items():
+        start = 0
+        for p in parts:                                              # the columns of each part, in order
+            width = shapes[f"blk.0.{p}"][-1]
+            out[p] = (stored, slice(start, start + width))
+            start += width
+    return out
+
+
 # ---------------------------------------------------------------------------
 # KV cache
 # ---------------------------------------------------------------------------
@@ -476,19 +490,13 @@ class Llama(Module):
     def block_weights(self, i: int) -> dict:
         """Block ``i``'s weights unfused, as :func:`llama_block` takes them: views of the fused matrices
         (writing into one writes into the model); kept-quantised matrices are dequantised copies."""
-        shapes = weight_shapes(self.config.replace(n_layers=1))
         blk = self.blocks[i]
-        out = {}
-        for name, parts in BLOCK_STORAGE.items():
+        stored = {}
+        for name in BLOCK_STORAGE:
             data = getattr(blk, name).data
-            if isinstance(data, kernels.QuantizedMatrix):
-                data = data.dequantize()
-            start = 0
-            for p in parts:                                          # the columns of each part, in order
-                width = shapes[f"blk.0.{p}"][-1]
-                out[p] = data if len(parts) == 1 else data[:, start:start + width]
-                start += width
-        return out
+            stored[name] = data.dequantize() if isinstance(data, kernels.QuantizedMatrix) else data
+        return {p: stored[name] if len(BLOCK_STORAGE[name]) == 1 else stored[name][:, cols]
+                for p, (name, cols) in fused_columns(self.config).items()}
 
     def weights(self) -> dict:
         """Every weight under its own name (the inverse of :meth:`from_weights`): ``tok_embd`` (V, C),
