@@ -82,7 +82,7 @@ def test_head_pruning_mha_equals_masking_heads():
     wq, wk, wv, wo = (rng.standard_normal((C, C)).astype(np.float32) for _ in range(4))
     keep = np.array([0, 2])
     small = prune_heads(wq, wo, H, keep, wk=wk, wv=wv)
-    assert small["wq"].shape == (C, 2 * D) and small["wo"].shape == (2 * D, C) and small["n_head"] == 2
+    assert small["wq"].shape == (C, 2 * D) and small["wo"].shape == (2 * D, C) and small["n_heads"] == 2
     x = rng.standard_normal((5, C)).astype(np.float32)
 
     def attn(x, wq, wk, wv, wo, h):
@@ -102,7 +102,7 @@ def test_head_pruning_mha_equals_masking_heads():
 
 def test_select_heads_keeps_gqa_groups_even():
     scores = np.array([5, 1, 3, 0, 9, 8, 2, 7, 1.0])                    # 9 heads, 3 KV groups of 3
-    keep = select_heads(scores, n_kv_head=3, keep_per_group=2)
+    keep = select_heads(scores, n_kv_heads=3, keep_per_group=2)
     np.testing.assert_array_equal(keep, [0, 2, 4, 5, 6, 7])
     wo = np.ones((9 * 4, 6), np.float32)
     wo[4:8] = 0                                                          # head 1 writes nothing

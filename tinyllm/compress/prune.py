@@ -129,7 +129,7 @@ def prune_mlp_neurons(w_in: Sequence[Any], w_out: Any, keep_idx: Any,
 # ---------------------------------------------------------------------------
 # Structured: attention heads
 # ---------------------------------------------------------------------------
-def head_importance(wo: Any, n_head: int, head_outputs: Any | None = None, *, xtx: Any | None = None,
+def head_importance(wo: Any, n_heads: int, head_outputs: Any | None = None, *, xtx: Any | None = None,
                     n_rows: int | None = None) -> Any:
     """Importance of each query head, shape ``(H,)``.
 
@@ -143,45 +143,45 @@ def head_importance(wo: Any, n_head: int, head_outputs: Any | None = None, *, xt
     """
     xp = get_array_module(wo)
     hd, c = wo.shape
-    if hd % n_head:
-        raise ValueError(f"wo has {hd} rows, not a multiple of n_head={n_head}")
-    D = hd // n_head
-    wo_h = wo.reshape(n_head, D, c)                                         # (H, D, C)
+    if hd % n_heads:
+        raise ValueError(f"wo has {hd} rows, not a multiple of n_heads={n_heads}")
+    D = hd // n_heads
+    wo_h = wo.reshape(n_heads, D, c)                                        # (H, D, C)
     if xtx is not None:
         if tuple(xtx.shape) != (hd, hd) or not n_rows:
             raise ValueError(f"xtx must have shape ({hd}, {hd}) and n_rows must be > 0, "
                              f"got {tuple(xtx.shape)} and {n_rows}")
-        blocks = xtx.reshape(n_head, D, n_head, D)[xp.arange(n_head), :, xp.arange(n_head)]  # (H, D, D)
+        blocks = xtx.reshape(n_heads, D, n_heads, D)[xp.arange(n_heads), :, xp.arange(n_heads)]  # (H, D, D)
         energy = xp.einsum("hdc,hde,hec->h", wo_h, blocks.astype(wo_h.dtype), wo_h)
         return xp.sqrt(xp.maximum(energy, 0) / n_rows)
     if head_outputs is None:
         return xp.sqrt((wo_h ** 2).sum(axis=(1, 2)))
-    o = head_outputs.reshape(-1, n_head, hd // n_head)                      # (N, H, D)
+    o = head_outputs.reshape(-1, n_heads, hd // n_heads)                     # (N, H, D)
     contrib = xp.einsum("nhd,hdc->nhc", o, wo_h)                            # (N, H, C)
     return xp.linalg.norm(contrib, axis=-1).mean(axis=0)
 
 
-def select_heads(scores: Any, n_kv_head: int, keep_per_group: int) -> Any:
+def select_heads(scores: Any, n_kv_heads: int, keep_per_group: int) -> Any:
     """Query heads to keep: the ``keep_per_group`` best of each key/value group.
 
     With grouped-query attention (``H`` query heads share ``KV`` key/value heads,
     ``H // KV`` a group) every group must keep the same number of query heads so the
     model still maps query head ``h`` to key/value head ``h // (H' // KV)``.
-    For plain multi-head attention pass ``n_kv_head=1`` (one group of all heads).
+    For plain multi-head attention pass ``n_kv_heads=1`` (one group of all heads).
     """
     xp = get_array_module(scores)
     H = scores.shape[0]
-    if H % n_kv_head:
-        raise ValueError(f"n_head={H} is not a multiple of n_kv_head={n_kv_head}")
-    g = H // n_kv_head
+    if H % n_kv_heads:
+        raise ValueError(f"n_heads={H} is not a multiple of n_kv_heads={n_kv_heads}")
+    g = H // n_kv_heads
     if not 0 < keep_per_group <= g:
         raise ValueError(f"keep_per_group must be in 1..{g}, got {keep_per_group}")
-    order = xp.argsort(-scores.reshape(n_kv_head, g), axis=1, kind="stable")[:, :keep_per_group]  # (KV, k)
-    order = xp.sort(order, axis=1) + (xp.arange(n_kv_head) * g)[:, None]
+    order = xp.argsort(-scores.reshape(n_kv_heads, g), axis=1, kind="stable")[:, :keep_per_group]  # (KV, k)
+    order = xp.sort(order, axis=1) + (xp.arange(n_kv_heads) * g)[:, None]
     return order.ravel()
 
 
-def prune_heads(wq: Any, wo: Any, n_head: int, keep_heads: Any, bq: Any | None = None,
+def prune_heads(wq: Any, wo: Any, n_heads: int, keep_heads: Any, bq: Any | None = None,
                 wk: Any | None = None, wv: Any | None = None, bk: Any | None = None,
                 bv: Any | None = None) -> dict[str, Any]:
     """Keep only query heads ``keep_heads``: columns of ``wq (C, H*D)``, rows of ``wo (H*D, C)``.
@@ -189,12 +189,12 @@ def prune_heads(wq: Any, wo: Any, n_head: int, keep_heads: Any, bq: Any | None =
     Pass ``wk``/``wv`` (and biases) for multi-head attention, where each query head
     has its own key and value head that goes with it. With grouped-query attention
     leave them out: the key/value heads stay and :func:`select_heads` keeps the
-    groups even. Returns a dict with the smaller matrices and ``n_head``.
+    groups even. Returns a dict with the smaller matrices and ``n_heads``.
     """
     xp = get_array_module(wq)
-    D = wq.shape[1] // n_head
+    D = wq.shape[1] // n_heads
     cols = (xp.asarray(keep_heads)[:, None] * D + xp.arange(D)[None, :]).ravel()  # (H'*D,)
-    out = {"wq": wq[:, cols], "wo": wo[cols], "n_head": int(len(keep_heads))}
+    out = {"wq": wq[:, cols], "wo": wo[cols], "n_heads": int(len(keep_heads))}
     out["bq"] = None if bq is None else bq[cols]
     for name, w in (("wk", wk), ("wv", wv)):
         out[name] = None if w is None else w[:, cols]
