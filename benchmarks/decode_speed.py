@@ -107,12 +107,10 @@ def bench_hf(model, ids, new_tokens, *, all_logits: bool = False):
     keep = {} if all_logits else {"logits_to_keep": 1}
     with torch.no_grad():
         prefill_s, out = best_time(lambda: model(x, use_cache=True, **keep))
-        past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         t0 = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(nxt, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(nxt, cache=out.cache, use_cache=True)       # transformers 5: ``cache``, not past_key_values
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         t1 = time.perf_counter()
     return len(ids) / prefill_s, new_tokens / (t1 - t0) if new_tokens else float("nan")
