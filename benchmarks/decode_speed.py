@@ -72,6 +72,7 @@ def prompt_ids(tokenizer, n: int, rows: int = 1) -> list[list[int]]:
 
 
 PREFILLS = 3   # prefills timed per round and engine, the fastest kept: one 0.2 s prefill is at the mercy of noise
+SETTLE_S = 0.5  # pause between engines: OpenBLAS's and OpenMP's idle threads spin for a while after a call
 
 
 def best_time(fn, repeats: int = PREFILLS):
@@ -219,6 +220,7 @@ def main(argv=None) -> int:
         for threads, gbs in matvec_bandwidth(mats).items():
             bandwidth[threads].append(gbs)
         for name, fn in engines.items():
+            time.sleep(SETTLE_S)                                   # the last engine's idle threads stop spinning
             runs[name].append(fn())
         gbs = ", ".join(f"{t} thr {v[-1]:.1f}" for t, v in bandwidth.items())
         toks = "; ".join(f"{n} {v[-1][0]:.0f}, {v[-1][1]:.1f}" for n, v in runs.items())
