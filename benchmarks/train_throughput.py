@@ -35,6 +35,9 @@ from tinyllm.models.gpt import GPT, GPTConfig  # noqa: E402
 from tinyllm.optim import AdamW  # noqa: E402
 
 
+SETTLE_S = 0.5   # pause between engines: OpenMP's and OpenBLAS's idle threads spin for a while after a call
+
+
 def build_tinyllm(cfg: GPTConfig, lr: float):
     model = GPT(cfg, rng=0)
     opt = AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -145,6 +148,7 @@ def main(argv=None) -> int:
                 order = list(engines[n].items())[::1 if r % 2 else -1]      # alternate who goes first
                 this = {}
                 for name, (fn, data) in order:
+                    time.sleep(SETTLE_S)                                    # the other engine's threads stop spinning
                     ts = []
                     for _ in range(args.steps if r else 2):
                         t0, c0 = time.perf_counter(), time.process_time()

@@ -211,6 +211,10 @@ def map_rows(fn, *arrays, threads: int | None = None, one_blas_thread: bool = Fa
     n = max(1, compute_threads() if threads is None else int(threads))
     per_row = max(1, size // rows)
     step = max(1, min(block_elements // per_row, -(-rows // n)))  # rows per block, >= 1 block per thread
+    if n == 1:                                                     # the blocks in order, on this thread
+        for lo in range(0, rows, step):
+            fn(*[a[lo:lo + step] for a in arrays])
+        return
     job = _Blocks(fn, arrays, [(lo, min(lo + step, rows)) for lo in range(0, rows, step)])
     n = min(n, len(job.blocks))
     if n == 1:
