@@ -156,7 +156,7 @@ def head_importance(wo: Any, n_heads: int, head_outputs: Any | None = None, *, x
         return xp.sqrt(xp.maximum(energy, 0) / n_rows)
     if head_outputs is None:
         return xp.sqrt((wo_h ** 2).sum(axis=(1, 2)))
-    o = head_outputs.reshape(-1, n_heads, hd // n_heads)                     # (N, H, D)
+    o = head_outputs.reshape(-1, n_heads, hd // n_heads)                    # (N, H, D)
     contrib = xp.einsum("nhd,hdc->nhc", o, wo_h)                            # (N, H, C)
     return xp.linalg.norm(contrib, axis=-1).mean(axis=0)
 
