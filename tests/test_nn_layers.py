@@ -189,6 +189,30 @@ def test_functional_softmax_extremes():
     np.testing.assert_allclose(F.sigmoid(np.array([-1000.0, 0.0, 1000.0])), [0.0, 0.5, 1.0])
 
 
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_is_bitwise_the_max_shifted_formula(axis):
+    """softmax shifts by np.fmax.reduce on NumPy: the same bits as the textbook max-shifted formula,
+    with -inf entries, a row of -inf, a row of +inf and a row with NaN (NaN rows stay NaN)."""
+    x = _x((6, 130), seed=4) * 20
+    x[0, 5:] = -np.inf
+    x[1] = -np.inf
+    x[2, 7] = np.inf
+    x[3, 11] = np.nan
+    x[4, 0] = -0.0
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        want = e / e.sum(axis=axis, keepdims=True)
+        np.testing.assert_array_equal(F.softmax(x, axis=axis), want)   # NaN where want has NaN
+
+
+def test_cross_entropy_probabilities_are_bitwise_the_max_shifted_softmax():
+    z = _x((5, 97), seed=5) * 20
+    z[2, :50] = -np.inf
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    _, probs, *_ = F.cross_entropy_parts(z, np.arange(5))
+    np.testing.assert_array_equal(probs, e / e.sum(axis=-1, keepdims=True))
+
+
 # ---- clear errors ------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(5,), (2, 2, 2, 5)])
 def test_linear_rejects_wrong_rank(shape):
