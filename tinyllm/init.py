@@ -23,27 +23,16 @@ import numpy as np
 
 from tinyllm import plug
 from tinyllm.backend import get_xp
+from tinyllm.shapes import as_shape
 
 Shape = Sequence[int]
 
 GAINS = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3.0, "relu": math.sqrt(2.0), "gelu": math.sqrt(2.0)}
 
 
-def _shape(shape: Shape | int) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
-    if any(s < 0 for s in shape):
-        raise ValueError(f"shape must not contain negative sizes, got {shape}")
-    return shape
-
-
 def fans(shape: Shape) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight of math shape (IN, OUT) or (..., OUT)."""
-    shape = _shape(shape)
+    shape = as_shape(shape)
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
@@ -54,7 +43,7 @@ def fans(shape: Shape) -> tuple[int, int]:
 def _nonzero_fans(shape: Shape, name: str) -> tuple[int, int]:
     fan_in, fan_out = fans(shape)
     if fan_in == 0 or fan_out == 0:
-        raise ValueError(f"{name} needs fan_in and fan_out > 0, got shape {_shape(shape)}")
+        raise ValueError(f"{name} needs fan_in and fan_out > 0, got shape {as_shape(shape)}")
     return fan_in, fan_out
 
 
@@ -90,22 +79,22 @@ def normal(shape: Shape, mean: float = 0.0, std: float | None = None, *, var: fl
         std = 1.0
     if not std >= 0:
         raise ValueError(f"std must be >= 0, got {std}")
-    return _finish(_rng(rng).normal(mean, std, size=_shape(shape)), dtype, device)
+    return _finish(_rng(rng).normal(mean, std, size=as_shape(shape)), dtype, device)
 
 
 def uniform(shape: Shape, low: float = -1.0, high: float = 1.0, *, rng=None, dtype=np.float32, device: str | None = None):
     """Draw from U(low, high); its variance is (high - low)^2 / 12."""
     if high < low:
         raise ValueError(f"uniform needs low <= high, got low={low}, high={high}")
-    return _finish(_rng(rng).uniform(low, high, size=_shape(shape)), dtype, device)
+    return _finish(_rng(rng).uniform(low, high, size=as_shape(shape)), dtype, device)
 
 
 def zeros(shape: Shape, *, dtype=np.float32, device: str | None = None, rng=None):
-    return _finish(np.zeros(_shape(shape)), dtype, device)
+    return _finish(np.zeros(as_shape(shape)), dtype, device)
 
 
 def ones(shape: Shape, *, dtype=np.float32, device: str | None = None, rng=None):
-    return _finish(np.ones(_shape(shape)), dtype, device)
+    return _finish(np.ones(as_shape(shape)), dtype, device)
 
 
 def xavier_normal(shape: Shape, gain: float = 1.0, *, rng=None, dtype=np.float32, device: str | None = None):

@@ -25,3 +25,21 @@ G     number of quantisation groups / blocks along a row; in attention code,
 Weights follow the math, ``y = x @ W + b`` with ``W`` of shape ``(IN, OUT)``,
 unless a docstring says otherwise (GGUF and PyTorch store ``(OUT, IN)``).
 """
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def as_shape(shape: Sequence[int] | int) -> tuple[int, ...]:
+    """``shape`` (an int or a sequence of ints) as a tuple of non-negative Python ints; TypeError or ValueError otherwise."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must not contain negative sizes, got {shape}")
+    return shape

@@ -55,6 +55,7 @@ import numpy as np
 from tinyllm import plug
 from tinyllm.backend import get_array_module, is_gpu_array, to_numpy
 from tinyllm.errors import QuantizationError
+from tinyllm.shapes import as_shape
 
 __all__ = [
     "GGMLType", "BLOCK_SIZES", "SUPPORTED", "quantize", "dequantize", "dequantize_row_q8_0",
@@ -188,12 +189,7 @@ def tensor_nbytes(t: Any, shape: Sequence[int]) -> int:
 
 
 def _check_shape(gt: GGMLType, shape: Sequence[int]) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
-    if any(s < 0 for s in shape):
-        raise ValueError(f"shape must be non-negative, got {shape}")
+    shape = as_shape(shape)
     if gt in _BLOCK_TYPES and shape and shape[-1] % _QK:
         raise QuantizationError(f"{gt.name} stores rows in blocks of 32 weights; the last dimension of shape {shape} is not a multiple of 32")
     return shape
