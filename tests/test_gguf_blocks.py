@@ -188,6 +188,11 @@ def test_errors(rng):
         ggml.dequantize(np.zeros(67, np.uint8), "Q8_0", (2, 32))
     with pytest.raises(QuantizationError, match="multiple of 32"):
         ggml.dequantize(np.zeros(34, np.uint8), "Q8_0", (1, 33))
+    for shape in (None, "ab", (1.0, 32), [np.float32(32)]):             # not ints: no silent truncation
+        with pytest.raises(TypeError, match="shape must be an int or a sequence of ints"):
+            ggml.dequantize(np.zeros(34, np.uint8), "Q8_0", shape)
+    with pytest.raises(ValueError, match="negative sizes"):
+        ggml.dequantize(np.zeros(34, np.uint8), "Q8_0", (-1, 32))
     with pytest.raises(QuantizationError, match="not supported"):
         ggml.dequantize(np.zeros(144, np.uint8), "Q4_K", (256,))
     with pytest.raises(QuantizationError, match="whole number of 20-byte blocks"):

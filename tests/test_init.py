@@ -113,7 +113,8 @@ def test_bad_arguments():
         init.kaiming_normal((0, 3))
     with pytest.raises(ValueError, match="negative sizes"):
         init.normal((3, -1))
-    with pytest.raises(TypeError, match="shape must be an int or a sequence of ints"):
-        init.normal(None)
+    for bad in (None, "ab", (2.5, 3)):
+        with pytest.raises(TypeError, match="shape must be an int or a sequence of ints"):
+            init.normal(bad)
     with pytest.raises(TypeError, match="rng must be a numpy Generator or an int seed"):
         init.normal((3,), rng="seed")

@@ -27,17 +27,19 @@ unless a docstring says otherwise (GGUF and PyTorch store ``(OUT, IN)``).
 """
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import numpy as np
 
 
 def as_shape(shape: Sequence[int] | int) -> tuple[int, ...]:
-    """``shape`` (an int or a sequence of ints) as a tuple of non-negative Python ints; TypeError or ValueError otherwise."""
+    """``shape`` (an int or a sequence of ints) as a tuple of non-negative Python ints; TypeError (not ints:
+    floats and strings too) or ValueError (a negative size) otherwise."""
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     try:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(operator.index(s) for s in shape)
     except TypeError:
         raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
     if any(s < 0 for s in shape):
